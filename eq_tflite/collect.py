@@ -1,0 +1,93 @@
+"""Stage 3 (collect): activation statistics from the float model.
+
+Runs the float .tflite in LiteRT with ``experimental_preserve_all_tensors``
+(the same graph and kernels TFLite's own calibration runs) and streams
+per-tensor statistics, so memory stays bounded by one batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from eq_tflite import runtime
+from eq_tflite.graph import Graph
+from eq_tflite.progress import progress_bar
+
+
+def iterate_activations(graph: Graph, float_model: bytes, calibration: dict[str, np.ndarray],
+                        tensors: list[int], batch_size: int = 16,
+                        desc: str = "collect", progress: bool = True,
+                        ) -> Iterator[dict[int, np.ndarray]]:
+    """Yields, per batch of samples, {tensor index: float values} for ``tensors``."""
+    interp = runtime.make_interpreter(float_model, preserve_all_tensors=True)
+    details = interp.get_input_details()
+    names = [graph.tensors[i].name for i in graph.inputs]
+    n = next(iter(calibration.values())).shape[0]
+    batch = _try_batch(interp, details, batch_size)
+    for start in progress_bar(range(0, n, batch), desc=desc, enable=progress, unit_scale=batch):
+        chunk = {name: calibration[name][start:start + batch] for name in names}
+        size = next(iter(chunk.values())).shape[0]
+        if size != batch:
+            batch = _try_batch(interp, details, size)
+        for d, name in zip(details, names):
+            interp.set_tensor(d["index"], chunk[name].astype(np.float32))
+        interp.invoke()
+        yield {i: interp.get_tensor(i) for i in tensors}
+
+
+def _try_batch(interp, details, batch: int) -> int:
+    """Resizes inputs to ``batch`` if the model allows it, else falls back to 1."""
+    for b in (batch, 1):
+        try:
+            for d in details:
+                shape = list(d["shape"])
+                shape[0] = b
+                interp.resize_tensor_input(d["index"], shape, strict=False)
+            interp.allocate_tensors()
+            return b
+        except (RuntimeError, ValueError):
+            continue
+    raise RuntimeError("cannot allocate the float model for calibration")
+
+
+@dataclass
+class ActivationStats:
+    """Per-tensor min/max over all samples, plus optional |x| histograms."""
+
+    minmax: dict[int, tuple[float, float]] = field(default_factory=dict)
+    histograms: dict[int, tuple[np.ndarray, float]] = field(default_factory=dict)
+
+    def ranges_by_name(self, graph: Graph) -> dict[str, tuple[float, float]]:
+        return {graph.tensors[i].name: r for i, r in self.minmax.items()}
+
+
+def collect_minmax(graph: Graph, float_model: bytes, calibration: dict[str, np.ndarray],
+                   progress: bool = True) -> ActivationStats:
+    """Absolute min/max per activation tensor over all samples (TFLite's statistic)."""
+    tensors = graph.activation_tensors()
+    stats = ActivationStats()
+    for values in iterate_activations(graph, float_model, calibration, tensors,
+                                      desc="min/max", progress=progress):
+        for i, v in values.items():
+            lo, hi = float(v.min()), float(v.max())
+            old = stats.minmax.get(i)
+            stats.minmax[i] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
+    return stats
+
+
+def collect_histograms(graph: Graph, float_model: bytes, calibration: dict[str, np.ndarray],
+                       stats: ActivationStats, bins: int = 2048,
+                       progress: bool = True) -> ActivationStats:
+    """Adds histograms of |x| over [0, absmax] (second pass; needs ``minmax``)."""
+    tensors = list(stats.minmax)
+    edges = {i: max(abs(stats.minmax[i][0]), abs(stats.minmax[i][1])) for i in tensors}
+    counts = {i: np.zeros(bins, np.int64) for i in tensors}
+    for values in iterate_activations(graph, float_model, calibration, tensors,
+                                      desc="histograms", progress=progress):
+        for i, v in values.items():
+            if edges[i] > 0:
+                counts[i] += np.histogram(np.abs(v), bins=bins, range=(0.0, edges[i]))[0]
+    stats.histograms = {i: (counts[i], edges[i]) for i in tensors}
+    return stats

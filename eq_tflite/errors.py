@@ -1,0 +1,22 @@
+"""User-facing errors: one clear line each, no traceback needed."""
+
+
+class EqTfliteError(Exception):
+    """An error caused by the user's input (model, data or flags).
+
+    The CLI prints ``str(err)`` on one line and exits non-zero; nothing is
+    written to the output path.
+    """
+
+
+class UnsupportedOpsError(EqTfliteError):
+    """The int8 converter cannot quantize some ops of the model."""
+
+    def __init__(self, ops: list[str], detail: str = ""):
+        self.ops = sorted(set(ops))
+        msg = ("the int8 converter cannot quantize these ops: "
+               + ", ".join(self.ops or ["<unknown>"]))
+        if detail:
+            msg += f" ({detail})"
+        msg += "; re-run with --allow_float to keep them in float"
+        super().__init__(msg)

@@ -1,0 +1,119 @@
+"""The float graph that TFLite will run: ops and tensors of a float .tflite.
+
+The TFLite converter has already folded BatchNorm into the weights and fused
+activations into the ops, so scales chosen on this graph are the scales that
+ship. Methods read this graph (and may propose edited float weights); they
+never touch FlatBuffer bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from eq_tflite.io import flatbuffer as fb
+
+#: Ops whose weights and input activation scale methods optimize.
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+
+
+@dataclass
+class Tensor:
+    """A tensor of the float graph. ``data`` is set for constants only."""
+
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any
+    data: np.ndarray | None = None
+
+    @property
+    def is_const(self) -> bool:
+        return self.data is not None
+
+
+@dataclass
+class Op:
+    """One operator. ``inputs`` holds tensor indices, -1 for an absent optional input."""
+
+    index: int
+    type: str
+    inputs: list[int]
+    outputs: list[int]
+    options: Any = None
+    activation: str = "NONE"
+
+    # Positions of the operands of weighted ops (TFLite layouts):
+    # CONV_2D weights [O, KH, KW, I]; DEPTHWISE_CONV_2D [1, KH, KW, I*M];
+    # FULLY_CONNECTED [O, I]; TRANSPOSE_CONV inputs are (shape, weights, input, bias).
+    @property
+    def data_input(self) -> int:
+        return self.inputs[2] if self.type == "TRANSPOSE_CONV" else self.inputs[0]
+
+    @property
+    def weight_input(self) -> int:
+        return self.inputs[1]
+
+    @property
+    def bias_input(self) -> int:
+        pos = 3 if self.type == "TRANSPOSE_CONV" else 2
+        return self.inputs[pos] if len(self.inputs) > pos else -1
+
+    @property
+    def channel_axis(self) -> int:
+        """Axis of the weight tensor that holds output channels."""
+        return 3 if self.type == "DEPTHWISE_CONV_2D" else 0
+
+
+@dataclass
+class Graph:
+    """Subgraph 0 of a float .tflite model, in execution (topological) order."""
+
+    tensors: list[Tensor]
+    ops: list[Op]
+    inputs: list[int]
+    outputs: list[int]
+    by_name: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_tflite(cls, model_bytes: bytes) -> "Graph":
+        """Builds the graph of a float .tflite model."""
+        model = fb.parse_model(model_bytes)
+        sg = model.subgraphs[0]
+        tensors = []
+        for i, t in enumerate(sg.tensors):
+            shape = tuple(int(s) for s in t.shape) if t.shape is not None else ()
+            tensors.append(Tensor(i, fb.tensor_name(t), shape, fb.numpy_dtype(t.type),
+                                  fb.buffer_array(model, t)))
+        ops = []
+        for i, op in enumerate(sg.operators):
+            opts = op.builtinOptions
+            act = fb.ACTIVATIONS.get(getattr(opts, "fusedActivationFunction", 0), "NONE")
+            ops.append(Op(i, fb.op_name(model, op), [int(x) for x in op.inputs],
+                          [int(x) for x in op.outputs], opts, act))
+        graph = cls(tensors, ops, [int(x) for x in sg.inputs], [int(x) for x in sg.outputs])
+        graph.by_name = {t.name: t.index for t in tensors}
+        return graph
+
+    def producer(self, tensor: int) -> Op | None:
+        for op in self.ops:
+            if tensor in op.outputs:
+                return op
+        return None
+
+    def consumers(self, tensor: int) -> list[Op]:
+        return [op for op in self.ops if tensor in op.inputs]
+
+    def weighted_ops(self) -> list[Op]:
+        """CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV ops with constant weights."""
+        return [op for op in self.ops
+                if op.type in WEIGHTED_OPS and self.tensors[op.weight_input].is_const]
+
+    def activation_tensors(self) -> list[int]:
+        """Non-constant float tensors: graph inputs and op outputs."""
+        seen = list(self.inputs)
+        for op in self.ops:
+            seen.extend(op.outputs)
+        return [i for i in dict.fromkeys(seen)
+                if i >= 0 and not self.tensors[i].is_const and self.tensors[i].dtype == np.float32]

@@ -1,0 +1,1 @@
+"""Stage 1 (load): models and calibration data in, plus .tflite reading/writing."""

@@ -1,0 +1,118 @@
+"""The only module that reads and writes .tflite bytes.
+
+Uses the schema object API (``ModelT``) and ``flatbuffer_utils`` shipped with
+TensorFlow, never hand-parsed bytes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eq_tflite.errors import EqTfliteError
+
+try:  # Prefer the TensorFlow copy (the converter is a hard dependency anyway).
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+except ImportError:  # pragma: no cover - LiteRT-only environments
+    from ai_edge_litert import schema_py_generated as schema  # type: ignore
+    from ai_edge_litert.tools import flatbuffer_utils  # type: ignore
+
+_OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+_TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+_NUMPY_TYPES = {
+    schema.TensorType.FLOAT32: np.float32, schema.TensorType.INT8: np.int8,
+    schema.TensorType.UINT8: np.uint8, schema.TensorType.INT16: np.int16,
+    schema.TensorType.INT32: np.int32, schema.TensorType.INT64: np.int64,
+    schema.TensorType.BOOL: np.bool_, schema.TensorType.FLOAT16: np.float16,
+}
+ACTIVATIONS = {v: k for k, v in vars(schema.ActivationFunctionType).items()
+               if not k.startswith("_")}
+
+
+def parse_model(data: bytes, what: str = "model") -> Any:
+    """Parses .tflite bytes into a mutable ``ModelT``; clear error if corrupt."""
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise EqTfliteError(f"{what} is not a valid .tflite file (missing 'TFL3' identifier)")
+    try:
+        model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    except Exception as err:  # flatbuffers raises assorted errors on corruption
+        raise EqTfliteError(f"{what} is a corrupt or truncated .tflite file ({type(err).__name__})") from None
+    if not model.subgraphs:
+        raise EqTfliteError(f"{what} has no subgraphs")
+    return model
+
+
+def serialize_model(model: Any) -> bytes:
+    """Packs a ``ModelT`` back to .tflite bytes."""
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` via a temp file + rename: never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def op_name(model: Any, op: Any) -> str:
+    """Builtin op name (e.g. 'CONV_2D') or 'CUSTOM:<code>'."""
+    code = model.operatorCodes[op.opcodeIndex]
+    builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
+        return f"CUSTOM:{custom}"
+    return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
+
+
+def tensor_name(tensor: Any) -> str:
+    name = tensor.name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def numpy_dtype(tensor_type: int) -> Any:
+    return _NUMPY_TYPES.get(tensor_type)
+
+
+def type_name(tensor_type: int) -> str:
+    return _TYPE_NAMES.get(tensor_type, str(tensor_type))
+
+
+def buffer_array(model: Any, tensor: Any) -> np.ndarray | None:
+    """The constant data of ``tensor`` as a shaped numpy array, or None."""
+    buf = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
+    if buf is None or buf.data is None or len(buf.data) == 0:
+        return None
+    dtype = numpy_dtype(tensor.type)
+    if dtype is None:
+        return None
+    arr = np.frombuffer(np.asarray(buf.data, dtype=np.uint8).tobytes(), dtype=dtype)
+    shape = tuple(int(s) for s in tensor.shape) if tensor.shape is not None else ()
+    return arr.reshape(shape).copy()
+
+
+def set_buffer(model: Any, tensor: Any, array: np.ndarray) -> None:
+    """Gives ``tensor`` its own new buffer holding ``array`` (un-shares dedup'd buffers)."""
+    buf = schema.BufferT()
+    buf.data = np.frombuffer(np.ascontiguousarray(array).tobytes(), dtype=np.uint8).copy()
+    model.buffers.append(buf)
+    tensor.buffer = len(model.buffers) - 1
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    p = Path(path)
+    if not p.exists():
+        raise EqTfliteError(f"no such file: {p}")
+    return p.read_bytes()
