@@ -1,7 +1,7 @@
 """The only module that reads and writes .tflite bytes.
 
 Uses the schema object API (``ModelT``) and ``flatbuffer_utils`` shipped with
-TensorFlow, never hand-parsed bytes.
+LiteRT (or TensorFlow), never hand-parsed bytes.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ import numpy as np
 
 from eq_tflite.errors import EqTfliteError
 
-try:  # Prefer the TensorFlow copy (the converter is a hard dependency anyway).
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-except ImportError:  # pragma: no cover - LiteRT-only environments
-    from ai_edge_litert import schema_py_generated as schema  # type: ignore
-    from ai_edge_litert.tools import flatbuffer_utils  # type: ignore
+try:  # LiteRT's copies import without loading TensorFlow (seconds faster).
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+except ImportError:  # pragma: no cover - tf.lite-only environments
+    from tensorflow.lite.python import schema_py_generated as schema  # type: ignore
+    from tensorflow.lite.tools import flatbuffer_utils  # type: ignore
 
 _OP_NAMES = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
 _TYPE_NAMES = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}

@@ -1,0 +1,118 @@
+"""The CLI: ``python -m eq_tflite.convert SRC --bits 7 --calibration_data calib.npy``.
+
+Writes a fully-integer .tflite (atomically), verifies it, and prints a short
+summary. Exit codes: 0 ok, 2 bad input (one-line error, no output file).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+from eq_tflite.quiet import set_verbose
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("calibration_data", None,
+                    ".npy (N, *input_shape), .npz (one array per input name) or an image directory.")
+flags.DEFINE_string("output", None, "Output .tflite path (default: <SRC stem>_w<W>a<A>.tflite).")
+flags.DEFINE_integer("bits", 7, "Weight and activation bit width (2..8).")
+flags.DEFINE_integer("weight_bits", None, "Overrides --bits for weights.")
+flags.DEFINE_integer("activation_bits", None, "Overrides --bits for activations.")
+flags.DEFINE_string("method", "easyquant", "Scale method: easyquant, minmax, kl (and any registered).")
+flags.DEFINE_integer("num_calibration_samples", None,
+                     "Cap on calibration samples (default: 50 for easyquant, all for others). "
+                     "Samples beyond it (up to 256) are held back for the agreement check.")
+flags.DEFINE_list("image_size", None, "H,W for an image-directory calibration set (default: model's).")
+flags.DEFINE_list("mean", ["0"], "Per-channel mean subtracted from images scaled to [0, 1].")
+flags.DEFINE_list("std", ["1"], "Per-channel std dividing images scaled to [0, 1].")
+flags.DEFINE_bool("allow_float", False, "Keep ops without int8 kernels in float instead of failing.")
+flags.DEFINE_bool("int8_io", False, "Make model inputs/outputs int8 (default: float32 I/O).")
+flags.DEFINE_string("report_dir", None, "Write a per-layer report (Markdown, CSV, PNG) here.")
+flags.DEFINE_integer("eq_steps", 100, "EasyQuant: candidate scales per search.")
+flags.DEFINE_float("eq_alpha", 0.5, "EasyQuant: lowest candidate, as a multiple of the initial scale.")
+flags.DEFINE_float("eq_beta", 2.0, "EasyQuant: highest candidate, as a multiple of the initial scale.")
+flags.DEFINE_integer("eq_rounds", 1, "EasyQuant: alternating rounds (weights, then activations).")
+flags.DEFINE_enum("eq_init", None, ["max", "kl"], "EasyQuant: initial activation ranges (default: the method's).")
+flags.DEFINE_enum("eq_inputs", None, ["quantized", "float"],
+                  "EasyQuant: layer inputs from the already-quantized model (paper) or from float.")
+flags.DEFINE_integer("eq_max_rows", None, "EasyQuant: cap on sampled output positions per layer (seeded).")
+flags.DEFINE_integer("seed", 0, "Seed for sampling and the no-data fallback.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
+
+_EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows")
+
+
+def _method_options() -> dict:
+    return {name: FLAGS[name].value for name in _EQ_FLAGS if FLAGS[name].value is not None}
+
+
+def _floats(values: list[str], name: str) -> tuple[float, ...]:
+    from eq_tflite.errors import EqTfliteError
+    try:
+        return tuple(float(v) for v in values)
+    except ValueError:
+        raise EqTfliteError(f"--{name} must be comma-separated numbers, got {','.join(values)}") from None
+
+
+def main(argv: list[str]) -> int:
+    """Converts argv[1]; returns the process exit code."""
+    from eq_tflite.errors import EqTfliteError
+
+    if len(argv) != 2:
+        print("usage: python -m eq_tflite.convert SRC [--bits 7] [--calibration_data calib.npy] "
+              "[--output out.tflite]  (--helpfull for all flags)", file=sys.stderr)
+        return 2
+    src = argv[1]
+    start = time.perf_counter()
+    try:
+        from eq_tflite import api
+        from eq_tflite.io.flatbuffer import write_atomic
+        bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits)
+        image_size = tuple(int(v) for v in FLAGS.image_size) if FLAGS.image_size else None
+        result = api.convert_model(
+            src, FLAGS.calibration_data, bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
+            activation_bits=FLAGS.activation_bits, method=FLAGS.method,
+            method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
+            allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
+            mean=_floats(FLAGS.mean, "mean"), std=_floats(FLAGS.std, "std"),
+            progress=FLAGS.progress, seed=FLAGS.seed)
+        output = Path(FLAGS.output or f"{Path(src).with_suffix('').name}_w{bits.weights}a{bits.activations}.tflite")
+        write_atomic(output, result.model)
+        if FLAGS.report_dir:
+            from eq_tflite.report import write_conversion_report
+            write_conversion_report(result, FLAGS.report_dir)
+    except EqTfliteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print_summary(result, output, time.perf_counter() - start)
+    return 0
+
+
+def _print_summary(result, output: Path, seconds: float) -> None:
+    rep = result.report
+    held = ("the calibration samples (no samples were held back)" if result.holdout_is_calibration
+            else f"{rep.samples} held-back samples")
+    print(f"wrote {output} ({len(result.model) / 1024:.1f} KiB) in {seconds:.1f}s")
+    print(f"  method {result.plan.method}, W{rep.bits.weights}/A{rep.bits.activations}, "
+          f"{result.num_calibration} calibration samples, {rep.quantized_ops} int8 ops"
+          + (f", float ops kept: {', '.join(sorted(set(rep.float_ops)))}" if rep.float_ops else ""))
+    if rep.cosine is not None:
+        print(f"  vs float on {held}: output cosine {rep.cosine:.5f}, "
+              f"top-1 agreement {100 * rep.agreement:.2f}%")
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"  time: {times}")
+
+
+def run() -> None:
+    """Console-script entry point (``eq-tflite``)."""
+    set_verbose("--verbose" in sys.argv)
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,167 @@
+"""Calibration data: .npy, .npz, an image directory, or a documented fallback.
+
+Everything ends as {input tensor name: float32 array (N, *input_shape[1:])},
+validated against the model: shape, dtype, NaN/Inf and emptiness each give one
+clear error line.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from eq_tflite.errors import EqTfliteError
+
+log = logging.getLogger("eq_tflite")
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+#: Samples drawn for the no-data fallback.
+FALLBACK_SAMPLES = 64
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: tensor name, friendly (signature) name and shape with batch."""
+
+    name: str
+    alias: str
+    shape: tuple[int, ...]
+
+
+def input_specs(graph: Any, signature_names: Mapping[int, str] | None = None) -> list[InputSpec]:
+    """Input specs of a float ``Graph``; ``signature_names`` maps tensor index -> signature key."""
+    names = signature_names or {}
+    return [InputSpec(graph.tensors[i].name, names.get(i, graph.tensors[i].name), graph.tensors[i].shape)
+            for i in graph.inputs]
+
+
+def load_calibration(source: str | os.PathLike | np.ndarray | Mapping[str, np.ndarray] | None,
+                     specs: Sequence[InputSpec], *, image_size: tuple[int, int] | None = None,
+                     mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
+                     seed: int = 0) -> dict[str, np.ndarray]:
+    """Loads and validates calibration data for ``specs`` (see module doc).
+
+    ``source`` may be a path (.npy, .npz, image directory), an array (single
+    input), a mapping of input name -> array, or None for the fallback.
+    """
+    if source is None:
+        return _fallback(specs, seed)
+    if isinstance(source, np.ndarray):
+        arrays = _assign_single(source, specs, "calibration array")
+    elif isinstance(source, Mapping):
+        arrays = _assign_named(dict(source), specs, "calibration mapping")
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise EqTfliteError(f"no such calibration data: {path}")
+        if path.is_dir():
+            arrays = _assign_single(_load_images(path, specs, image_size, mean, std), specs, str(path))
+        elif path.suffix == ".npy":
+            arrays = _assign_single(_load_npy(path), specs, str(path))
+        elif path.suffix == ".npz":
+            with _open_npz(path) as npz:
+                arrays = _assign_named({k: npz[k] for k in npz.files}, specs, str(path))
+        else:
+            raise EqTfliteError(f"unsupported calibration data {path}: give .npy, .npz or an image directory")
+    return {spec.name: _validate(arrays[spec.name], spec) for spec in specs}
+
+
+def take(data: Mapping[str, np.ndarray], start: int, stop: int | None) -> dict[str, np.ndarray]:
+    """Samples [start:stop) of every input."""
+    return {k: v[start:stop] for k, v in data.items()}
+
+
+def num_samples(data: Mapping[str, np.ndarray]) -> int:
+    return int(next(iter(data.values())).shape[0])
+
+
+def _fallback(specs: Sequence[InputSpec], seed: int) -> dict[str, np.ndarray]:
+    log.warning("\n" + "!" * 78 + "\n!! NO CALIBRATION DATA: using %d samples of uniform random data "
+                "in [0, 1).\n!! Activation ranges will not match real inputs and accuracy will "
+                "likely suffer.\n!! Pass --calibration_data with ~50-500 real samples.\n" + "!" * 78,
+                FALLBACK_SAMPLES)
+    rng = np.random.default_rng(seed)
+    return {s.name: rng.random((FALLBACK_SAMPLES, *s.shape[1:]), dtype=np.float32) for s in specs}
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise EqTfliteError(f"cannot read {path} as .npy ({type(err).__name__})") from None
+
+
+def _open_npz(path: Path):
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:
+        raise EqTfliteError(f"cannot read {path} as .npz ({type(err).__name__})") from None
+
+
+def _assign_single(array: np.ndarray, specs: Sequence[InputSpec], what: str) -> dict[str, np.ndarray]:
+    if len(specs) != 1:
+        raise EqTfliteError(f"{what}: the model has {len(specs)} inputs "
+                            f"({', '.join(s.alias for s in specs)}); give a .npz with one array per input")
+    return {specs[0].name: array}
+
+
+def _assign_named(arrays: dict[str, np.ndarray], specs: Sequence[InputSpec], what: str) -> dict[str, np.ndarray]:
+    if len(specs) == 1 and len(arrays) == 1:
+        return {specs[0].name: next(iter(arrays.values()))}
+    out = {}
+    for spec in specs:
+        for key in (spec.alias, spec.name):
+            if key in arrays:
+                out[spec.name] = arrays[key]
+                break
+        else:
+            raise EqTfliteError(f"{what}: no array for input {spec.alias!r} "
+                                f"(found {', '.join(sorted(arrays)) or 'nothing'})")
+    return out
+
+
+def _validate(array: Any, spec: InputSpec) -> np.ndarray:
+    array = np.asarray(array)
+    want = tuple(spec.shape[1:])
+    if array.dtype.kind != "f":
+        raise EqTfliteError(f"calibration data for {spec.alias!r} has dtype {array.dtype}, but the "
+                            "model takes float32: preprocess it exactly as the model expects")
+    if array.ndim != len(want) + 1 or (want and tuple(array.shape[1:]) != want):
+        raise EqTfliteError(f"calibration data for {spec.alias!r} has shape {array.shape}, expected "
+                            f"(N, {', '.join(map(str, want))})")
+    if array.shape[0] == 0:
+        raise EqTfliteError(f"calibration data for {spec.alias!r} is empty (0 samples)")
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise EqTfliteError(f"calibration data for {spec.alias!r} contains {bad} NaN/Inf values")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _load_images(folder: Path, specs: Sequence[InputSpec], image_size: tuple[int, int] | None,
+                 mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    shape = specs[0].shape
+    if len(shape) != 4:
+        raise EqTfliteError(f"an image directory needs a model with one NHWC input, got shape {shape}")
+    height, width = image_size or (shape[1], shape[2])
+    channels = shape[3]
+    if channels not in (1, 3):
+        raise EqTfliteError(f"image calibration needs 1 or 3 input channels, the model has {channels}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EqTfliteError(f"calibration directory {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im = im.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+                images.append(np.asarray(im, np.float32).reshape(height, width, channels))
+        except (UnidentifiedImageError, OSError) as err:
+            raise EqTfliteError(f"cannot decode image {f} ({type(err).__name__})") from None
+    x = np.stack(images) / 255.0
+    return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

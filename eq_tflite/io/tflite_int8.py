@@ -1,0 +1,68 @@
+"""Stage 2 (convert): TFLite's own full-integer int8 conversion of a float .tflite.
+
+This is exactly what ``TFLiteConverter`` does with a representative dataset
+(calibrate with the TFLite calibrator, then the MLIR quantizer), but it starts
+from a float .tflite so every source format takes the same path.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from eq_tflite.errors import EqTfliteError, UnsupportedOpsError
+from eq_tflite.io import flatbuffer as fb
+
+
+def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input_names: Sequence[str],
+                *, allow_float: bool = False, int8_io: bool = False) -> bytes:
+    """Returns TFLite's int8 model calibrated on ``calibration``.
+
+    ``allow_float`` keeps ops without int8 kernels in float (with
+    QUANTIZE/DEQUANTIZE around them) instead of failing. ``int8_io`` makes the
+    model's inputs and outputs int8 instead of float32.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert
+    from tensorflow.lite.python.optimize import calibrator
+
+    n = int(next(iter(calibration.values())).shape[0])
+
+    def samples():
+        for i in range(n):
+            yield [calibration[name][i:i + 1] for name in input_names]
+
+    try:
+        with_intermediates = calibrator.add_intermediate_tensors(float_model)
+        calibrated = calibrator.Calibrator(with_intermediates).calibrate(samples)
+    except Exception as err:
+        raise EqTfliteError(f"TFLite calibration failed: {_first_line(err)}") from None
+    try:
+        # fully_quantize=True is what makes the MLIR quantizer emit int8 model
+        # inputs/outputs; with float I/O it adds QUANTIZE/DEQUANTIZE at the edges
+        # (identical to TFLiteConverter with a representative dataset).
+        model = bytes(tfl_convert.mlir_quantize(
+            calibrated, fully_quantize=int8_io,
+            input_data_type=tf.int8 if int8_io else tf.float32,
+            output_data_type=tf.int8 if int8_io else tf.float32))
+    except Exception as err:
+        raise EqTfliteError(f"TFLite int8 quantization failed: {_first_line(err)}") from None
+    float_ops = float_ops_left(model)
+    if float_ops and not allow_float:
+        raise UnsupportedOpsError(float_ops)
+    return model
+
+
+def float_ops_left(model_bytes: bytes) -> list[str]:
+    """Names of ops that the quantizer left in float (QUANTIZE/DEQUANTIZE excluded)."""
+    model = fb.parse_model(model_bytes)
+    sg = model.subgraphs[0]
+    names = []
+    for op in sg.operators:
+        name = fb.op_name(model, op)
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        tensors = [sg.tensors[i] for i in list(op.inputs) + list(op.outputs) if i >= 0]
+        if any(fb.type_name(t.type) == "FLOAT32" and fb.buffer_array(model, t) is None for t in tensors):
+            names.append(name)
+    return names

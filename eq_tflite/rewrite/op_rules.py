@@ -1,0 +1,25 @@
+"""Per-op quantization constraints of TFLite's int8 kernels (the quantization spec)."""
+from __future__ import annotations
+
+#: Ops whose int8 kernels require input and output to share (scale, zero point).
+SAME_SCALE_OPS = frozenset({
+    "AVERAGE_POOL_2D", "MAX_POOL_2D", "CONCATENATION", "RESHAPE", "SQUEEZE", "EXPAND_DIMS",
+    "PAD", "PADV2", "MIRROR_PAD", "TRANSPOSE", "SLICE", "STRIDED_SLICE", "SPLIT", "SPLIT_V",
+    "GATHER", "GATHER_ND", "DEPTH_TO_SPACE", "SPACE_TO_DEPTH", "BATCH_TO_SPACE_ND",
+    "SPACE_TO_BATCH_ND", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "MAXIMUM", "MINIMUM",
+    "PACK", "UNPACK", "TILE", "BROADCAST_TO", "REDUCE_MAX", "REDUCE_MIN",
+})
+
+#: Ops whose int8 output (scale, zero point) is fixed by the spec (kernels check it).
+FIXED_OUTPUT_OPS = frozenset({"SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX"})
+
+#: Weighted ops: (data input position, weight position, bias position, output-channel axis).
+WEIGHTED = {
+    "CONV_2D": (0, 1, 2, 0),
+    "DEPTHWISE_CONV_2D": (0, 1, 2, 3),
+    "FULLY_CONNECTED": (0, 1, 2, 0),
+    "TRANSPOSE_CONV": (2, 1, 3, 0),
+}
+
+#: Ops that only change the storage type (float <-> int8 at the model's edges).
+EDGE_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
