@@ -6,8 +6,8 @@ clear error line.
 """
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -15,8 +15,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError
-
-log = logging.getLogger("eq_tflite")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Samples drawn for the no-data fallback.
@@ -80,10 +78,11 @@ def num_samples(data: Mapping[str, np.ndarray]) -> int:
 
 
 def _fallback(specs: Sequence[InputSpec], seed: int) -> dict[str, np.ndarray]:
-    log.warning("\n" + "!" * 78 + "\n!! NO CALIBRATION DATA: using %d samples of uniform random data "
-                "in [0, 1).\n!! Activation ranges will not match real inputs and accuracy will "
-                "likely suffer.\n!! Pass --calibration_data with ~50-500 real samples.\n" + "!" * 78,
-                FALLBACK_SAMPLES)
+    # Printed, not logged: it must reach CLI and API users alike, whatever logging setup.
+    bar = "!" * 78
+    print(f"{bar}\n!! NO CALIBRATION DATA: using {FALLBACK_SAMPLES} samples of uniform random data "
+          "in [0, 1).\n!! Activation ranges will not match real inputs and accuracy will likely "
+          f"suffer.\n!! Pass --calibration_data with ~50-500 real samples.\n{bar}", file=sys.stderr)
     rng = np.random.default_rng(seed)
     return {s.name: rng.random((FALLBACK_SAMPLES, *s.shape[1:]), dtype=np.float32) for s in specs}
 

@@ -1,0 +1,137 @@
+"""The CLI on bad input: one clear line, exit code 2, and no output file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from absl import flags
+
+from eq_tflite import convert
+
+
+def run_cli(args: list[str]) -> int:
+    """Runs ``eq-tflite`` in-process with fresh flags; returns its exit code."""
+    flags.FLAGS.unparse_flags()
+    argv = flags.FLAGS(["eq-tflite", *args])
+    return convert.main(argv)
+
+
+def assert_fails(capsys, out: Path, args: list[str], message: str) -> None:
+    code = run_cli([*args, "--output", str(out), "--noprogress", "--method", "minmax"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err and err[-1].startswith("error: ") and message in err[-1], err
+    assert not out.exists()
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # no temp files either
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    return tmp_path / "out" / "model.tflite"
+
+
+def test_missing_model(capsys, out, small_calibration_path):
+    assert_fails(capsys, out, ["/no/such/model", "--calibration_data", str(small_calibration_path)],
+                 "no such model")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all", b"\x1c\x00\x00\x00TFL3" + b"\xff" * 64])
+def test_corrupt_tflite(capsys, out, tmp_path, content, small_calibration_path):
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(content)
+    assert_fails(capsys, out, [str(bad), "--calibration_data", str(small_calibration_path)], ".tflite")
+
+
+def test_truncated_tflite(capsys, out, tmp_path, small_float_tflite, small_calibration_path):
+    bad = tmp_path / "truncated.tflite"
+    bad.write_bytes(small_float_tflite[: len(small_float_tflite) // 2])
+    assert_fails(capsys, out, [str(bad), "--calibration_data", str(small_calibration_path)], "")
+
+
+def test_corrupt_saved_model(capsys, out, tmp_path, small_calibration_path):
+    bad = tmp_path / "saved"
+    bad.mkdir()
+    (bad / "saved_model.pb").write_bytes(b"\x08garbage")
+    assert_fails(capsys, out, [str(bad), "--calibration_data", str(small_calibration_path)],
+                 "cannot convert")
+
+
+def test_not_a_saved_model_dir(capsys, out, tmp_path, small_calibration_path):
+    assert_fails(capsys, out, [str(tmp_path), "--calibration_data", str(small_calibration_path)],
+                 "not a SavedModel")
+
+
+@pytest.mark.parametrize("data,message", [
+    (np.zeros((4, 10, 12, 3), np.float32), "expected (N, 12, 12, 3)"),
+    (np.zeros((4, 12, 12), np.float32), "expected (N, 12, 12, 3)"),
+    (np.zeros((4, 12, 12, 3), np.uint8), "dtype uint8"),
+    (np.zeros((0, 12, 12, 3), np.float32), "empty"),
+    (np.full((4, 12, 12, 3), np.nan, np.float32), "NaN/Inf"),
+    (np.array([[[[np.inf, 0, 0]] * 12] * 12] * 2, np.float32), "NaN/Inf"),
+])
+def test_bad_calibration_data(capsys, out, tmp_path, small_float_path, data, message):
+    path = tmp_path / "calib.npy"
+    np.save(path, data)
+    assert_fails(capsys, out, [str(small_float_path), "--calibration_data", str(path)], message)
+
+
+def test_bad_npz_names(capsys, out, tmp_path, small_float_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, a=np.zeros((2, 12, 12, 3), np.float32), b=np.zeros((2, 12, 12, 3), np.float32))
+    assert_fails(capsys, out, [str(small_float_path), "--calibration_data", str(path)],
+                 "no array for input 'image'")
+
+
+@pytest.mark.parametrize("args", [["--bits", "9"], ["--bits", "1"], ["--weight_bits", "0"],
+                                  ["--activation_bits", "12"]])
+def test_bits_out_of_range(capsys, out, small_float_path, small_calibration_path, args):
+    assert_fails(capsys, out, [str(small_float_path), "--calibration_data", str(small_calibration_path),
+                               *args], "2..8")
+
+
+@pytest.fixture(scope="module")
+def unsupported_model(tmp_path_factory) -> Path:
+    import keras
+    import tensorflow as tf
+    inp = keras.Input((8,))
+    x = keras.layers.Dense(8)(inp)
+    x = keras.layers.Lambda(lambda t: tf.math.cumsum(tf.math.sin(t), axis=1))(x)
+    model = keras.Model(inp, keras.layers.Dense(4)(x))
+    path = tmp_path_factory.mktemp("unsupported") / "model.tflite"
+    path.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    return path
+
+
+def test_unsupported_ops_named(capsys, out, tmp_path, unsupported_model):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).random((16, 8), dtype=np.float32))
+    assert_fails(capsys, out, [str(unsupported_model), "--calibration_data", str(data)],
+                 "cannot quantize these ops: CUMSUM, SIN")
+
+
+def test_unsupported_ops_float_fallback(capsys, out, tmp_path, unsupported_model):
+    data = tmp_path / "x.npy"
+    np.save(data, np.random.default_rng(0).random((16, 8), dtype=np.float32))
+    code = run_cli([str(unsupported_model), "--calibration_data", str(data), "--method", "minmax",
+                    "--allow_float", "--output", str(out), "--noprogress"])
+    text = capsys.readouterr().out
+    assert code == 0 and out.exists()
+    assert "float ops kept: CUMSUM, SIN" in text
+
+
+def test_no_calibration_data_warns_loudly(capsys, out, small_float_path):
+    code = run_cli([str(small_float_path), "--method", "minmax", "--output", str(out), "--noprogress"])
+    captured = capsys.readouterr()
+    assert code == 0 and out.exists()
+    assert "NO CALIBRATION DATA" in captured.err
+
+
+def test_success_summary(capsys, out, small_float_path, small_calibration_path):
+    code = run_cli([str(small_float_path), "--calibration_data", str(small_calibration_path),
+                    "--method", "minmax", "--num_calibration_samples", "32", "--output", str(out),
+                    "--noprogress"])
+    text = capsys.readouterr().out
+    assert code == 0 and out.exists()
+    assert "W7/A7, 32 calibration samples" in text
+    assert "16 held-back samples" in text and "top-1 agreement" in text
