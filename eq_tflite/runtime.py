@@ -75,28 +75,42 @@ def _from_output(detail: dict, y: np.ndarray) -> np.ndarray:
 
 def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
               batch_size: int = 1) -> list[np.ndarray]:
-    """Runs ``interp`` sample by sample; returns float outputs stacked on axis 0.
+    """Runs ``interp`` over all samples; returns float outputs stacked on axis 0.
 
     ``inputs`` maps input tensor names to (N, ...) arrays, or lists arrays in
     input order. Quantized (int8) inputs/outputs are converted with their
-    tensor's scale and zero point, so callers always see real values.
+    tensor's scale and zero point, so callers always see real values. With
+    ``batch_size > 1`` the inputs are resized when the model allows it (models
+    with a batch-1 RESHAPE fall back to one sample at a time).
     """
     in_details = interp.get_input_details()
-    out_details = interp.get_output_details()
-    if isinstance(inputs, dict):
-        arrays = [inputs[d["name"]] for d in in_details]
-    else:
-        arrays = list(inputs)
+    arrays = [inputs[d["name"]] for d in in_details] if isinstance(inputs, dict) else list(inputs)
     n = arrays[0].shape[0]
-    outs: list[list[np.ndarray]] = [[] for _ in out_details]
-    for i in range(0, n, batch_size):
-        for d, a in zip(in_details, arrays):
-            chunk = a[i:i + batch_size]
-            if tuple(d["shape"]) != chunk.shape:
-                interp.resize_tensor_input(d["index"], chunk.shape)
-                interp.allocate_tensors()
+    batch = _resize(interp, in_details, arrays, min(batch_size, n))
+    outs: list[list[np.ndarray]] = []
+    for i in range(0, n, batch):
+        chunks = [a[i:i + batch] for a in arrays]
+        if chunks[0].shape[0] != batch:
+            _resize(interp, in_details, chunks, chunks[0].shape[0])
+        for d, chunk in zip(interp.get_input_details(), chunks):
             interp.set_tensor(d["index"], _to_input(d, chunk))
         interp.invoke()
-        for k, d in enumerate(out_details):
+        details = interp.get_output_details()
+        if not outs:
+            outs = [[] for _ in details]
+        for k, d in enumerate(details):
             outs[k].append(_from_output(d, interp.get_tensor(d["index"])))
     return [np.concatenate(o, axis=0) for o in outs]
+
+
+def _resize(interp: Any, details: list[dict], arrays: Sequence[np.ndarray], batch: int) -> int:
+    """Resizes the inputs to ``batch`` samples; returns the batch actually used (or 1)."""
+    for b in dict.fromkeys((batch, 1)):
+        try:
+            for d, a in zip(details, arrays):
+                interp.resize_tensor_input(d["index"], (b, *a.shape[1:]), strict=False)
+            interp.allocate_tensors()
+            return b
+        except (RuntimeError, ValueError):
+            continue
+    raise RuntimeError("cannot allocate the model for one sample")

@@ -1,0 +1,191 @@
+"""Accuracy benchmark: every method x bit width on the Fashion-MNIST example models.
+
+    python tools/benchmark_accuracy.py --output BENCHMARKS_accuracy.md
+
+For each model it measures the float model and TFLite's own INT8 model, then
+each method at each W/A bit width: top-1 accuracy on the 10k test split, top-1
+agreement and mean logit cosine against float (TFLite's builtin kernels),
+the method's calibration seconds and peak memory. Each cell runs in a fresh
+process (so peak RSS is that cell's own). It also times EasyQuant against
+TFLite's own int8 conversion of the same model and samples, side by side in one
+process (medians), and writes a Markdown report with the command and machine.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["resnet_fmnist", "mobilenetv2_fmnist"], "Example models under examples/.")
+flags.DEFINE_list("methods", ["minmax", "kl", "easyquant"], "Methods to benchmark.")
+flags.DEFINE_list("bits", ["8", "7", "6", "5"], "W/A bit widths.")
+flags.DEFINE_string("calibration_data", str(REPO / "examples" / "fmnist_calib.npy"), "Calibration .npy.")
+flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only (default: all 10k).")
+flags.DEFINE_integer("timing_runs", 3, "Runs per side for the EQ / TFLite conversion-time ratio.")
+flags.DEFINE_string("output", str(REPO / "BENCHMARKS_accuracy.md"), "Markdown report path.")
+
+
+def _test_data():
+    from eq_tflite.datasets import load_fashion_mnist
+    x, y = load_fashion_mnist("test")
+    return (x[:FLAGS.limit], y[:FLAGS.limit]) if FLAGS.limit else (x, y)
+
+
+def _cell(model_dir: str, method: str | None, bits: int, calib_path: str, limit: int | None,
+          queue) -> None:
+    """One table cell, in a fresh process. method None = TFLite's own INT8; 'float' = float."""
+    import numpy as np
+
+    from eq_tflite import api
+    from eq_tflite.datasets import load_fashion_mnist
+    from eq_tflite.evaluation import predict, score
+    from eq_tflite.io.tflite_int8 import tflite_int8
+    x, y = load_fashion_mnist("test")
+    if limit:
+        x, y = x[:limit], y[:limit]
+    calib = np.load(calib_path)
+    float_model = api.float_model_of(model_dir)
+    reference = predict(float_model, x)
+    row = {"seconds": None, "peak_heap_mib": None}
+    if method == "float":
+        model = float_model
+    elif method is None:
+        from eq_tflite.graph import Graph
+        graph = Graph.from_tflite(float_model)
+        name = graph.tensors[graph.inputs[0]].name
+        t0 = time.perf_counter()
+        model = tflite_int8(float_model, {name: calib}, [name])
+        row["seconds"] = time.perf_counter() - t0
+        row["samples"] = len(calib)
+    else:
+        tracemalloc.start()
+        conv = api.convert_model(float_model, calib, bits=bits, method=method)
+        row["peak_heap_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
+        tracemalloc.stop()
+        model, row["seconds"] = conv.model, conv.timings["method"]
+        row["samples"] = conv.num_calibration
+    s = score(predict(model, x), reference, y)
+    row.update(accuracy=s.accuracy, agreement=s.agreement, cosine=s.cosine,
+               peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    queue.put(row)
+
+
+def _run_cell(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_cell, args=(*args, queue))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
+
+
+def _timing_ratio(model_dir: str, calib_path: str, runs: int) -> tuple[float, float, float]:
+    """Median EQ calibration seconds, median TFLite int8 conversion seconds, and their ratio.
+
+    TFLite's side is the full ``TFLiteConverter`` path from the SavedModel with
+    the same 50 samples as a representative dataset; EQ's side is the method
+    stage alone. The two alternate in one process so they share machine noise.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from eq_tflite import api
+    from eq_tflite.graph import Graph
+    from eq_tflite.grid import BitWidths
+    from eq_tflite.methods import get
+    from eq_tflite.plan import MethodContext
+    calib = np.load(calib_path)[:api.DEFAULT_SAMPLES["easyquant"]]
+    float_model = api.float_model_of(model_dir)
+    graph = Graph.from_tflite(float_model)
+    name = graph.tensors[graph.inputs[0]].name
+    eq_times, tfl_times = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        conv = tf.lite.TFLiteConverter.from_saved_model(model_dir)
+        conv.optimizations = [tf.lite.Optimize.DEFAULT]
+        conv.representative_dataset = lambda: ([calib[i:i + 1]] for i in range(len(calib)))
+        conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        conv.convert()
+        tfl_times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        get("easyquant")(MethodContext(graph, float_model, {name: calib}, BitWidths(7, 7), {"seed": 0},
+                                       progress=False))
+        eq_times.append(time.perf_counter() - t0)
+    eq, tfl = statistics.median(eq_times), statistics.median(tfl_times)
+    return eq, tfl, eq / tfl
+
+
+def _machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from eq_tflite.io.flatbuffer import write_atomic
+    lines = ["# Accuracy benchmark", "",
+             f"Command: `python tools/benchmark_accuracy.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+             f"Machine: {_machine()}", "",
+             "Fashion-MNIST test split" + (f" (first {FLAGS.limit})" if FLAGS.limit else " (10,000 images)")
+             + f"; calibration: `{Path(FLAGS.calibration_data).name}` (each method's default sample "
+             "count, shown as N). Metrics on TFLite's builtin kernels "
+             "(BUILTIN_WITHOUT_DEFAULT_DELEGATES); agreement and cosine are against the float model's "
+             "outputs. Seconds: the method stage (TFLite INT8 row: its calibrate+quantize). Peak heap: "
+             "Python/numpy allocations during the whole conversion (tracemalloc); peak RSS: the cell's "
+             "whole process, TensorFlow included.", ""]
+    results = {}
+    for model in FLAGS.models:
+        model_dir = str(REPO / "examples" / model)
+        lines += [f"## {model}", "", "| method | W/A | N | top-1 % | agreement % | cosine | seconds | "
+                  "peak heap MiB | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
+        cells = [("float", "float", 32), ("TFLite INT8", None, 8)]
+        cells += [(m, m, int(b)) for b in FLAGS.bits for m in FLAGS.methods]
+        for label, method, bits in cells:
+            row = _run_cell(model_dir, method, bits, FLAGS.calibration_data, FLAGS.limit)
+            results[f"{model}/{label}/{bits}"] = row
+            wa = "fp32" if method == "float" else f"{bits}/{bits}"
+            fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+            lines.append(f"| {label} | {wa} | {row.get('samples', '-')} | "
+                         f"{100 * row['accuracy']:.2f} | {100 * row['agreement']:.2f} | {row['cosine']:.5f} | "
+                         f"{fmt(row['seconds'], '.2f')} | {fmt(row['peak_heap_mib'], '.0f')} | "
+                         f"{row['peak_rss_mib']:.0f} |")
+            print(lines[-1], flush=True)
+        lines.append("")
+    if "easyquant" in FLAGS.methods:
+        lines += ["## EasyQuant calibration time vs TFLite's own int8 conversion", "",
+                  f"Same model, same 50 samples, alternating in one process, median of {FLAGS.timing_runs}. "
+                  "TFLite: `TFLiteConverter.from_saved_model` with a representative dataset (float "
+                  "conversion + calibration + quantization). EQ: the method stage at W7/A7.", "",
+                  "| model | EQ s | TFLite int8 s | ratio |", "|---|---|---|---|"]
+        for model in FLAGS.models:
+            eq, tfl, ratio = _timing_ratio(str(REPO / "examples" / model), FLAGS.calibration_data,
+                                           FLAGS.timing_runs)
+            results[f"{model}/timing"] = {"eq": eq, "tflite": tfl, "ratio": ratio}
+            lines.append(f"| {model} | {eq:.2f} | {tfl:.2f} | {ratio:.2f}x |")
+            print(lines[-1], flush=True)
+    write_atomic(FLAGS.output, ("\n".join(lines) + "\n").encode())
+    write_atomic(Path(FLAGS.output).with_suffix(".json"), json.dumps(results, indent=1).encode())
+
+
+if __name__ == "__main__":
+    app.run(main)
