@@ -111,8 +111,12 @@ def run() -> None:
     """Console-script entry point (``eq-tflite``)."""
     set_verbose("--verbose" in sys.argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    # absl's --help lists the key flags of the module named by argv[0]; register
+    # ours there so `eq-tflite --help` and `python -m eq_tflite.convert --help` show them.
+    module = __name__ if __name__ != "__main__" else sys.argv[0]
+    for flag in FLAGS.flags_by_module_dict().get(module, []):
+        FLAGS.register_key_flag_for_module(sys.argv[0], flag)
     app.run(lambda argv: sys.exit(main(argv)))
-
 
 if __name__ == "__main__":
     run()
