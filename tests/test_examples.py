@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,8 @@ from eq_tflite import api
 from eq_tflite.evaluation import predict, score
 from eq_tflite.verify import verify
 
-from conftest import EXAMPLES, REPO
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,289 @@
+/*
+ * conv_params.c -- quantization parameters, shapes and kernel dispatch for
+ * one int8 CONV_2D node.
+ *
+ * The requantization parameters are derived exactly as TFLite derives them
+ * for its per-channel int8 convolution, so that the fixed-point arithmetic
+ * in eqd_requant_scalar() / the AVX2 requantizer reproduces TFLite's output
+ * bit for bit:
+ *   effective scale  m[c] = (double)s_in * (double)s_w[c] / (double)s_out
+ *   QuantizeMultiplier: m = q * 2^shift with q in [0.5, 1) (frexp),
+ *                       significand = round(q * 2^31) (ties away from zero),
+ *                       renormalised when it rounds up to 2^31,
+ *                       flushed to zero when shift < -31.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "eqd_conv.h"
+
+const char* const eqd_path_names[EQD_PATH_COUNT] = {
+    "direct_scalar",     "winograd_scalar",   "direct_avx2_i16x8",
+    "direct_avx2_i16x4", "direct_avx2_i16x2", "winograd_avx2",
+    "dwconv_scalar",     "dwconv_avx2",
+};
+
+void* eqd_aligned_alloc(size_t bytes) {
+  void* p = NULL;
+  if (bytes == 0) bytes = 64;
+  if (posix_memalign(&p, 64, bytes) != 0) return NULL;
+  return p;
+}
+
+void eqd_aligned_free(void* p) { free(p); }
+
+void eqd_quantize_multiplier(double m, int32_t* q, int* shift) {
+  if (m == 0.0) {
+    *q = 0;
+    *shift = 0;
+    return;
+  }
+  int e = 0;
+  const double frac = frexp(m, &e); /* m = frac * 2^e, frac in [0.5, 1) */
+  int64_t q_fixed = (int64_t)round(frac * (double)(1LL << 31));
+  if (q_fixed == (1LL << 31)) { /* rounded up to 1.0: renormalise */
+    q_fixed /= 2;
+    ++e;
+  }
+  if (e < -31) { /* every bit would be shifted out: TFLite flushes to 0 */
+    e = 0;
+    q_fixed = 0;
+  }
+  *q = (int32_t)q_fixed;
+  *shift = e;
+}
+
+/* TFLite's CalculateActivationRangeQuantized for int8 outputs:
+ * quantize(f) = zp + (int32)round(f / scale), computed in float. */
+static int32_t quantize_f(float f, float scale, int32_t zp) {
+  const float r = roundf(f / scale);
+  /* Clamp in float before the conversion (the C conversion of an
+   * out-of-range float is undefined; TFLite never meets such scales with
+   * sane models, and the final clamp to [-128,127] makes this invisible). */
+  double v = (double)zp + (double)r;
+  if (v > 2147483647.0) v = 2147483647.0;
+  if (v < -2147483648.0) v = -2147483648.0;
+  return (int32_t)v;
+}
+
+void eqd_activation_range(int act, float out_scale, int32_t out_zp,
+                          int32_t* act_min, int32_t* act_max) {
+  const int32_t qmin = -128, qmax = 127;
+  int32_t lo = qmin, hi = qmax;
+  switch (act) {
+    case 1: /* RELU */
+      lo = quantize_f(0.0f, out_scale, out_zp);
+      lo = lo > qmin ? lo : qmin;
+      break;
+    case 3: /* RELU6 */
+      lo = quantize_f(0.0f, out_scale, out_zp);
+      lo = lo > qmin ? lo : qmin;
+      hi = quantize_f(6.0f, out_scale, out_zp);
+      hi = hi < qmax ? hi : qmax;
+      break;
+    case 2: /* RELU_N1_TO_1 */
+      lo = quantize_f(-1.0f, out_scale, out_zp);
+      lo = lo > qmin ? lo : qmin;
+      hi = quantize_f(1.0f, out_scale, out_zp);
+      hi = hi < qmax ? hi : qmax;
+      break;
+    default: /* NONE */
+      break;
+  }
+  *act_min = lo;
+  *act_max = hi;
+}
+
+int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
+                          int n_w_scales, float out_scale, int rounding_reference) {
+  const int cp = c->cout_pad;
+  c->rq_mult = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
+  c->rq_lshift = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
+  c->rq_rshift = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
+  c->rq_rmask = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
+  c->rq_rthresh = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
+  c->rq_away = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
+  if (!c->rq_mult || !c->rq_lshift || !c->rq_rshift || !c->rq_rmask ||
+      !c->rq_rthresh || !c->rq_away)
+    return -1;
+  /* Tie rule per channel (see eqd_conv.rq_away). */
+  const int simd_channels = c->depthwise ? c->cout / 8 * 8 : c->cout;
+  for (int ch = 0; ch < c->cout; ++ch)
+    c->rq_away[ch] = (rounding_reference || ch >= simd_channels) ? -1 : 0;
+  for (int ch = 0; ch < c->cout; ++ch) {
+    const double ws = (double)w_scales[n_w_scales == 1 ? 0 : ch];
+    const double eff = (double)in_scale * ws / (double)out_scale;
+    int32_t q;
+    int shift;
+    eqd_quantize_multiplier(eff, &q, &shift);
+    /* shift > 31 would make TFLite's (1 << left_shift) undefined; such a
+     * scale (> 2^31) is rejected when claiming the node. */
+    if (shift > 31) return -1;
+    c->rq_mult[ch] = q;
+    c->rq_lshift[ch] = shift > 0 ? shift : 0;
+    c->rq_rshift[ch] = shift > 0 ? 0 : -shift; /* <= 31 by construction */
+    c->rq_rmask[ch] = (int32_t)((1LL << c->rq_rshift[ch]) - 1);
+    c->rq_rthresh[ch] = c->rq_rmask[ch] >> 1;
+  }
+  return 0;
+}
+
+void eqd_pad_input_s8(const int8_t* src, int h, int w, int ch, int pt, int pl,
+                      int hp, int wp, int8_t fill, int8_t* dst) {
+  const size_t row = (size_t)wp * (size_t)ch;
+  for (int y = 0; y < hp; ++y) {
+    int8_t* d = dst + (size_t)y * row;
+    const int sy = y - pt;
+    if (sy < 0 || sy >= h) {
+      memset(d, (unsigned char)fill, row);
+      continue;
+    }
+    /* columns [x0, x1) come from the source row */
+    int x0 = pl > 0 ? pl : 0;
+    int x1 = pl + w < wp ? pl + w : wp;
+    if (x1 < x0) x1 = x0;
+    if (x0 > 0) memset(d, (unsigned char)fill, (size_t)x0 * ch);
+    if (x1 > x0)
+      memcpy(d + (size_t)x0 * ch,
+             src + ((size_t)sy * w + (size_t)(x0 - pl)) * ch,
+             (size_t)(x1 - x0) * ch);
+    if (x1 < wp) memset(d + (size_t)x1 * ch, (unsigned char)fill,
+                        (size_t)(wp - x1) * ch);
+  }
+}
+
+/* TFLite's ComputeOutSize / ComputePaddingHeightWidth (dilation 1). */
+static int out_size(int same, int in, int k, int s) {
+  return same ? (in + s - 1) / s : (in - k + s) / s;
+}
+
+static int pad_before(int in, int k, int s, int out) {
+  int total = (out - 1) * s + k - in;
+  if (total < 0) total = 0;
+  return total / 2;
+}
+
+int eqd_conv_setup_shape(eqd_conv* c, int batch, int in_h, int in_w, int nthreads) {
+  if (nthreads < 1) nthreads = 1;
+  if (batch <= 0 || in_h <= 0 || in_w <= 0) return -1;
+  const int oh = out_size(c->padding_same, in_h, c->kh, c->stride_h);
+  const int ow = out_size(c->padding_same, in_w, c->kw, c->stride_w);
+  if (oh <= 0 || ow <= 0) return -1;
+  const int same_shape = c->scratch && c->batch == batch && c->in_h == in_h &&
+                         c->in_w == in_w && c->nthreads == nthreads;
+  c->nthreads = nthreads;
+  c->batch = batch;
+  c->in_h = in_h;
+  c->in_w = in_w;
+  c->out_h = oh;
+  c->out_w = ow;
+  c->pad_top = pad_before(in_h, c->kh, c->stride_h, oh);
+  c->pad_left = pad_before(in_w, c->kw, c->stride_w, ow);
+  c->d_hp = (oh - 1) * c->stride_h + c->kh;
+  c->d_wp = (ow - 1) * c->stride_w + c->kw;
+  c->tiles_h = (oh + 1) / 2;
+  c->tiles_w = (ow + 1) / 2;
+  c->w_hp = 2 * c->tiles_h + 2;
+  c->w_wp = 2 * c->tiles_w + 2;
+  if (same_shape) return 0;
+
+  /* Byte offsets of the direct kernels' k-groups: group j of kernel row ky
+   * starts at ky * (row stride) + 4 j inside the padded input.  Layout:
+   * [0, G) one entry per group; [G, 3G) each group twice (split path). */
+  free(c->d_aoff);
+  c->d_aoff = NULL;
+  if (c->d_groups > 0) {
+    const int G = c->d_groups;
+    c->d_aoff = (int32_t*)calloc((size_t)G * 3, sizeof(int32_t));
+    if (!c->d_aoff) return -1;
+    const int seg = c->kw * c->cin;
+    const int gps = (seg + 3) / 4; /* groups per kernel row */
+    for (int g = 0; g < G; ++g) {
+      int32_t off = 0; /* padding groups: zero weights, any valid address */
+      if (g < c->kh * gps) {
+        const int ky = g / gps, j = g % gps;
+        off = (int32_t)((size_t)ky * c->d_wp * c->cin + 4 * (size_t)j);
+      }
+      c->d_aoff[g] = off;
+      c->d_aoff[G + 2 * g] = off;
+      c->d_aoff[G + 2 * g + 1] = off;
+    }
+  }
+  free(c->d_poff);
+  c->d_poff = NULL;
+  if (c->d_groups > 0) {
+    c->d_poff = (size_t*)malloc((size_t)oh * ow * sizeof(size_t));
+    if (!c->d_poff) return -1;
+    for (int oy = 0; oy < oh; ++oy)
+      for (int ox = 0; ox < ow; ++ox)
+        c->d_poff[(size_t)oy * ow + ox] =
+            ((size_t)oy * c->stride_h * c->d_wp + (size_t)ox * c->stride_w) * c->cin;
+  }
+  size_t need = (size_t)c->d_hp * c->d_wp * c->cin + 64;
+  size_t need2 = eqd_direct_avx2_scratch_bytes(c);
+  if (need2 > need) need = need2;
+  if (c->winograd) {
+    size_t nw = eqd_winograd_scratch_bytes(c);
+    if (nw > need) need = nw;
+  }
+  eqd_aligned_free(c->scratch);
+  c->scratch = eqd_aligned_alloc(need);
+  c->scratch_bytes = need;
+  return c->scratch ? 0 : -1;
+}
+
+eqd_path eqd_conv_run(eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool) {
+  if (eqd_pool_threads(pool) > c->nthreads) pool = NULL; /* scratch too small */
+#if defined(__x86_64__) || defined(__i386__)
+  if (c->isa == EQD_ISA_AVX2) {
+    if (c->depthwise) {
+      eqd_dwconv_avx2(c, in, out, pool);
+      return EQD_PATH_DWCONV_AVX2;
+    }
+    if (c->winograd) {
+      eqd_winograd_avx2(c, in, out, pool);
+      return EQD_PATH_WINOGRAD_AVX2;
+    }
+    return eqd_direct_avx2(c, in, out, pool);
+  }
+#else
+  (void)pool;
+#endif
+  if (c->depthwise) {
+    eqd_dwconv_scalar(c, in, out);
+    return EQD_PATH_DWCONV_SCALAR;
+  }
+  if (c->winograd) {
+    eqd_winograd_scalar(c, in, out);
+    return EQD_PATH_WINOGRAD_SCALAR;
+  }
+  eqd_direct_scalar(c, in, out);
+  return EQD_PATH_DIRECT_SCALAR;
+}
+
+void eqd_conv_free(eqd_conv* c) {
+  if (!c) return;
+  free(c->bias);
+  free(c->wsum);
+  free(c->rq_mult);
+  free(c->rq_lshift);
+  free(c->rq_rshift);
+  free(c->rq_rmask);
+  free(c->rq_rthresh);
+  free(c->rq_away);
+  eqd_aligned_free(c->wino_u);
+  eqd_aligned_free(c->wino_u_packed);
+  free(c->bias_eff);
+  eqd_aligned_free(c->d_w);
+  eqd_aligned_free(c->d_w_split);
+  eqd_aligned_free(c->d_off_r4);
+  eqd_aligned_free(c->d_off_r2_128);
+  eqd_aligned_free(c->d_off_r2_64);
+  eqd_aligned_free(c->dw_w);
+  free(c->d_aoff);
+  free(c->d_poff);
+  eqd_aligned_free(c->scratch);
+  memset(c, 0, sizeof(*c));
+}

@@ -1,0 +1,292 @@
+"""Latency of the EasyQuant delegate against TFLite's builtin kernels and XNNPACK.
+
+Single-conv int8 models are built with TensorFlow's converter from random
+float weights, then made 7-bit: the filter's int8 values are replaced by
+random values in [-63, 63] (flatbuffer object API), and inputs are drawn
+from 128 consecutive levels (a 7-bit activation range).  Each model is run
+with three backends in one process, num_threads=1:
+
+  delegate  eq-tflite delegate + TFLite builtin kernels for anything left
+  builtin   TFLite's own kernels (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+  xnnpack   the default resolver (AUTO), i.e. XNNPACK
+
+The backends are interleaved round by round (so they share machine noise);
+the table reports medians and the ratios builtin/delegate and
+xnnpack/delegate (> 1: the delegate is faster), plus the kernel path the
+delegate ran.
+
+    python tools/benchmark_latency.py --output BENCHMARKS_latency.md
+    python tools/benchmark_latency.py --models a.tflite,b.tflite --rounds 50
+    python tools/benchmark_latency.py --saved_models examples/resnet_fmnist \
+        --calibration examples/fmnist_calib.npy
+
+Synthetic models get random inputs; --saved_models are quantized at 7 bits
+with eq_tflite.quantize and fed the first calibration sample.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("rounds", 30, "Timed invokes per backend (median; >= 20).")
+flags.DEFINE_integer("warmup", 3, "Untimed invokes per backend first.")
+flags.DEFINE_integer("threads", 1, "Interpreter num_threads for every backend.")
+flags.DEFINE_integer("wbits", 7, "Weight bits of the synthetic models (7: [-63,63], 8: [-127,127]).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_list("cases", [], "Subset of the synthetic cases by name (default: all; "
+                  "'none' for only --models / --saved_models).")
+flags.DEFINE_list("models", [], "Extra .tflite models to time end to end.")
+flags.DEFINE_list("saved_models", [], "SavedModel dirs to quantize with eq_tflite.quantize "
+                  "(bits=7) and time end to end; needs --calibration.")
+flags.DEFINE_string("calibration", "", ".npy calibration data for --saved_models.")
+flags.DEFINE_string("quantize_method", "minmax", "eq_tflite method for --saved_models.")
+flags.DEFINE_list("delegate_options", [], "Delegate options as key=value.")
+flags.DEFINE_string("output", "", "Write the Markdown report to this file.")
+
+# name: (H=W, Cin, Cout, kernel, stride); Cout == 0 means depthwise
+CASES: dict[str, tuple[int, int, int, int, int]] = {
+    "conv3x3_56x56x64": (56, 64, 64, 3, 1),
+    "conv3x3_28x28x128": (28, 128, 128, 3, 1),
+    "conv3x3_14x14x256": (14, 256, 256, 3, 1),
+    "conv3x3_7x7x512": (7, 512, 512, 3, 1),
+    "conv1x1_56x56x64": (56, 64, 64, 1, 1),
+    "conv1x1_14x14x256": (14, 256, 256, 1, 1),
+    "conv3x3s2_56x56x64": (56, 64, 64, 3, 2),
+    "conv3x3s2_28x28x128": (28, 128, 128, 3, 2),
+    "dwconv3x3_112x112x32": (112, 32, 0, 3, 1),
+    "dwconv3x3_28x28x256": (28, 256, 0, 3, 1),
+    "dwconv3x3s2_56x56x128": (56, 128, 0, 3, 2),
+}
+
+
+def build_conv_model(h: int, cin: int, cout: int, k: int, stride: int, wbits: int,
+                     rng: np.random.Generator) -> bytes:
+    """int8 single-conv model from TF's converter, then 7-bit weights.
+    cout == 0: a depthwise convolution (depth multiplier 1)."""
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    inp = tf.keras.Input((h, h, cin), batch_size=1)
+    if cout == 0:
+        out = tf.keras.layers.DepthwiseConv2D(k, strides=stride, padding="same",
+                                              activation="relu")(inp)
+    else:
+        out = tf.keras.layers.Conv2D(cout, k, strides=stride, padding="same",
+                                     activation="relu")(inp)
+    model = tf.keras.Model(inp, out)
+
+    def representative():
+        for _ in range(4):
+            yield [rng.uniform(-1, 1, size=(1, h, h, cin)).astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    flat = conv.convert()
+
+    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
+    sg = m.subgraphs[0]
+    wmax = 63 if wbits == 7 else 127
+    for op in sg.operators:
+        if m.operatorCodes[op.opcodeIndex].builtinCode not in (
+                schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D):
+            continue
+        t = sg.tensors[op.inputs[1]]
+        # Un-share the buffer before rewriting it (the converter dedups).
+        buf = schema.BufferT()
+        w = rng.integers(-wmax, wmax + 1, size=tuple(t.shape)).astype(np.int8)
+        buf.data = np.frombuffer(w.tobytes(), np.uint8)
+        m.buffers.append(buf)
+        t.buffer = len(m.buffers) - 1
+        # keep the real-valued weight range: scale * 127 -> scale' * wmax
+        t.quantization.scale = [s * 127.0 / wmax for s in t.quantization.scale]
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:  # bias scale = s_in * s_w
+            bt = sg.tensors[op.inputs[2]]
+            bt.quantization.scale = [s * 127.0 / wmax for s in bt.quantization.scale]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
+
+
+def _inputs_for(interp, rng: np.random.Generator) -> list[np.ndarray]:
+    xs = []
+    for det in interp.get_input_details():
+        shape, dtype = det["shape"], det["dtype"]
+        if dtype == np.int8:
+            _, zp = det["quantization"]
+            lo = int(np.clip(zp - 64, -128, 0))
+            xs.append(rng.integers(lo, lo + 128, size=shape).astype(np.int8))  # 128 levels
+        elif dtype == np.uint8:
+            xs.append(rng.integers(0, 128, size=shape).astype(np.uint8))
+        elif np.issubdtype(dtype, np.floating):
+            xs.append(rng.uniform(-1, 1, size=shape).astype(dtype))
+        else:
+            xs.append(rng.integers(0, 2, size=shape).astype(dtype))
+    return xs
+
+
+def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
+               inputs: list[np.ndarray] | None = None) -> dict[str, Any]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from eq_tflite.delegate import delegate_stats, load_delegate
+
+    builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    d = load_delegate(delegate_options)
+    interps = {
+        "delegate": Interpreter(model_content=model, num_threads=FLAGS.threads,
+                                experimental_delegates=[d],
+                                experimental_op_resolver_type=builtin),
+        "builtin": Interpreter(model_content=model, num_threads=FLAGS.threads,
+                               experimental_op_resolver_type=builtin),
+        "xnnpack": Interpreter(model_content=model, num_threads=FLAGS.threads),
+    }
+    first = next(iter(interps.values()))
+    first.allocate_tensors()
+    if inputs is None:
+        xs = _inputs_for(first, rng)
+    else:  # float samples; quantize them for integer model inputs
+        xs = []
+        for det, x in zip(first.get_input_details(), inputs):
+            if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] > 0:
+                sc, zp = det["quantization"]
+                info = np.iinfo(det["dtype"])
+                x = np.clip(np.round(x / sc) + zp, info.min, info.max)
+            xs.append(np.asarray(x).astype(det["dtype"]))
+    for it in interps.values():
+        it.allocate_tensors()
+        for det, x in zip(it.get_input_details(), xs):
+            it.set_tensor(det["index"], x)
+        for _ in range(FLAGS.warmup):
+            it.invoke()
+    times: dict[str, list[float]] = {k: [] for k in interps}
+    for _ in range(max(FLAGS.rounds, 20)):
+        for name, it in interps.items():  # interleaved: shared machine noise
+            t0 = time.perf_counter()
+            it.invoke()
+            times[name].append(time.perf_counter() - t0)
+    out_d = interps["delegate"].get_tensor(interps["delegate"].get_output_details()[0]["index"])
+    out_b = interps["builtin"].get_tensor(interps["builtin"].get_output_details()[0]["index"])
+    stats = delegate_stats(d)
+    paths: dict[str, int] = {}
+    for n in stats["nodes"]:
+        for p in n["paths"]:
+            paths[p] = paths.get(p, 0) + 1
+    return {
+        "ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+        "bitexact": bool(np.array_equal(out_d, out_b)),
+        "claimed": f"{stats['claimed']}/{stats['considered']}",
+        "paths": ", ".join(f"{p}" + (f" x{c}" if c > 1 else "") for p, c in sorted(paths.items())),
+        "isa": stats["isa"],
+    }
+
+
+def cpu_info() -> tuple[str, str]:
+    model, cores = platform.processor() or "unknown", str(os.cpu_count())
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() == "Model name":
+                model = val.strip()
+            elif key.strip() == "CPU(s)":
+                cores = val.strip()
+    except OSError:
+        pass
+    return model, cores
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    load_before = _loadavg()
+    rng = np.random.default_rng(FLAGS.seed)
+    opts = dict(kv.split("=", 1) for kv in FLAGS.delegate_options)
+    names = FLAGS.cases or list(CASES)
+    if names == ["none"]:
+        names = []
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise app.UsageError(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
+    rows = []
+    for name in names:
+        h, cin, cout, k, s = CASES[name]
+        model = build_conv_model(h, cin, cout, k, s, FLAGS.wbits, rng)
+        r = time_model(model, rng, opts)
+        kind = "depthwise " if cout == 0 else ""
+        rows.append((f"{name} ({kind}{k}x{k} s{s}, {h}x{h}x{cin}->{cout or cin})", r))
+        print(name, r, flush=True)
+    for path in FLAGS.models:
+        with open(path, "rb") as f:
+            r = time_model(f.read(), rng, opts)
+        rows.append((os.path.basename(path), r))
+        print(path, r, flush=True)
+    if FLAGS.saved_models:
+        from eq_tflite import quantize
+        calib = np.load(FLAGS.calibration).astype(np.float32)
+        for path in FLAGS.saved_models:
+            model = quantize(path, calib, bits=7, method=FLAGS.quantize_method)
+            r = time_model(model, rng, opts, inputs=[calib[:1]])  # a real sample
+            rows.append((f"{os.path.basename(os.path.normpath(path))} "
+                         f"(eq_tflite 7-bit, {FLAGS.quantize_method}, end to end)", r))
+            print(path, r, flush=True)
+
+    model_name, cores = cpu_info()
+    cmd = "python " + " ".join(shlex.quote(a) for a in
+                               [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    lines = [
+        "# Delegate latency",
+        "",
+        f"CPU: {model_name}, {cores} CPU(s); num_threads={FLAGS.threads}; "
+        f"delegate ISA: {rows[0][1]['isa'] if rows else '?'}; "
+        f"median of {max(FLAGS.rounds, 20)} invokes per backend, backends interleaved "
+        f"round by round in one process; weights {FLAGS.wbits}-bit, inputs drawn "
+        "from 128 levels (7-bit).",
+        "",
+        f"Load average (1/5/15 min) before: {load_before}; after: {_loadavg()} "
+        "(other processes share this machine: absolute times are noisy, the ratios "
+        "less so because the backends are interleaved).",
+        "",
+        f"Command (from the repo root): `{cmd}`",
+        "",
+        "| model | delegate ms | builtin ms | XNNPACK ms | builtin/delegate | "
+        "XNNPACK/delegate | bit-exact vs builtin | claimed | delegate path |",
+        "|---|---:|---:|---:|---:|---:|---|---|---|",
+    ]
+    for label, r in rows:
+        ms = r["ms"]
+        lines.append(
+            f"| {label} | {ms['delegate']:.3f} | {ms['builtin']:.3f} | {ms['xnnpack']:.3f} | "
+            f"{ms['builtin'] / ms['delegate']:.2f} | {ms['xnnpack'] / ms['delegate']:.2f} | "
+            f"{'yes' if r['bitexact'] else 'NO'} | {r['claimed']} | {r['paths']} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if FLAGS.output:
+        with open(FLAGS.output, "w", encoding="utf-8") as f:
+            f.write(report)
+
+
+if __name__ == "__main__":
+    app.run(main)
