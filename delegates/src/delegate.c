@@ -134,112 +134,57 @@ static int activation_ok(const TfLiteTensor* t) {
   return 1;
 }
 
-/* Returns NULL if the CONV_2D node can run here, else a reason. */
-static const char* conv_unsupported(TfLiteContext* ctx, const TfLiteNode* node) {
-  if (!node->inputs || !node->outputs) return "no inputs/outputs";
-  if (node->inputs->size < 2 || node->inputs->size > 3) return "input count";
-  if (node->outputs->size != 1) return "output count";
-  const TfLiteConvParams* p = (const TfLiteConvParams*)node->builtin_data;
-  if (!p) return "no params";
-  if (p->padding != kTfLitePaddingSame && p->padding != kTfLitePaddingValid)
-    return "padding";
-  if ((p->stride_width != 1 && p->stride_width != 2) ||
-      (p->stride_height != 1 && p->stride_height != 2))
+/* The checks CONV_2D and DEPTHWISE_CONV_2D share. ------------------------ */
+
+/* Geometry and fused activation the kernels implement. */
+static const char* geometry_unsupported(TfLitePadding padding, int stride_w, int stride_h,
+                                        int dilation_w, int dilation_h,
+                                        TfLiteFusedActivation act) {
+  if (padding != kTfLitePaddingSame && padding != kTfLitePaddingValid) return "padding";
+  if ((stride_w != 1 && stride_w != 2) || (stride_h != 1 && stride_h != 2))
     return "stride not 1 or 2";
-  if (p->dilation_width_factor != 1 || p->dilation_height_factor != 1)
-    return "dilation";
-  if (p->activation != kTfLiteActNone && p->activation != kTfLiteActRelu &&
-      p->activation != kTfLiteActRelu6 && p->activation != kTfLiteActReluN1To1)
+  if (dilation_w != 1 || dilation_h != 1) return "dilation";
+  if (act != kTfLiteActNone && act != kTfLiteActRelu && act != kTfLiteActRelu6 &&
+      act != kTfLiteActReluN1To1)
     return "fused activation";
-  const int ii = node->inputs->data[0], fi = node->inputs->data[1];
-  const int bi = node->inputs->size == 3 ? node->inputs->data[2] : -1;
-  const int oi = node->outputs->data[0];
-  const int nt = (int)ctx->tensors_size;
-  if (ii < 0 || ii >= nt || fi < 0 || fi >= nt || oi < 0 || oi >= nt ||
-      bi >= nt)
-    return "tensor index";
-  const TfLiteTensor* in = &ctx->tensors[ii];
-  const TfLiteTensor* f = &ctx->tensors[fi];
-  const TfLiteTensor* out = &ctx->tensors[oi];
-  if (!activation_ok(in)) return "input not per-tensor int8";
-  if (!activation_ok(out)) return "output not per-tensor int8";
-  if (f->type != kTfLiteInt8) return "filter not int8";
-  if (f->allocation_type != kTfLiteMmapRo || !f->data.raw) return "filter not constant";
-  if (!f->dims || f->dims->size != 4) return "filter rank";
-  const int cout = f->dims->data[0], kh = f->dims->data[1];
-  const int kw = f->dims->data[2], cin = f->dims->data[3];
-  if (cout <= 0 || kh <= 0 || kw <= 0 || cin <= 0) return "filter shape";
-  if ((size_t)cout * kh * kw * cin != f->bytes) return "filter bytes";
-  const TfLiteAffineQuantization* fa = affine_of(f);
-  if (!fa || !fa->scale) return "filter not affine-quantized";
-  if (fa->scale->size != cout && fa->scale->size != 1) return "filter scales";
-  if (fa->scale->size == cout && cout > 1 && fa->quantized_dimension != 0)
-    return "filter quantized dimension";
-  if (fa->zero_point) {
-    for (int i = 0; i < fa->zero_point->size; ++i)
-      if (fa->zero_point->data[i] != 0) return "filter zero point";
-  }
-  for (int i = 0; i < fa->scale->size; ++i) {
-    if (!finite_positive(fa->scale->data[i])) return "filter scale";
-    const double eff = (double)in->params.scale * (double)fa->scale->data[i] /
-                       (double)out->params.scale;
-    if (!isfinite(eff) || eff >= 2147483648.0) return "effective scale";
-  }
-  if (in->dims && in->dims->size > 0) {
-    if (in->dims->size != 4) return "input rank";
-    if (in->dims->data[3] != cin) return "grouped convolution";
-  }
-  if (bi >= 0) {
-    const TfLiteTensor* b = &ctx->tensors[bi];
-    if (b->type != kTfLiteInt32) return "bias not int32";
-    if (b->allocation_type != kTfLiteMmapRo || !b->data.raw) return "bias not constant";
-    if (!b->dims || b->dims->size != 1 || b->dims->data[0] != cout)
-      return "bias shape";
-  }
   return NULL;
 }
 
-/* Returns NULL if the DEPTHWISE_CONV_2D node can run here, else a reason.
- * Depth multiplier 1 only; otherwise the same rules as CONV_2D. */
-static const char* dwconv_unsupported(TfLiteContext* ctx, const TfLiteNode* node) {
+/* Resolves input, filter, output (and optional bias, -1 if absent) tensors of a
+ * conv-like node and checks the per-tensor int8 activations and constant int8
+ * filter. */
+static const char* operands_unsupported(TfLiteContext* ctx, const TfLiteNode* node,
+                                        const TfLiteTensor** in, const TfLiteTensor** f,
+                                        const TfLiteTensor** out, int* bias_index) {
   if (!node->inputs || !node->outputs) return "no inputs/outputs";
   if (node->inputs->size < 2 || node->inputs->size > 3) return "input count";
   if (node->outputs->size != 1) return "output count";
-  const TfLiteDepthwiseConvParams* p = (const TfLiteDepthwiseConvParams*)node->builtin_data;
-  if (!p) return "no params";
-  if (p->padding != kTfLitePaddingSame && p->padding != kTfLitePaddingValid)
-    return "padding";
-  if ((p->stride_width != 1 && p->stride_width != 2) ||
-      (p->stride_height != 1 && p->stride_height != 2))
-    return "stride not 1 or 2";
-  if (p->dilation_width_factor != 1 || p->dilation_height_factor != 1)
-    return "dilation";
-  if (p->activation != kTfLiteActNone && p->activation != kTfLiteActRelu &&
-      p->activation != kTfLiteActRelu6 && p->activation != kTfLiteActReluN1To1)
-    return "fused activation";
   const int ii = node->inputs->data[0], fi = node->inputs->data[1];
   const int bi = node->inputs->size == 3 ? node->inputs->data[2] : -1;
   const int oi = node->outputs->data[0];
   const int nt = (int)ctx->tensors_size;
   if (ii < 0 || ii >= nt || fi < 0 || fi >= nt || oi < 0 || oi >= nt || bi >= nt)
     return "tensor index";
-  const TfLiteTensor* in = &ctx->tensors[ii];
-  const TfLiteTensor* f = &ctx->tensors[fi];
-  const TfLiteTensor* out = &ctx->tensors[oi];
-  if (!activation_ok(in)) return "input not per-tensor int8";
-  if (!activation_ok(out)) return "output not per-tensor int8";
-  if (f->type != kTfLiteInt8) return "filter not int8";
-  if (f->allocation_type != kTfLiteMmapRo || !f->data.raw) return "filter not constant";
-  if (!f->dims || f->dims->size != 4 || f->dims->data[0] != 1) return "filter shape";
-  const int kh = f->dims->data[1], kw = f->dims->data[2], ch = f->dims->data[3];
-  if (kh <= 0 || kw <= 0 || ch <= 0) return "filter shape";
-  if (kh * kw > 64) return "more than 64 taps";
-  if ((size_t)kh * kw * ch != f->bytes) return "filter bytes";
-  if (p->depth_multiplier != 1) return "depth multiplier";
+  *in = &ctx->tensors[ii];
+  *f = &ctx->tensors[fi];
+  *out = &ctx->tensors[oi];
+  *bias_index = bi;
+  if (!activation_ok(*in)) return "input not per-tensor int8";
+  if (!activation_ok(*out)) return "output not per-tensor int8";
+  if ((*f)->type != kTfLiteInt8) return "filter not int8";
+  if ((*f)->allocation_type != kTfLiteMmapRo || !(*f)->data.raw) return "filter not constant";
+  if (!(*f)->dims || (*f)->dims->size != 4) return "filter rank";
+  return NULL;
+}
+
+/* Symmetric per-channel (along `axis`, `channels` scales) or per-tensor filter
+ * quantization, with an effective scale s_in * s_w / s_out TFLite can encode. */
+static const char* filter_quant_unsupported(const TfLiteTensor* in, const TfLiteTensor* f,
+                                            const TfLiteTensor* out, int channels, int axis) {
   const TfLiteAffineQuantization* fa = affine_of(f);
   if (!fa || !fa->scale) return "filter not affine-quantized";
-  if (fa->scale->size != ch && fa->scale->size != 1) return "filter scales";
-  if (fa->scale->size == ch && ch > 1 && fa->quantized_dimension != 3)
+  if (fa->scale->size != channels && fa->scale->size != 1) return "filter scales";
+  if (fa->scale->size == channels && channels > 1 && fa->quantized_dimension != axis)
     return "filter quantized dimension";
   if (fa->zero_point)
     for (int i = 0; i < fa->zero_point->size; ++i)
@@ -250,15 +195,64 @@ static const char* dwconv_unsupported(TfLiteContext* ctx, const TfLiteNode* node
                        (double)out->params.scale;
     if (!isfinite(eff) || eff >= 2147483648.0) return "effective scale";
   }
+  return NULL;
+}
+
+/* Optional constant int32 bias of `channels` elements. */
+static const char* bias_unsupported(TfLiteContext* ctx, int bias_index, int channels) {
+  if (bias_index < 0) return NULL;
+  const TfLiteTensor* b = &ctx->tensors[bias_index];
+  if (b->type != kTfLiteInt32) return "bias not int32";
+  if (b->allocation_type != kTfLiteMmapRo || !b->data.raw) return "bias not constant";
+  if (!b->dims || b->dims->size != 1 || b->dims->data[0] != channels) return "bias shape";
+  return NULL;
+}
+
+/* Returns NULL if the CONV_2D node can run here, else a reason. */
+static const char* conv_unsupported(TfLiteContext* ctx, const TfLiteNode* node) {
+  const TfLiteConvParams* p = (const TfLiteConvParams*)node->builtin_data;
+  if (!p) return "no params";
+  const char* why = geometry_unsupported(p->padding, p->stride_width, p->stride_height,
+                                         p->dilation_width_factor, p->dilation_height_factor,
+                                         p->activation);
+  const TfLiteTensor *in, *f, *out;
+  int bi;
+  if (!why) why = operands_unsupported(ctx, node, &in, &f, &out, &bi);
+  if (why) return why;
+  const int cout = f->dims->data[0], kh = f->dims->data[1];
+  const int kw = f->dims->data[2], cin = f->dims->data[3];
+  if (cout <= 0 || kh <= 0 || kw <= 0 || cin <= 0) return "filter shape";
+  if ((size_t)cout * kh * kw * cin != f->bytes) return "filter bytes";
+  if ((why = filter_quant_unsupported(in, f, out, cout, 0))) return why;
+  if (in->dims && in->dims->size > 0) {
+    if (in->dims->size != 4) return "input rank";
+    if (in->dims->data[3] != cin) return "grouped convolution";
+  }
+  return bias_unsupported(ctx, bi, cout);
+}
+
+/* Returns NULL if the DEPTHWISE_CONV_2D node can run here, else a reason.
+ * Depth multiplier 1 only; otherwise the same rules as CONV_2D. */
+static const char* dwconv_unsupported(TfLiteContext* ctx, const TfLiteNode* node) {
+  const TfLiteDepthwiseConvParams* p = (const TfLiteDepthwiseConvParams*)node->builtin_data;
+  if (!p) return "no params";
+  const char* why = geometry_unsupported(p->padding, p->stride_width, p->stride_height,
+                                         p->dilation_width_factor, p->dilation_height_factor,
+                                         p->activation);
+  const TfLiteTensor *in, *f, *out;
+  int bi;
+  if (!why) why = operands_unsupported(ctx, node, &in, &f, &out, &bi);
+  if (why) return why;
+  if (f->dims->data[0] != 1) return "filter shape";
+  const int kh = f->dims->data[1], kw = f->dims->data[2], ch = f->dims->data[3];
+  if (kh <= 0 || kw <= 0 || ch <= 0) return "filter shape";
+  if (kh * kw > 64) return "more than 64 taps";
+  if ((size_t)kh * kw * ch != f->bytes) return "filter bytes";
+  if (p->depth_multiplier != 1) return "depth multiplier";
+  if ((why = filter_quant_unsupported(in, f, out, ch, 3))) return why;
   if (!in->dims || in->dims->size != 4) return "input rank";
   if (in->dims->data[3] != ch) return "depth multiplier";
-  if (bi >= 0) {
-    const TfLiteTensor* b = &ctx->tensors[bi];
-    if (b->type != kTfLiteInt32) return "bias not int32";
-    if (b->allocation_type != kTfLiteMmapRo || !b->data.raw) return "bias not constant";
-    if (!b->dims || b->dims->size != 1 || b->dims->data[0] != ch) return "bias shape";
-  }
-  return NULL;
+  return bias_unsupported(ctx, bi, ch);
 }
 
 static const char* node_unsupported(TfLiteContext* ctx, const TfLiteNode* node,
