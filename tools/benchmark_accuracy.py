@@ -1,6 +1,6 @@
 """Accuracy benchmark: every method x bit width on the Fashion-MNIST example models.
 
-    python tools/benchmark_accuracy.py --output BENCHMARKS_accuracy.md
+    python tools/benchmark_accuracy.py
 
 For each model it measures the float model and TFLite's own INT8 model, then
 each method at each W/A bit width: top-1 accuracy on the 10k test split, top-1
@@ -37,7 +37,7 @@ flags.DEFINE_list("bits", ["8", "7", "6", "5"], "W/A bit widths.")
 flags.DEFINE_string("calibration_data", str(REPO / "examples" / "fmnist_calib.npy"), "Calibration .npy.")
 flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only (default: all 10k).")
 flags.DEFINE_integer("timing_runs", 3, "Runs per side for the EQ / TFLite conversion-time ratio.")
-flags.DEFINE_string("output", str(REPO / "BENCHMARKS_accuracy.md"), "Markdown report path.")
+flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 'accuracy' section is rewritten.")
 
 
 def _test_data():
@@ -143,7 +143,7 @@ def _machine() -> str:
 def main(argv: list[str]) -> None:
     del argv
     from eq_tflite.io.flatbuffer import write_atomic
-    lines = ["# Accuracy benchmark", "",
+    lines = ["## Accuracy", "",
              f"Command: `python tools/benchmark_accuracy.py {' '.join(sys.argv[1:])}`".rstrip(), "",
              f"Machine: {_machine()}", "",
              "Fashion-MNIST test split" + (f" (first {FLAGS.limit})" if FLAGS.limit else " (10,000 images)")
@@ -156,7 +156,7 @@ def main(argv: list[str]) -> None:
     results = {}
     for model in FLAGS.models:
         model_dir = str(REPO / "examples" / model)
-        lines += [f"## {model}", "", "| method | W/A | N | top-1 % | agreement % | cosine | seconds | "
+        lines += [f"### {model}", "", "| method | W/A | N | top-1 % | agreement % | cosine | seconds | "
                   "peak heap MiB | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
         cells = [("float", "float", 32), ("TFLite INT8", None, 8)]
         cells += [(m, m, int(b)) for b in FLAGS.bits for m in FLAGS.methods]
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> None:
             print(lines[-1], flush=True)
         lines.append("")
     if "easyquant" in FLAGS.methods:
-        lines += ["## EasyQuant calibration time vs TFLite's own int8 conversion", "",
+        lines += ["### EasyQuant calibration time vs TFLite's own int8 conversion", "",
                   f"Same model, same 50 samples, alternating in one process, median of {FLAGS.timing_runs}. "
                   "TFLite: `TFLiteConverter.from_saved_model` with a representative dataset (float "
                   "conversion + calibration + quantization). EQ: the method stage at W7/A7.", "",
@@ -183,8 +183,9 @@ def main(argv: list[str]) -> None:
             results[f"{model}/timing"] = {"eq": eq, "tflite": tfl, "ratio": ratio}
             lines.append(f"| {model} | {eq:.2f} | {tfl:.2f} | {ratio:.2f}x |")
             print(lines[-1], flush=True)
-    write_atomic(FLAGS.output, ("\n".join(lines) + "\n").encode())
-    write_atomic(Path(FLAGS.output).with_suffix(".json"), json.dumps(results, indent=1).encode())
+    from bench_doc import update_section
+    update_section(FLAGS.output, "accuracy", "\n".join(lines))
+    write_atomic(REPO / "benchmarks" / "accuracy.json", json.dumps(results, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ the table reports medians and the ratios builtin/delegate and
 xnnpack/delegate (> 1: the delegate is faster), plus the kernel path the
 delegate ran.
 
-    python tools/benchmark_latency.py --output BENCHMARKS_latency.md
+    python tools/benchmark_latency.py --output BENCHMARKS.md
     python tools/benchmark_latency.py --models a.tflite,b.tflite --rounds 50
     python tools/benchmark_latency.py --saved_models examples/resnet_fmnist \
         --calibration examples/fmnist_calib.npy
@@ -55,7 +55,7 @@ flags.DEFINE_list("saved_models", [], "SavedModel dirs to quantize with eq_tflit
 flags.DEFINE_string("calibration", "", ".npy calibration data for --saved_models.")
 flags.DEFINE_string("quantize_method", "minmax", "eq_tflite method for --saved_models.")
 flags.DEFINE_list("delegate_options", [], "Delegate options as key=value.")
-flags.DEFINE_string("output", "", "Write the Markdown report to this file.")
+flags.DEFINE_string("output", "", "Write the report as the 'latency' section of this Markdown file (e.g. BENCHMARKS.md).")
 
 # name: (H=W, Cin, Cout, kernel, stride); Cout == 0 means depthwise
 CASES: dict[str, tuple[int, int, int, int, int]] = {
@@ -284,8 +284,8 @@ def main(argv: list[str]) -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if FLAGS.output:
-        with open(FLAGS.output, "w", encoding="utf-8") as f:
-            f.write(report)
+        from bench_doc import update_section
+        update_section(FLAGS.output, "latency", report.replace("# Delegate latency", "## Delegate latency", 1))
 
 
 if __name__ == "__main__":
