@@ -1,0 +1,204 @@
+"""Per-layer report: how close each weighted layer's quantized output stays to float.
+
+``score_plan`` scores any plan (minmax, kl, easyquant...) the same way: for
+every weighted op, the mean over samples of the cosine between the float
+model's layer output and the simulated deployed model's (``simulate``), both
+after the fused activation and before the output is requantized, which is
+EasyQuant's objective evaluated on the whole model instead of per layer.
+``write_layer_report`` writes rows as Markdown, CSV and a PNG plot;
+``write_conversion_report`` does it for an ``api.Conversion`` (``--report_dir``).
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from eq_tflite import simulate
+from eq_tflite.graph import Graph
+from eq_tflite.plan import Plan
+
+Rows = list[dict[str, Any]]
+#: Tensor-name columns: in the CSV only (too wide for the Markdown tables).
+_NAME_COLUMNS = ("weight", "input", "output")
+
+
+def score_plan(graph: Graph, plan: Plan, inputs: Mapping[str, np.ndarray],
+               batch_size: int = 64) -> Rows:
+    """Per weighted op: mean per-sample cosine of the quantized vs the float layer output."""
+    quant, weights = simulate.plan_quant_params(graph, plan)
+    ops = graph.weighted_ops()
+    sums = np.zeros(len(ops))
+    n = next(iter(inputs.values())).shape[0]
+    for s in range(0, n, batch_size):
+        batch = {k: v[s:s + batch_size] for k, v in inputs.items()}
+        fsim = simulate.Executor(graph, batch)
+        qsim = simulate.Executor(graph, batch, quant, weights)
+        k = 0
+        for op in graph.ops:
+            ref, out = fsim.step(op), qsim.step(op)
+            if k < len(ops) and op is ops[k]:
+                sums[k] += sample_cosines(ref, out).sum()
+                k += 1
+    return [{"op_index": op.index, "op_type": op.type,
+             "weight_shape": "x".join(str(d) for d in graph.tensors[op.weight_input].shape),
+             "output": graph.tensors[op.outputs[0]].name, "cosine": float(c / n)}
+            for op, c in zip(ops, sums)]
+
+
+def sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Cosine per sample (axis 0) over all other axes; 1 for two zero vectors."""
+    a = ref.reshape(len(ref), -1).astype(np.float64)
+    b = out.reshape(len(out), -1).astype(np.float64)
+    na, nb = np.einsum("nk,nk->n", a, a), np.einsum("nk,nk->n", b, b)
+    denom = np.sqrt(na * nb)
+    return np.where((na == 0) & (nb == 0), 1.0,
+                    np.einsum("nk,nk->n", a, b) / np.where(denom > 0, denom, 1.0))
+
+
+def _by_method(plans_or_rows: Plan | Sequence[Plan] | Mapping[str, Rows]) -> dict[str, Rows]:
+    if isinstance(plans_or_rows, Plan):
+        return {plans_or_rows.method: plans_or_rows.layers}
+    if isinstance(plans_or_rows, Mapping):
+        return {k: list(v) for k, v in plans_or_rows.items()}
+    return {p.method: p.layers for p in plans_or_rows}
+
+
+def _cosine(row: Mapping[str, Any]) -> float | None:
+    """The row's whole-model cosine, else EasyQuant's searched one."""
+    return row.get("cosine", row.get("cos_eq"))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.6f}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _markdown(methods: dict[str, Rows]) -> str:
+    lines = ["# Per-layer cosine (float vs quantized layer output)", "",
+             "`cosine`: mean over samples of the cosine between the float model's layer output "
+             "and the simulated deployed model's (after the fused activation, before "
+             "requantization). EasyQuant's `cos_init` / `cos_eq`: its search objective on the "
+             "sampled rows, with initial / chosen scales for that layer. Ratios: chosen / "
+             "initial step size.", ""]
+    if len(methods) > 1:
+        names = list(methods)
+        index = {r["op_index"]: r for rows in methods.values() for r in rows}
+        lines += ["| op | type | weights | " + " | ".join(names) + " |",
+                  "|---|---|---|" + "---|" * len(names)]
+        for i in sorted(index):
+            cells = []
+            for name in names:
+                row = next((r for r in methods[name] if r["op_index"] == i), {})
+                c = _cosine(row)
+                cells.append("" if c is None else f"{c:.6f}")
+            r = index[i]
+            lines.append(f"| {i} | {r['op_type']} | {r.get('weight_shape', '')} | "
+                         + " | ".join(cells) + " |")
+        lines.append("")
+    for name, rows in methods.items():
+        if not rows:
+            continue
+        keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in _NAME_COLUMNS]
+        lines += [f"## {name}", "", "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+        lines += ["| " + " | ".join(_fmt(r.get(k, "")) for k in keys) + " |" for r in rows]
+        last = rows[-1]
+        if "elapsed_s" in last:
+            lines += ["", f"Total {name} time {last['elapsed_s']:.1f} s, peak RSS "
+                          f"{max(r.get('peak_rss_mb', 0) for r in rows):.0f} MB."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _write_csv(methods: dict[str, Rows], path: Path) -> None:
+    keys = list(dict.fromkeys(k for rows in methods.values() for r in rows for k in r))
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, ["method"] + keys)
+        writer.writeheader()
+        for name, rows in methods.items():
+            for r in rows:
+                writer.writerow({"method": name, **r})
+
+
+def _plot(methods: dict[str, Rows], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ops = sorted({r["op_index"]: r["op_type"] for rows in methods.values() for r in rows}.items())
+    pos = {i: k for k, (i, _) in enumerate(ops)}
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(ops) + 2), 4.5))
+    for name, rows in methods.items():
+        series = [("", _cosine, "-o")]
+        if any("cos_init" in r for r in rows) and not any("cosine" in r for r in rows):
+            series.append((" (initial scales)", lambda r: r.get("cos_init"), "--x"))
+        for suffix, get, style in series:
+            pts = [(pos[r["op_index"]], get(r)) for r in rows if get(r) is not None]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, np.maximum(1.0 - np.asarray(y), 1e-9), style, label=name + suffix,
+                        markersize=4)
+    ax.set_yscale("log")
+    ax.set_ylabel("1 - cosine (lower is better)")
+    ax.set_xticks(range(len(ops)))
+    ax.set_xticklabels([f"{i}:{t.replace('DEPTHWISE_CONV_2D', 'DW').replace('_2D', '')}"
+                        for i, t in ops], rotation=60, ha="right", fontsize=7)
+    ax.set_xlabel("weighted op (index:type)")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_conversion_report(conversion: Any, out_dir: str | Path,
+                            inputs: Mapping[str, np.ndarray] | None = None) -> dict[str, Path]:
+    """Per-layer report of an ``api.Conversion`` (``--report_dir``).
+
+    Rows are the method's own (``plan.layers``, EasyQuant's search numbers)
+    and, when ``inputs`` (e.g. the calibration samples) are given, every
+    weighted op's ``score_plan`` cosine, so any method can be reported.
+    A summary of the conversion's timings and verification follows the tables.
+    """
+    plan = conversion.plan
+    rows = list(plan.layers)
+    if inputs is not None:
+        searched = {r["op_index"]: r for r in rows}
+        graph = Graph.from_tflite(conversion.float_model)
+        rows = [{**searched.get(r["op_index"], {}), **r} for r in score_plan(graph, plan, inputs)]
+    paths = write_layer_report({plan.method: rows}, out_dir)
+    rep = conversion.report
+    summary = ["", "## Conversion", "",
+               f"Method {plan.method}, W{plan.bits.weights}/A{plan.bits.activations}, "
+               f"{conversion.num_calibration} calibration samples.",
+               "Time: " + ", ".join(f"{k} {v:.2f} s" for k, v in conversion.timings.items()) + "."]
+    if rep.cosine is not None:
+        summary.append(f"Output vs float on {rep.samples} samples: cosine {rep.cosine:.6f}, "
+                       f"top-1 agreement {100 * rep.agreement:.2f}%.")
+    if not rows:
+        summary.append(f"`{plan.method}` records no per-layer rows; give samples to score layers.")
+    with paths["markdown"].open("a") as f:
+        f.write("\n".join(summary) + "\n")
+    return paths
+
+
+def write_layer_report(plans_or_rows: Plan | Sequence[Plan] | Mapping[str, Rows],
+                       out_dir: str | Path) -> dict[str, Path]:
+    """Writes ``layers.md``, ``layers.csv`` and ``layers.png`` into ``out_dir``.
+
+    Accepts a plan, several plans (their ``layers`` rows) or a mapping method
+    -> rows (e.g. from ``score_plan``). Rows with ``cosine`` plot that value,
+    EasyQuant rows without it plot ``cos_eq`` and, dashed, ``cos_init``.
+    """
+    methods = _by_method(plans_or_rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "layers.md", "csv": out / "layers.csv", "png": out / "layers.png"}
+    paths["markdown"].write_text(_markdown(methods))
+    _write_csv(methods, paths["csv"])
+    _plot(methods, paths["png"])
+    return paths
