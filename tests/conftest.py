@@ -71,6 +71,18 @@ def small_calibration_path(tmp_path_factory, small_calibration) -> Path:
 
 
 @pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return EXAMPLES
+
+
+@pytest.fixture(scope="session")
+def resnet_float() -> bytes:
+    """The bundled ResNet-style example as a float .tflite."""
+    from eq_tflite import api
+    return api.float_model_of(EXAMPLES / "resnet_fmnist")
+
+
+@pytest.fixture(scope="session")
 def fmnist_subset() -> tuple[np.ndarray, np.ndarray]:
     """1000 real Fashion-MNIST test images and labels bundled in examples/."""
     data = np.load(EXAMPLES / "fmnist_test_subset.npz")

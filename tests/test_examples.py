@@ -19,11 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 
 
-@pytest.fixture(scope="module")
-def resnet_float() -> bytes:
-    return api.float_model_of(EXAMPLES / "resnet_fmnist")
-
-
 @pytest.mark.parametrize("bits,floor", [(8, 0.915), (7, 0.905)])
 def test_resnet_minmax_accuracy_floor(resnet_float, fmnist_calib, fmnist_subset, bits, floor):
     x, y = fmnist_subset

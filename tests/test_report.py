@@ -13,7 +13,6 @@ from eq_tflite.grid import BitWidths
 from eq_tflite.plan import MethodContext
 from eq_tflite.report import score_plan, write_layer_report
 
-from conftest import REPO
 
 
 def test_scores_plans_and_writes_report(tmp_path, small_float_tflite, small_calibration):
@@ -54,9 +53,9 @@ def test_single_plan_report_plots_initial_and_eq(tmp_path, small_float_tflite, s
     assert paths["png"].stat().st_size > 1000
 
 
-def test_layer_report_tool(tmp_path, small_float_path, small_calibration_path):
+def test_layer_report_tool(tmp_path, examples_dir, small_float_path, small_calibration_path):
     out = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "layer_report.py"), "--model", str(small_float_path),
+        [sys.executable, str(examples_dir.parent / "tools" / "layer_report.py"), "--model", str(small_float_path),
          "--calibration_data", str(small_calibration_path), "--methods", "minmax,easyquant",
          "--bits", "7", "--output_dir", str(tmp_path), "--noprogress"],
         capture_output=True, text=True, timeout=300)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 
@@ -167,8 +168,7 @@ it = Interpreter(model_content=m, experimental_delegates=[load_delegate({"debug"
                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 it.allocate_tensors(); it.invoke(); it.invoke()
 del it
-""" % (sys.path[0],)
-    import os
+""" % (os.path.dirname(os.path.abspath(__file__)),)
     env = dict(os.environ)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")

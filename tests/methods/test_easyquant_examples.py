@@ -11,13 +11,6 @@ import pytest
 from eq_tflite import api
 from eq_tflite.evaluation import predict, score
 
-from conftest import EXAMPLES
-
-
-@pytest.fixture(scope="module")
-def resnet_float() -> bytes:
-    return api.float_model_of(EXAMPLES / "resnet_fmnist")
-
 
 def test_resnet_int7_easyquant(resnet_float, fmnist_calib, fmnist_subset):
     x, y = fmnist_subset
