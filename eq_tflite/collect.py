@@ -80,7 +80,13 @@ def collect_minmax(graph: Graph, float_model: bytes, calibration: dict[str, np.n
 def collect_histograms(graph: Graph, float_model: bytes, calibration: dict[str, np.ndarray],
                        stats: ActivationStats, bins: int = 2048,
                        progress: bool = True) -> ActivationStats:
-    """Adds histograms of |x| over [0, absmax] (second pass; needs ``minmax``)."""
+    """Adds histograms of the non-zero |x| over [0, absmax] (second pass; needs ``minmax``).
+
+    Exact zeros are left out, as the EasyQuant/ncnn reference calibrator does:
+    after a ReLU about half of all values are 0.0, which is exactly
+    representable anyway, and that spike would otherwise dominate the
+    entropy search.
+    """
     tensors = list(stats.minmax)
     edges = {i: max(abs(stats.minmax[i][0]), abs(stats.minmax[i][1])) for i in tensors}
     counts = {i: np.zeros(bins, np.int64) for i in tensors}
@@ -88,6 +94,7 @@ def collect_histograms(graph: Graph, float_model: bytes, calibration: dict[str, 
                                       desc="histograms", progress=progress):
         for i, v in values.items():
             if edges[i] > 0:
-                counts[i] += np.histogram(np.abs(v), bins=bins, range=(0.0, edges[i]))[0]
+                a = np.abs(v[v != 0])
+                counts[i] += np.histogram(a, bins=bins, range=(0.0, edges[i]))[0]
     stats.histograms = {i: (counts[i], edges[i]) for i in tensors}
     return stats
