@@ -144,7 +144,7 @@ def main(argv: list[str]) -> None:
     del argv
     from eq_tflite.io.flatbuffer import write_atomic
     lines = ["## Accuracy", "",
-             f"Command: `python tools/benchmark_accuracy.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+             f"Command: `{' '.join(['python tools/benchmark_accuracy.py', *sys.argv[1:]])}`", "",
              f"Machine: {_machine()}", "",
              "Fashion-MNIST test split" + (f" (first {FLAGS.limit})" if FLAGS.limit else " (10,000 images)")
              + f"; calibration: `{Path(FLAGS.calibration_data).name}` (each method's default sample "

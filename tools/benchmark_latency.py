@@ -53,7 +53,7 @@ flags.DEFINE_list("models", [], "Extra .tflite models to time end to end.")
 flags.DEFINE_list("saved_models", [], "SavedModel dirs to quantize with eq_tflite.quantize "
                   "(bits=7) and time end to end; needs --calibration.")
 flags.DEFINE_string("calibration", "", ".npy calibration data for --saved_models.")
-flags.DEFINE_string("quantize_method", "minmax", "eq_tflite method for --saved_models.")
+flags.DEFINE_string("quantize_method", "easyquant", "eq_tflite method for --saved_models.")
 flags.DEFINE_list("delegate_options", [], "Delegate options as key=value.")
 flags.DEFINE_string("output", "", "Write the report as the 'latency' section of this Markdown file (e.g. BENCHMARKS.md).")
 
