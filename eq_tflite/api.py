@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from eq_tflite import methods
 from eq_tflite.errors import EqTfliteError
@@ -84,8 +83,7 @@ def signature_input_names(float_model: bytes) -> dict[int, str]:
     model = fb.parse_model(float_model)
     if not model.signatureDefs:
         return {}
-    return {int(m.tensorIndex): (m.name.decode() if isinstance(m.name, bytes) else m.name)
-            for m in model.signatureDefs[0].inputs}
+    return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].inputs}
 
 
 def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int = 7,

@@ -1,6 +1,12 @@
 """User-facing errors: one clear line each, no traceback needed."""
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's text (or its type name)."""
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:limit]
+
+
 class EqTfliteError(Exception):
     """An error caused by the user's input (model, data or flags).
 

@@ -72,14 +72,17 @@ def op_name(model: Any, op: Any) -> str:
     code = model.operatorCodes[op.opcodeIndex]
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
-        custom = code.customCode.decode() if isinstance(code.customCode, bytes) else code.customCode
-        return f"CUSTOM:{custom}"
+        return f"CUSTOM:{text(code.customCode)}"
     return _OP_NAMES.get(builtin, f"BUILTIN_{builtin}")
 
 
+def text(value: bytes | str) -> str:
+    """A FlatBuffer string field (bytes in the object API) as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def tensor_name(tensor: Any) -> str:
-    name = tensor.name
-    return name.decode() if isinstance(name, bytes) else str(name)
+    return text(tensor.name)
 
 
 def numpy_dtype(tensor_type: int) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eq_tflite.errors import EqTfliteError
+from eq_tflite.errors import EqTfliteError, first_line
 from eq_tflite.io import flatbuffer as fb
 
 #: Tensor types that mean "already quantized" in a .tflite given as the source.
@@ -36,7 +36,7 @@ def _load_keras(path: Path):
     try:
         return keras.models.load_model(str(path), compile=False)
     except Exception as err:
-        raise EqTfliteError(f"cannot load Keras model {path}: {_first_line(err)}") from None
+        raise EqTfliteError(f"cannot load Keras model {path}: {first_line(err)}") from None
 
 
 def _convert(make_converter, path: Path) -> bytes:
@@ -47,7 +47,7 @@ def _convert(make_converter, path: Path) -> bytes:
     except EqTfliteError:
         raise
     except Exception as err:
-        raise EqTfliteError(f"cannot convert {path} to TFLite: {_first_line(err)}") from None
+        raise EqTfliteError(f"cannot convert {path} to TFLite: {first_line(err)}") from None
 
 
 def _check_float_tflite(data: bytes, path: Path) -> None:
@@ -60,7 +60,3 @@ def _check_float_tflite(data: bytes, path: Path) -> None:
                 raise EqTfliteError(f"{path} is already quantized; give the float model "
                                     "(SavedModel, Keras or float .tflite)")
 
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:300]

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite.errors import EqTfliteError, UnsupportedOpsError
+from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
 from eq_tflite.io import flatbuffer as fb
 
 
@@ -36,7 +36,7 @@ def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input
         with_intermediates = calibrator.add_intermediate_tensors(float_model)
         calibrated = calibrator.Calibrator(with_intermediates).calibrate(samples)
     except Exception as err:
-        raise EqTfliteError(f"TFLite calibration failed: {_first_line(err)}") from None
+        raise EqTfliteError(f"TFLite calibration failed: {first_line(err)}") from None
     try:
         # fully_quantize=True is what makes the MLIR quantizer emit int8 model
         # inputs/outputs; with float I/O it adds QUANTIZE/DEQUANTIZE at the edges
@@ -46,7 +46,7 @@ def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input
             input_data_type=tf.int8 if int8_io else tf.float32,
             output_data_type=tf.int8 if int8_io else tf.float32))
     except Exception as err:
-        raise EqTfliteError(f"TFLite int8 quantization failed: {_first_line(err)}") from None
+        raise EqTfliteError(f"TFLite int8 quantization failed: {first_line(err)}") from None
     float_ops = float_ops_left(model)
     if float_ops and not allow_float:
         raise UnsupportedOpsError(float_ops)

@@ -245,7 +245,7 @@ def _write_metadata(model: Any, plan: Plan, float_model: bytes | None) -> None:
 
 
 def _name(m: Any) -> str:
-    return m.name.decode() if isinstance(m.name, bytes) else str(m.name)
+    return fb.text(m.name)
 
 
 def _add_metadata(model: Any, name: str, data: bytes) -> None:

@@ -86,3 +86,20 @@ def test_empty_image_directory(tmp_path, small_float_tflite):
     specs = calib.input_specs(Graph.from_tflite(small_float_tflite))
     with pytest.raises(EqTfliteError, match="holds no images"):
         calib.load_calibration(tmp_path, specs)
+
+
+def test_converter_failures_become_one_line_errors(monkeypatch, small_float_tflite, small_calibration):
+    """Errors raised inside TFLite's calibrator or quantizer reach the user as EqTfliteError."""
+    from tensorflow.lite.python import convert as tfl_convert
+    from tensorflow.lite.python.optimize import calibrator
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("internal converter failure\nwith a long C++ trace")
+
+    monkeypatch.setattr(calibrator.Calibrator, "calibrate", boom)
+    with pytest.raises(EqTfliteError, match="^TFLite calibration failed: internal converter failure$"):
+        api.quantize(small_float_tflite, small_calibration, method="minmax")
+    monkeypatch.undo()
+    monkeypatch.setattr(tfl_convert, "mlir_quantize", boom)
+    with pytest.raises(EqTfliteError, match="^TFLite int8 quantization failed: internal converter failure$"):
+        api.quantize(small_float_tflite, small_calibration, method="minmax")

@@ -6,7 +6,6 @@ Measured with this code (default options, 50 calibration samples): float
 """
 from __future__ import annotations
 
-import pytest
 
 from eq_tflite import api
 from eq_tflite.evaluation import predict, score
