@@ -122,8 +122,8 @@ def _check_invariants(model: Any, report: VerifyReport) -> None:
         if kind not in ("QUANTIZE", "DEQUANTIZE"):
             if any(fb.type_name(t.type) == "FLOAT32" and fb.buffer_array(model, t) is None for t in tensors):
                 report.float_ops.append(kind)
-            else:
-                report.quantized_ops += 1
+            elif any(fb.type_name(sg.tensors[i].type) == "INT8" for i in op.outputs):
+                report.quantized_ops += 1  # int8 compute (not int32 shape arithmetic)
         if kind in WEIGHTED:
             _check_weighted(model, sg, op, kind, qmax, report)
         if kind in SAME_SCALE_OPS:
@@ -185,20 +185,17 @@ def _check_tied(sg: Any, op: Any, kind: str, report: VerifyReport) -> None:
                              f"have different scales {sorted(params)}")
 
 
-def main(argv: list[str]) -> int:
-    """CLI entry: prints the report, exits 1 when the model fails verification."""
-    from absl import flags
-
+def main(argv: list[str], float_model: str | None = None, data: str | None = None) -> int:
+    """CLI body: prints the report; exit code 0 ok, 1 invariants violated, 2 bad input."""
     from eq_tflite.api import load_data_for
-    flags_ = flags.FLAGS
     if len(argv) != 2:
         print("usage: python -m eq_tflite.verify MODEL.tflite [--float_model SRC] [--data x.npy]",
               file=sys.stderr)
         return 2
     try:
-        data = fb.read_file(argv[1])
-        float_model, samples = load_data_for(flags_.float_model, flags_.data)
-        report = verify(data, float_model=float_model, samples=samples)
+        model = fb.read_file(argv[1])
+        float_bytes, samples = load_data_for(float_model, data)
+        report = verify(model, float_model=float_bytes, samples=samples)
     except EqTfliteError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -214,7 +211,7 @@ def run() -> None:
     set_verbose(False)
     flags.DEFINE_string("float_model", None, "Float model (SavedModel/Keras/.tflite) for the cosine report.")
     flags.DEFINE_string("data", None, "Samples (.npy/.npz) to run; default: random inputs.")
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(main(argv, flags.FLAGS.float_model, flags.FLAGS.data)))
 
 
 if __name__ == "__main__":
