@@ -23,33 +23,17 @@ def iterate_activations(graph: Graph, float_model: bytes, calibration: dict[str,
     """Yields, per batch of samples, {tensor index: float values} for ``tensors``."""
     interp = runtime.make_interpreter(float_model, preserve_all_tensors=True)
     details = interp.get_input_details()
-    names = [graph.tensors[i].name for i in graph.inputs]
-    n = next(iter(calibration.values())).shape[0]
-    batch = _try_batch(interp, details, batch_size)
+    arrays = [calibration[graph.tensors[i].name] for i in graph.inputs]
+    n = arrays[0].shape[0]
+    batch = runtime.resize_inputs(interp, details, arrays, min(batch_size, n))
     for start in progress_bar(range(0, n, batch), desc=desc, enable=progress, unit_scale=batch):
-        chunk = {name: calibration[name][start:start + batch] for name in names}
-        size = next(iter(chunk.values())).shape[0]
-        if size != batch:
-            batch = _try_batch(interp, details, size)
-        for d, name in zip(details, names):
-            interp.set_tensor(d["index"], chunk[name].astype(np.float32))
+        chunks = [a[start:start + batch] for a in arrays]
+        if chunks[0].shape[0] != batch:
+            runtime.resize_inputs(interp, details, chunks, chunks[0].shape[0])
+        for d, chunk in zip(details, chunks):
+            interp.set_tensor(d["index"], chunk.astype(np.float32))
         interp.invoke()
         yield {i: interp.get_tensor(i) for i in tensors}
-
-
-def _try_batch(interp, details, batch: int) -> int:
-    """Resizes inputs to ``batch`` if the model allows it, else falls back to 1."""
-    for b in (batch, 1):
-        try:
-            for d in details:
-                shape = list(d["shape"])
-                shape[0] = b
-                interp.resize_tensor_input(d["index"], shape, strict=False)
-            interp.allocate_tensors()
-            return b
-        except (RuntimeError, ValueError):
-            continue
-    raise RuntimeError("cannot allocate the float model for calibration")
 
 
 @dataclass

@@ -86,12 +86,12 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
     in_details = interp.get_input_details()
     arrays = [inputs[d["name"]] for d in in_details] if isinstance(inputs, dict) else list(inputs)
     n = arrays[0].shape[0]
-    batch = _resize(interp, in_details, arrays, min(batch_size, n))
+    batch = resize_inputs(interp, in_details, arrays, min(batch_size, n))
     outs: list[list[np.ndarray]] = []
     for i in range(0, n, batch):
         chunks = [a[i:i + batch] for a in arrays]
         if chunks[0].shape[0] != batch:
-            _resize(interp, in_details, chunks, chunks[0].shape[0])
+            resize_inputs(interp, in_details, chunks, chunks[0].shape[0])
         for d, chunk in zip(interp.get_input_details(), chunks):
             interp.set_tensor(d["index"], _to_input(d, chunk))
         interp.invoke()
@@ -103,8 +103,8 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
     return [np.concatenate(o, axis=0) for o in outs]
 
 
-def _resize(interp: Any, details: list[dict], arrays: Sequence[np.ndarray], batch: int) -> int:
-    """Resizes the inputs to ``batch`` samples; returns the batch actually used (or 1)."""
+def resize_inputs(interp: Any, details: list[dict], arrays: Sequence[np.ndarray], batch: int) -> int:
+    """Resizes the inputs to ``batch`` samples if the model allows it, else to 1; returns which."""
     for b in dict.fromkeys((batch, 1)):
         try:
             for d, a in zip(details, arrays):

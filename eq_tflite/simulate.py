@@ -33,13 +33,11 @@ from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
 from eq_tflite.io.flatbuffer import schema
 from eq_tflite.plan import Plan
-from eq_tflite.rewrite.op_rules import SAME_SCALE_OPS
+from eq_tflite.rewrite.op_rules import tied_tensors
 
 #: (scale, zero point) of outputs fixed by the int8 spec (``op_rules.FIXED_OUTPUT_OPS``).
 FIXED_OUTPUT_PARAMS = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128),
                        "TANH": (1.0 / 128, 0)}
-#: Same-scale ops whose data inputs are all their inputs (others: the first only).
-_ALL_INPUTS_TIED = frozenset({"CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"})
 #: Bytes of im2col rows materialized at once when running a whole layer.
 _CHUNK_BYTES = 64 << 20
 _INT32_MAX = 2 ** 31 - 1
@@ -94,10 +92,7 @@ def tied_groups(graph: Graph) -> dict[int, tuple[int, ...]]:
         return t
 
     for op in graph.ops:
-        if op.type not in SAME_SCALE_OPS:
-            continue
-        data = op.inputs if op.type in _ALL_INPUTS_TIED else op.inputs[:1]
-        for t in data + op.outputs:
+        for t in tied_tensors(op.type, op.inputs, op.outputs):
             if t in parent and op.outputs[0] in parent:
                 parent[find(t)] = find(op.outputs[0])
     groups: dict[int, list[int]] = {}

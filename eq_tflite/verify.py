@@ -19,7 +19,7 @@ from eq_tflite import runtime
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.grid import BitWidths
 from eq_tflite.io import flatbuffer as fb
-from eq_tflite.rewrite.op_rules import FIXED_OUTPUT_OPS, SAME_SCALE_OPS, WEIGHTED
+from eq_tflite.rewrite.op_rules import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 from eq_tflite.rewrite.rewriter import read_metadata
 
 #: Samples used for the run check when the caller gives none.
@@ -126,8 +126,7 @@ def _check_invariants(model: Any, report: VerifyReport) -> None:
                 report.quantized_ops += 1  # int8 compute (not int32 shape arithmetic)
         if kind in WEIGHTED:
             _check_weighted(model, sg, op, kind, qmax, report)
-        if kind in SAME_SCALE_OPS:
-            _check_tied(sg, op, kind, report)
+        _check_tied(sg, op, kind, report)
         if kind not in FIXED_OUTPUT_OPS:
             for out in op.outputs:
                 _check_activation(model, sg.tensors[out], report)
@@ -176,7 +175,7 @@ def _check_weighted(model: Any, sg: Any, op: Any, kind: str, qmax: int, report: 
 
 def _check_tied(sg: Any, op: Any, kind: str, report: VerifyReport) -> None:
     params = set()
-    for i in list(op.inputs[:1] if kind not in ("CONCATENATION", "PACK") else op.inputs) + list(op.outputs):
+    for i in tied_tensors(kind, op.inputs, op.outputs):
         t = sg.tensors[i]
         if fb.type_name(t.type) == "INT8" and t.quantization is not None and t.quantization.scale is not None:
             params.add((float(t.quantization.scale[0]), int(t.quantization.zeroPoint[0])))

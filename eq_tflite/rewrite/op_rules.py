@@ -10,6 +10,18 @@ SAME_SCALE_OPS = frozenset({
     "PACK", "UNPACK", "TILE", "BROADCAST_TO", "REDUCE_MAX", "REDUCE_MIN",
 })
 
+#: Same-scale ops all of whose inputs are data (the others tie only input 0).
+_ALL_INPUTS_TIED = frozenset({"CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"})
+
+
+def tied_tensors(kind: str, inputs: list[int], outputs: list[int]) -> list[int]:
+    """Tensor indices that must share one (scale, zero point); [] unless a same-scale op."""
+    if kind not in SAME_SCALE_OPS:
+        return []
+    data = list(inputs) if kind in _ALL_INPUTS_TIED else list(inputs[:1])
+    return [i for i in data + list(outputs) if i >= 0]
+
+
 #: Ops whose int8 output (scale, zero point) is fixed by the spec (kernels check it).
 FIXED_OUTPUT_OPS = frozenset({"SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX"})
 

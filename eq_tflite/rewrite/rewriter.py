@@ -27,7 +27,7 @@ from eq_tflite import grid
 from eq_tflite.graph import Graph
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.plan import Plan
-from eq_tflite.rewrite.op_rules import EDGE_OPS, FIXED_OUTPUT_OPS, SAME_SCALE_OPS, WEIGHTED
+from eq_tflite.rewrite.op_rules import EDGE_OPS, FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 
 INT32_MAX = 2 ** 31 - 1
 METADATA_NAME = "eq_tflite"
@@ -113,12 +113,9 @@ def _write_activations(model: Any, sg: Any, plan: Plan, float_name: dict[int, st
     fixed: dict[int, tuple[float, int]] = {}
     for op in sg.operators:
         kind = fb.op_name(model, op)
-        if kind in SAME_SCALE_OPS:
-            data_inputs = list(op.inputs) if kind in ("CONCATENATION", "PACK", "MAXIMUM", "MINIMUM") \
-                else [op.inputs[0]]
-            members = [i for i in data_inputs + list(op.outputs) if i in parent]
-            for m in members[1:]:
-                parent[find(m)] = find(members[0])
+        members = [i for i in tied_tensors(kind, op.inputs, op.outputs) if i in parent]
+        for m in members[1:]:
+            parent[find(m)] = find(members[0])
         if kind in FIXED_OUTPUT_OPS:
             for out in op.outputs:
                 if out in parent:
