@@ -69,11 +69,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, methods, simulate
+from eq_tflite import grid, methods, resolve, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
 from eq_tflite.methods import register
+from eq_tflite.metrics import cosine_from_parts
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.progress import progress_bar
 
@@ -93,6 +94,7 @@ class Options:
     inputs: str = "quantized"
     objective: str = "activation"
     max_rows: int = 4096
+    clip_budget: float = 0.001
     seed: int = 0
 
     @classmethod
@@ -108,6 +110,7 @@ class Options:
                     inputs=str(options.get("eq_inputs", d.inputs)),
                     objective=str(options.get("eq_objective", d.objective)),
                     max_rows=int(options.get("eq_max_rows", d.max_rows)),
+                    clip_budget=float(options.get("eq_clip_budget", d.clip_budget)),
                     seed=int(options.get("seed", d.seed)))
         except (TypeError, ValueError) as err:
             raise EqTfliteError(f"bad easyquant option: {err}") from None
@@ -118,7 +121,8 @@ class Options:
                   (o.inputs in ("quantized", "float"), "eq_inputs must be 'quantized' or 'float'"),
                   (o.objective in ("activation", "linear"),
                    "eq_objective must be 'activation' or 'linear'"),
-                  (o.max_rows >= 0, "eq_max_rows must be >= 0 (0: all rows)")]
+                  (o.max_rows >= 0, "eq_max_rows must be >= 0 (0: all rows)"),
+                  (0 <= o.clip_budget <= 1, "eq_clip_budget must be in [0, 1]")]
         for ok, msg in checks:
             if not ok:
                 raise EqTfliteError(msg)
@@ -133,11 +137,12 @@ class Options:
 # Scoring
 
 
-def fake_quant_into(x: np.ndarray, scale: float, zp: int, out: np.ndarray) -> np.ndarray:
+def fake_quant_into(x: np.ndarray, scale: float, zp: int, out: np.ndarray,
+                    clip: tuple[int, int] = (grid.INT8_MIN, grid.INT8_MAX)) -> np.ndarray:
     """``grid.fake_quant_activation`` written into ``out`` (same values, bit for bit)."""
     np.divide(x, scale, out=out)
     np.round(out, out=out)
-    np.clip(out, grid.INT8_MIN - zp, grid.INT8_MAX - zp, out=out)
+    np.clip(out, clip[0] - zp, clip[1] - zp, out=out)
     out *= scale
     return out
 
@@ -145,13 +150,6 @@ def fake_quant_into(x: np.ndarray, scale: float, zp: int, out: np.ndarray) -> np
 def _float32(scales: np.ndarray) -> np.ndarray:
     """Step sizes as the rewriter stores them (float32), kept in float64."""
     return np.asarray(scales, np.float32).astype(np.float64)
-
-
-def _cos(dot: np.ndarray, n_out: np.ndarray, n_t: np.ndarray) -> np.ndarray:
-    """Cosine from dot products and squared norms; 1 for two zero vectors, 0 for one."""
-    dot, n_out, n_t = (np.asarray(a, np.float64) for a in (dot, n_out, n_t))
-    denom = np.sqrt(n_out * n_t)
-    return np.where((n_out == 0) & (n_t == 0), 1.0, dot / np.where(denom > 0, denom, 1.0))
 
 
 @dataclass
@@ -169,6 +167,17 @@ class LayerProblem:
     bias: np.ndarray | None
     activation: str         # applied to quantized outputs ("NONE": linear objective)
     bits: BitWidths
+    input_values: np.ndarray | None = None  # sorted values of the whole input tensor
+
+    def clipped_share(self, act: tuple[float, int]) -> float:
+        """Share of the input tensor's values that the b-bit levels of ``act`` clip."""
+        scale, zp = act
+        lo = scale * (self.bits.act_qmin - zp - 0.5)
+        hi = scale * (self.bits.act_qmax - zp + 0.5)
+        v = self.input_values
+        below = np.searchsorted(v, lo, side="left")
+        above = len(v) - np.searchsorted(v, hi, side="left")
+        return float(below + above) / max(len(v), 1)
 
     def _output(self, out: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         if bias is not None:
@@ -176,9 +185,12 @@ class LayerProblem:
         return simulate.apply_activation(self.activation, out)
 
     def _bias(self, in_scale: float, w_scales: np.ndarray) -> np.ndarray | None:
+        """The int32-rounded bias as it ships (dead channels take the median step)."""
         if self.bias is None:
             return None
-        return simulate.quantize_bias(self.bias, in_scale, w_scales)
+        q, step = resolve.bias_numbers(self.bias, in_scale,
+                                       resolve.fix_dead_channels(w_scales)[0])
+        return (q * step.astype(np.float64)).astype(np.float32)
 
     def layer_cosines(self, out: np.ndarray) -> np.ndarray:
         """Mean over samples of the cosine, for outputs (J, R, C)."""
@@ -186,11 +198,11 @@ class LayerProblem:
         out = out.reshape(len(out), s, p * c)
         t = self.target.reshape(s, p * c)
         dot = np.einsum("jsk,sk->js", out, t)
-        return _cos(dot, np.einsum("jsk,jsk->js", out, out), np.einsum("sk,sk->s", t, t)).mean(1)
+        return cosine_from_parts(dot, np.einsum("jsk,jsk->js", out, out), np.einsum("sk,sk->s", t, t)).mean(1)
 
     def evaluate(self, act: tuple[float, int], w_scales: np.ndarray) -> float:
         """Layer cosine of one choice of scales, with the grid's own quantizers."""
-        xq = grid.fake_quant_activation(self.rows, *act)
+        xq = grid.fake_quant_activation(self.rows, *act, clip=self.bits.act_clip)
         wq = grid.fake_quant_weights(self.matrix, w_scales, 1, self.bits.weights)
         out = self._output(self.lin.apply(xq, wq), self._bias(act[0], w_scales))
         return float(self.layer_cosines(out.astype(np.float64)[None])[0])
@@ -209,7 +221,7 @@ class LayerProblem:
         chunk: the weight matrix is tiled once per candidate, quantized per
         column, and each output column is scored against its channel's target.
         """
-        xq = fake_quant_into(self.rows, *act, np.empty_like(self.rows))
+        xq = fake_quant_into(self.rows, *act, np.empty_like(self.rows), self.bits.act_clip)
         cands = np.concatenate([current[None], _float32(initial[None] / mults[:, None])])
         r, c = xq.shape[0], self.matrix.shape[1]
         t = self.target.reshape(r, c)
@@ -231,7 +243,7 @@ class LayerProblem:
             bias = None if self.bias is None else np.stack(
                 [self._bias(act[0], sc) for sc in scales])
             out = self._output(out, bias)
-            scores.append(_cos(np.einsum("rjc,rc->jc", out, t),
+            scores.append(cosine_from_parts(np.einsum("rjc,rc->jc", out, t),
                                np.einsum("rjc,rjc->jc", out, out), t_norm))
         best = np.concatenate(scores).argmax(axis=0)  # first maximum: current wins ties
         return cands[best, np.arange(c)]
@@ -247,7 +259,7 @@ class LayerProblem:
             chunk = cands[s:s + per]
             xq = buf[:len(chunk) * r]
             for i, a in enumerate(chunk):
-                fake_quant_into(self.rows, *a, xq[i * r:(i + 1) * r])
+                fake_quant_into(self.rows, *a, xq[i * r:(i + 1) * r], self.bits.act_clip)
             out = self.lin.apply(xq, wq).reshape(len(chunk), r, -1)
             bias = None if self.bias is None else np.stack(
                 [self._bias(a[0], w_scales) for a in chunk])[:, None]
@@ -280,13 +292,23 @@ def sample_positions(n: int, spatial: tuple[int, ...], max_rows: int,
 
 def _deciders(graph: Graph, groups: dict[int, tuple[int, ...]]) -> dict[tuple[int, ...], int]:
     """Group of each weighted op's input -> index of the op that searches its scale."""
-    fixed = simulate.fixed_output_params(graph)
+    fixed = resolve.fixed_output_params(graph)
     decider: dict[tuple[int, ...], int] = {}
     for op in graph.weighted_ops():
         g = groups.get(op.data_input, (op.data_input,))
         if g not in decider and not any(t in fixed for t in g):
             decider[g] = op.index
     return decider
+
+
+def _shipped(graph: Graph, op: Op, act_params: Mapping[int, tuple[float, int]],
+             scales: np.ndarray, bits: BitWidths) -> resolve.LayerNumbers:
+    """The numbers that ship for ``op`` with the chosen scales (``resolve.layer_numbers``)."""
+    bias = graph.tensors[op.bias_input] if op.bias_input >= 0 else None
+    w = graph.tensors[op.weight_input]
+    return resolve.layer_numbers(op, w.name, w.data, None if bias is None else bias.data,
+                                 None if bias is None else bias.name,
+                                 act_params[op.data_input][0], scales, bits)
 
 
 def _peak_rss_mb() -> float:
@@ -302,9 +324,9 @@ def easyquant(ctx: MethodContext) -> Plan:
     simulate.check_supported(graph)
     init_plan = methods.get("minmax" if opts.init == "max" else "kl")(ctx)
     init_ranges = {graph.by_name[n]: r for n, r in init_plan.activation_ranges.items()}
-    groups = simulate.tied_groups(graph)
+    groups = resolve.tied_groups(graph)
     decider = _deciders(graph, groups)
-    act_params = simulate.merged_params(graph, init_ranges, bits.activations, groups)
+    act_params = resolve.activation_params(graph, init_ranges, bits.activations, groups)
     pending = {t for g in decider for t in g}
 
     fsim = simulate.Executor(graph, ctx.calibration)
@@ -338,7 +360,7 @@ def easyquant(ctx: MethodContext) -> Plan:
                 if qsim is not None:
                     qsim.set_activation(t, params)
         if qsim is not None:
-            qsim.quant.weight_scales[op.weight_input] = scales
+            qsim.quant.layers[op.weight_input] = _shipped(graph, op, act_params, scales, bits)
             qsim.step(op)
         fsim.step(op)
         done = op.index + 1
@@ -371,8 +393,10 @@ def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
     if bias is not None:
         target = target + bias
     target = simulate.apply_activation(activation, target).reshape(s, p, -1)
-    rows = lin.rows(x_float if qsim is None else qsim.value(op.data_input), positions)
-    return LayerProblem(lin, rows, target, matrix, bias, activation, ctx.bits)
+    x_in = x_float if qsim is None else qsim.value(op.data_input)
+    rows = lin.rows(x_in, positions)
+    values = np.sort(x_in, axis=None) if ctx.bits.strict else None
+    return LayerProblem(lin, rows, target, matrix, bias, activation, ctx.bits, values)
 
 
 def _search(problem: LayerProblem, opts: Options, act: tuple[float, int],
@@ -400,6 +424,10 @@ def _search(problem: LayerProblem, opts: Options, act: tuple[float, int],
         lo, hi = base_range
         ranges = [act_range] + [(lo / m, hi / m) for m in mults]
         cands = [grid.activation_params(*r, bits.activations) for r in ranges]
+        if bits.strict and problem.input_values is not None:
+            keep = [0] + [i for i in range(1, len(cands))
+                          if problem.clipped_share(cands[i]) <= opts.clip_budget]
+            ranges, cands = [ranges[i] for i in keep], [cands[i] for i in keep]
         k = problem.search_activation(cands, scales)
         new_cos = problem.evaluate(cands[k], scales)
         if new_cos >= cos:
