@@ -314,7 +314,7 @@ def main(argv: list[str], float_model: str | None = None, data: str | None = Non
         return 2
     try:
         model = fb.read_file(argv[1])
-        float_bytes, samples = load_data_for(float_model, data)
+        float_bytes, samples = load_data_for(float_model, data, model)
         report = verify(model, float_model=float_bytes, samples=samples)
     except EqTfliteError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -330,7 +330,8 @@ def run() -> None:
     from eq_tflite.quiet import set_verbose
     set_verbose(False)
     flags.DEFINE_string("float_model", None, "Float model (SavedModel/Keras/.tflite) for the cosine report.")
-    flags.DEFINE_string("data", None, "Samples (.npy/.npz) to run; default: random inputs.")
+    flags.DEFINE_string("data", None, "Real samples (.npy/.npz) to run: reports the share of "
+                        "activations outside the b-bit levels; default: random inputs.")
     app.run(lambda argv: sys.exit(main(argv, flags.FLAGS.float_model, flags.FLAGS.data)))
 
 
