@@ -25,6 +25,9 @@ const char* const eqd_path_names[EQD_PATH_COUNT] = {
     "dwconv_scalar",     "dwconv_avx2",
 };
 
+const char* const eqd_rounding_names[3] = {"reference", "builtin-x86",
+                                           "builtin-arm64"};
+
 void* eqd_aligned_alloc(size_t bytes) {
   void* p = NULL;
   if (bytes == 0) bytes = 64;
@@ -97,7 +100,7 @@ void eqd_activation_range(int act, float out_scale, int32_t out_zp,
 }
 
 int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
-                          int n_w_scales, float out_scale, int rounding_reference) {
+                          int n_w_scales, float out_scale, eqd_rounding rounding) {
   const int cp = c->cout_pad;
   c->rq_mult = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
   c->rq_lshift = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
@@ -108,10 +111,20 @@ int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
   if (!c->rq_mult || !c->rq_lshift || !c->rq_rshift || !c->rq_rmask ||
       !c->rq_rthresh || !c->rq_away)
     return -1;
-  /* Tie rule per channel (see eqd_conv.rq_away). */
+  /* Rules per channel (see eqd_conv.rq_away and rq_single).  Measured
+   * against LiteRT 2.3 (tests/delegate/rounding_probe.py, natively and
+   * under qemu-aarch64 for cortex-a72 and neoverse-n1).
+   *   x86-64 CONV_2D: ruy's AVX2 kernel, double rounding, ties up;
+   *   aarch64 CONV_2D: ruy's NEON kernel, single rounding (SQDMULH+SRSHL);
+   *   DEPTHWISE_CONV_2D on both: double rounding, ties up in the channels
+   *   the optimized kernel handles 8 at a time, away from zero in the last
+   *   C % 8. */
   const int simd_channels = c->depthwise ? c->cout / 8 * 8 : c->cout;
+  c->rq_single = rounding == EQD_ROUND_ARM64 && !c->depthwise;
   for (int ch = 0; ch < c->cout; ++ch)
-    c->rq_away[ch] = (rounding_reference || ch >= simd_channels) ? -1 : 0;
+    c->rq_away[ch] = (rounding == EQD_ROUND_REFERENCE || ch >= simd_channels) ? -1 : 0;
+  if (c->rq_single)
+    for (int ch = 0; ch < c->cout; ++ch) c->rq_away[ch] = 0;
   for (int ch = 0; ch < c->cout; ++ch) {
     const double ws = (double)w_scales[n_w_scales == 1 ? 0 : ch];
     const double eff = (double)in_scale * ws / (double)out_scale;
@@ -122,8 +135,13 @@ int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
      * scale (> 2^31) is rejected when claiming the node. */
     if (shift > 31) return -1;
     c->rq_mult[ch] = q;
-    c->rq_lshift[ch] = shift > 0 ? shift : 0;
-    c->rq_rshift[ch] = shift > 0 ? 0 : -shift; /* <= 31 by construction */
+    if (c->rq_single) { /* ruy aarch64: right shift at least 1 */
+      c->rq_lshift[ch] = shift >= 0 ? shift + 1 : 0;
+      c->rq_rshift[ch] = shift >= 0 ? 1 : -shift;
+    } else {
+      c->rq_lshift[ch] = shift > 0 ? shift : 0;
+      c->rq_rshift[ch] = shift > 0 ? 0 : -shift; /* <= 31 by construction */
+    }
     c->rq_rmask[ch] = (int32_t)((1LL << c->rq_rshift[ch]) - 1);
     c->rq_rthresh[ch] = c->rq_rmask[ch] >> 1;
   }

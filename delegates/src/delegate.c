@@ -31,8 +31,7 @@ typedef struct eqd_options {
   int num_threads;   /* -1 (interpreter's setting) or 1..64                 */
   int isa;           /* -1 auto, EQD_ISA_SCALAR, EQD_ISA_AVX2               */
   int record_layout; /* 0/1: snapshot tensors/nodes at Prepare (ABI test)   */
-  int rounding_reference; /* 0: like TFLite's optimized (builtin) kernels,
-                             1: like TFLite's reference kernels             */
+  eqd_rounding rounding;  /* requantization rule (option `rounding`)    */
 } eqd_options;
 
 /* Per claimed node statistics. */
@@ -388,7 +387,7 @@ static int op_init(TfLiteContext* ctx, eqd_delegate* d, int node_index, eqd_op* 
   c->wabs_max = wmax;
   const TfLiteAffineQuantization* fa = affine_of(f);
   if (eqd_conv_init_requant(c, in->params.scale, fa->scale->data, fa->scale->size,
-                            out->params.scale, d->opt.rounding_reference) != 0)
+                            out->params.scale, d->opt.rounding) != 0)
     return -1;
   c->winograd = !c->depthwise && d->opt.winograd && c->kh == 3 && c->kw == 3 && c->stride_h == 1 &&
                 c->stride_w == 1 && c->cin >= 8 && c->cout >= 8 &&
@@ -741,7 +740,7 @@ static int parse_options(char** keys, char** values, size_t n, eqd_options* o,
   o->num_threads = -1;
   o->isa = -1;
   o->record_layout = 0;
-  o->rounding_reference = 0;
+  o->rounding = EQD_ROUND_NATIVE;
   for (size_t i = 0; i < n; ++i) {
     const char* k = keys ? keys[i] : NULL;
     const char* v = values ? values[i] : NULL;
@@ -760,8 +759,10 @@ static int parse_options(char** keys, char** values, size_t n, eqd_options* o,
       bad = parse_int(v, -1, 64, &o->num_threads);
       if (!bad && o->num_threads == 0) bad = 1;
     } else if (!strcmp(k, "rounding")) {
-      if (!strcmp(v, "builtin")) o->rounding_reference = 0;
-      else if (!strcmp(v, "reference")) o->rounding_reference = 1;
+      if (!strcmp(v, "builtin")) o->rounding = EQD_ROUND_NATIVE;
+      else if (!strcmp(v, "reference")) o->rounding = EQD_ROUND_REFERENCE;
+      else if (!strcmp(v, "builtin-x86")) o->rounding = EQD_ROUND_X86;
+      else if (!strcmp(v, "builtin-arm64")) o->rounding = EQD_ROUND_ARM64;
       else bad = 1;
     } else if (!strcmp(k, "isa")) {
       if (!strcmp(v, "auto")) o->isa = -1;
@@ -844,7 +845,7 @@ EQD_EXPORT int eqd_stats_json(TfLiteDelegate* delegate, char* buf, int cap) {
             "\"recommended_num_threads\":%d,\"considered\":%d,\"claimed\":%d,"
             "\"nodes\":[",
             d->isa == EQD_ISA_AVX2 ? "avx2" : "scalar", d->opt.winograd, d->opt.bits,
-            d->opt.num_threads, d->opt.rounding_reference ? "reference" : "builtin",
+            d->opt.num_threads, eqd_rounding_names[d->opt.rounding],
             d->recommended_num_threads, d->n_considered,
             d->n_claimed);
   for (int i = 0; i < d->n_nodes; ++i) {

@@ -80,6 +80,14 @@ typedef struct eqd_conv {
    * it handles 8 at a time toward +inf and the remaining C % 8 channels away
    * from zero).  Option `rounding=builtin|reference`.  [cout_pad] */
   int32_t* rq_away;
+  /* 1: single rounding (ruy's aarch64 kernels, TFLite CONV_2D on arm64):
+   * h = floor(x * M / 2^31) with x = acc << (shift >= 0 ? shift + 1 : 0),
+   * then a rounding right shift by (shift >= 0 ? 1 : -shift), ties toward
+   * +inf; this equals floor((acc * M * 2^shift + 2^(30 - shift)) / 2^(31 -
+   * shift)) whenever acc << lshift does not wrap.  rq_lshift / rq_rshift
+   * hold these shifts and rq_away is 0.  0: double rounding (srdhm, then
+   * the rounding shift with the per-channel tie rule of rq_away). */
+  int rq_single;
 
   /* ---- algorithm choice and prepacked weights ---- */
   int isa;            /* EQD_ISA_*                                          */
@@ -119,10 +127,21 @@ typedef struct eqd_conv {
 void eqd_quantize_multiplier(double m, int32_t* q, int* shift);
 void eqd_activation_range(int act, float out_scale, int32_t out_zp,
                           int32_t* act_min, int32_t* act_max);
-/* rounding_reference: 1 = ties away from zero everywhere; 0 = as TFLite's
- * optimized kernels (see rq_away). */
+/* Requantization rules (option `rounding`). */
+typedef enum eqd_rounding {
+  EQD_ROUND_REFERENCE = 0, /* TFLite's reference kernels: double rounding,
+                              ties away from zero everywhere              */
+  EQD_ROUND_X86 = 1,       /* LiteRT's builtin kernels on x86-64          */
+  EQD_ROUND_ARM64 = 2,     /* LiteRT's builtin kernels on aarch64         */
+} eqd_rounding;
+extern const char* const eqd_rounding_names[3];
+#if defined(__aarch64__)
+#define EQD_ROUND_NATIVE EQD_ROUND_ARM64
+#else
+#define EQD_ROUND_NATIVE EQD_ROUND_X86
+#endif
 int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
-                          int n_w_scales, float out_scale, int rounding_reference);
+                          int n_w_scales, float out_scale, eqd_rounding rounding);
 /* Sets the shape and thread count and (re)allocates scratch memory. */
 int eqd_conv_setup_shape(eqd_conv* c, int batch, int in_h, int in_w, int nthreads);
 void eqd_conv_free(eqd_conv* c);
@@ -171,6 +190,14 @@ static inline int32_t eqd_srdhm(int32_t a, int32_t b) {
   return (int32_t)((ab + nudge) / (1LL << 31)); /* C division truncates */
 }
 
+/* floor(a * b / 2^31) for 0 <= b < 2^31: AArch64's SQDMULH (which
+ * saturates only for a == b == INT32_MIN, excluded here). */
+static inline int32_t eqd_floor_mulhi(int32_t a, int32_t b) {
+  const int64_t ab = (int64_t)a * (int64_t)b;
+  const int64_t q = ab / (1LL << 31); /* truncates toward zero */
+  return (int32_t)(q * (1LL << 31) > ab ? q - 1 : q);
+}
+
 /* Rounding divide by 2^e (0 <= e <= 31), to nearest.
  * away != 0: ties away from zero, TFLite's RoundingDivideByPOT.
  * away == 0: ties toward +inf, = floor((x + 2^(e-1)) / 2^e) as ruy's AVX2
@@ -189,8 +216,9 @@ static inline int32_t eqd_rdbpot(int32_t x, int e, int away) {
  * x * 2^left_shift wraps like TFLite's int32 multiply (done in uint32). */
 static inline int8_t eqd_requant_scalar(const eqd_conv* c, int ch, int32_t acc) {
   const int32_t x = (int32_t)((uint32_t)acc << c->rq_lshift[ch]);
-  int32_t v = eqd_rdbpot(eqd_srdhm(x, c->rq_mult[ch]), c->rq_rshift[ch],
-                         c->rq_away[ch] != 0);
+  const int32_t h = c->rq_single ? eqd_floor_mulhi(x, c->rq_mult[ch])
+                                 : eqd_srdhm(x, c->rq_mult[ch]);
+  int32_t v = eqd_rdbpot(h, c->rq_rshift[ch], c->rq_away[ch] != 0);
   v = (int32_t)((uint32_t)v + (uint32_t)c->out_zp);
   if (v < c->act_min) v = c->act_min;
   if (v > c->act_max) v = c->act_max;

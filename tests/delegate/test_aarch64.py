@@ -1,0 +1,64 @@
+"""The delegate on aarch64 (Android's CPUs), under qemu-user.
+
+The library is cross-compiled with the flags of setup.py (plus -Werror) and
+loaded by LiteRT 2.3's aarch64 wheel in an aarch64 CPython.  Each emulated
+CPU model selects its own kernels at run time: cortex-a72 has no dot product
+instructions, neoverse-n1 has them.  The randomized single-conv suite
+(random_suite.py) then compares the delegate with LiteRT's aarch64 builtin
+kernels and with its reference kernels, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+import aarch64
+from aarch64 import CPU_DOTPROD, CPU_NO_DOTPROD, CPUS, REPO, HERE
+
+# Kernel paths each CPU model must run in the suite (none may be missing:
+# otherwise a variant would pass untested).
+EXPECTED_PATHS = {
+    CPU_NO_DOTPROD: {"winograd_scalar", "direct_scalar", "dwconv_scalar"},
+    CPU_DOTPROD: {"winograd_scalar", "direct_scalar", "dwconv_scalar"},
+}
+
+
+@pytest.fixture(scope="module")
+def toolchain():
+    return aarch64.require()
+
+
+@pytest.fixture(scope="module")
+def arm_library(toolchain, tmp_path_factory):
+    return aarch64.build_delegate(str(tmp_path_factory.mktemp("aarch64")))
+
+
+def run_suite(toolchain, library, cpu, against, seed, cases=50, options=()):
+    proc = toolchain.run_python(
+        [os.path.join(HERE, "random_suite.py"), "--cases", str(cases), "--seed", str(seed),
+         "--against", against, "--json", "--options", *options],
+        cpu, env={"EQ_TFLITE_DELEGATE_LIB": library, "PYTHONPATH": REPO})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"suite did not report (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("cpu", CPUS)
+@pytest.mark.parametrize("against", ["builtin", "reference"])
+def test_bitexact_under_qemu(toolchain, arm_library, cpu, against):
+    res = run_suite(toolchain, arm_library, cpu, against, seed=21 if against == "builtin" else 22)
+    assert res["cases"] == 50 and res["unclaimed"] == []
+    assert res["mismatches"] == [], f"{len(res['mismatches'])} mismatches: {res['mismatches'][:3]}"
+    missing = EXPECTED_PATHS[cpu] - set(res["paths"])
+    assert not missing, f"paths never run on {cpu}: {missing} (ran {res['paths']})"
+
+
+def test_x86_rounding_is_wrong_on_arm(toolchain, arm_library):
+    """Negative control: the x86 rule must lose against aarch64's builtin
+    kernels, so the suite really tells the two rules apart."""
+    res = run_suite(toolchain, arm_library, CPU_DOTPROD, "builtin", seed=21,
+                    options=["rounding=builtin-x86"])
+    assert res["mismatches"], "the x86 and aarch64 rules agreed on every case"
