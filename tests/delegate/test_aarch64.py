@@ -52,6 +52,7 @@ def test_bitexact_under_qemu(toolchain, arm_library, cpu, against):
     res = run_suite(toolchain, arm_library, cpu, against, seed=21 if against == "builtin" else 22)
     assert res["cases"] == 50 and res["unclaimed"] == []
     assert res["mismatches"] == [], f"{len(res['mismatches'])} mismatches: {res['mismatches'][:3]}"
+    assert res["isa"] == {CPU_NO_DOTPROD: "neon", CPU_DOTPROD: "neon-dotprod"}[cpu]
     missing = EXPECTED_PATHS[cpu] - set(res["paths"])
     assert not missing, f"paths never run on {cpu}: {missing} (ran {res['paths']})"
 
