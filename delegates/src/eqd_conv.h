@@ -179,7 +179,10 @@ static inline int32_t eqd_rdbpot(int32_t x, int e, int away) {
 /* TFLite's MultiplyByQuantizedMultiplier followed by +zp and the clamp.
  * x * 2^left_shift wraps like TFLite's int32 multiply (done in uint32). */
 static inline int8_t eqd_requant_scalar(const eqd_conv* c, int ch, int32_t acc) {
-  const int32_t x = (int32_t)((uint32_t)acc << c->rq_lshift[ch]);
+  /* A shift of 32 (single rounding with shift 31) gives 0, as SSHL and
+   * VPSLLVD do; C's << would be undefined there. */
+  const int ls = c->rq_lshift[ch];
+  const int32_t x = ls >= 32 ? 0 : (int32_t)((uint32_t)acc << ls);
   const int32_t h = c->rq_single ? eqd_floor_mulhi(x, c->rq_mult[ch])
                                  : eqd_srdhm(x, c->rq_mult[ch]);
   int32_t v = eqd_rdbpot(h, c->rq_rshift[ch], c->rq_away[ch] != 0);

@@ -13,6 +13,12 @@ const eqd_kernel* const eqd_kernels[] = {
     &eqd_kernel_direct_avx2,
     &eqd_kernel_dwconv_avx2,
 #endif
+#if defined(__aarch64__)
+    &eqd_kernel_winograd_neon,
+    &eqd_kernel_direct_neon_dot,
+    &eqd_kernel_direct_neon,
+    &eqd_kernel_dwconv_neon,
+#endif
     &eqd_kernel_winograd_scalar,
     &eqd_kernel_direct_scalar,
     &eqd_kernel_dwconv_scalar,

@@ -21,8 +21,9 @@ from aarch64 import CPU_DOTPROD, CPU_NO_DOTPROD, CPUS, REPO, HERE
 # Kernel paths each CPU model must run in the suite (none may be missing:
 # otherwise a variant would pass untested).
 EXPECTED_PATHS = {
-    CPU_NO_DOTPROD: {"winograd_scalar", "direct_scalar", "dwconv_scalar"},
-    CPU_DOTPROD: {"winograd_scalar", "direct_scalar", "dwconv_scalar"},
+    CPU_NO_DOTPROD: {"winograd_neon", "direct_neon_r8", "direct_neon_r4", "direct_neon_r2",
+                     "dwconv_neon"},
+    CPU_DOTPROD: {"winograd_neon", "direct_neon_dot", "dwconv_neon"},
 }
 
 
@@ -55,6 +56,18 @@ def test_bitexact_under_qemu(toolchain, arm_library, cpu, against):
     assert res["isa"] == {CPU_NO_DOTPROD: "neon", CPU_DOTPROD: "neon-dotprod"}[cpu]
     missing = EXPECTED_PATHS[cpu] - set(res["paths"])
     assert not missing, f"paths never run on {cpu}: {missing} (ran {res['paths']})"
+
+
+@pytest.mark.parametrize("isa,paths", [
+    ("scalar", {"winograd_scalar", "direct_scalar", "dwconv_scalar"}),
+    ("neon", {"winograd_neon", "direct_neon_r8", "dwconv_neon"}),
+])
+def test_forced_isa_under_qemu(toolchain, arm_library, isa, paths):
+    """The references and the SMLAL variant on a dot-product CPU, too."""
+    res = run_suite(toolchain, arm_library, CPU_DOTPROD, "builtin", seed=23, cases=30,
+                    options=[f"isa={isa}"])
+    assert res["mismatches"] == [] and res["unclaimed"] == [] and res["isa"] == isa
+    assert paths <= set(res["paths"]), res["paths"]
 
 
 def test_x86_rounding_is_wrong_on_arm(toolchain, arm_library):

@@ -81,10 +81,8 @@ def arm_harness(tmp_path_factory):
     return exe
 
 
-ARM_VARIANTS = {
-    CPU_NO_DOTPROD: {"winograd_scalar"},
-    CPU_DOTPROD: {"winograd_scalar"},
-}
+NEON = {"winograd_neon", "direct_neon", "dwconv_neon", "winograd_scalar"}
+ARM_VARIANTS = {CPU_NO_DOTPROD: NEON, CPU_DOTPROD: NEON | {"direct_neon_dot"}}
 
 
 @pytest.mark.parametrize("cpu", [CPU_NO_DOTPROD, CPU_DOTPROD])
@@ -93,3 +91,13 @@ def test_every_arm_variant_matches_its_reference(arm_harness, cpu):
     proc = tc.run_binary([arm_harness, "300", "2"], cpu)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     check(parse(proc.stdout), ARM_VARIANTS[cpu], 300)
+    if cpu == CPU_NO_DOTPROD:  # the dispatch really depends on the CPU
+        assert "variant direct_neon_dot isa neon-dotprod unavailable" in proc.stdout
+
+
+def test_arm_harness_sees_one_lsb(arm_harness):
+    tc = aarch64.require()
+    proc = tc.run_binary([arm_harness, "100", "2", "perturb"], CPU_DOTPROD)
+    res = parse(proc.stdout)
+    assert set(res) == ARM_VARIANTS[CPU_DOTPROD] and proc.returncode == 1
+    assert all(r["mismatches"] > 0 for r in res.values()), res
