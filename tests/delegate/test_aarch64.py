@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 
 import aarch64
-from aarch64 import CPU_DOTPROD, CPU_NO_DOTPROD, CPUS, REPO, HERE
+from aarch64 import CPU_DOTPROD, CPU_NO_DOTPROD, CPUS, HERE, REPO
+from examples_7bit import EXAMPLE_MODELS, calibration, quantized
 
 # Kernel paths each CPU model must run in the suite (none may be missing:
 # otherwise a variant would pass untested).
@@ -76,3 +78,39 @@ def test_x86_rounding_is_wrong_on_arm(toolchain, arm_library):
     res = run_suite(toolchain, arm_library, CPU_DOTPROD, "builtin", seed=21,
                     options=["rounding=builtin-x86"])
     assert res["mismatches"], "the x86 and aarch64 rules agreed on every case"
+
+
+@pytest.mark.skipif(not EXAMPLE_MODELS, reason="no example SavedModels in examples/")
+@pytest.mark.parametrize("cpu", CPUS)
+@pytest.mark.parametrize("saved_model,calib", EXAMPLE_MODELS,
+                         ids=[os.path.basename(p[0]) for p in EXAMPLE_MODELS])
+def test_example_7bit_models_under_qemu(toolchain, arm_library, tmp_path, cpu, saved_model,
+                                        calib):
+    """The example models, quantized to 7 bits with EasyQuant (natively), run
+    under qemu: every output equals LiteRT's aarch64 builtin kernels, every
+    CONV_2D and DEPTHWISE_CONV_2D is claimed, and NEON kernels run them."""
+    try:
+        from eq_tflite.methods import available
+        if "easyquant" not in available():
+            pytest.skip("method 'easyquant' is not registered")
+    except ImportError:
+        pass
+    model = quantized(saved_model, calib, "easyquant")
+    if model is None:
+        pytest.skip("eq_tflite.quantize is not available")
+    (tmp_path / "m.tflite").write_bytes(model)
+    np.save(tmp_path / "x.npy", calibration(calib)[:16])
+    proc = toolchain.run_python(
+        [os.path.join(HERE, "arm_model_check.py"), str(tmp_path / "m.tflite"),
+         str(tmp_path / "x.npy"), "debug=1"],
+        cpu, env={"EQ_TFLITE_DELEGATE_LIB": arm_library, "PYTHONPATH": REPO})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    assert lines, f"rc={proc.returncode}\n{proc.stderr[-3000:]}"
+    res = json.loads(lines[-1])
+    st = res["stats"]
+    kernels = {n["node"]: n["kernel"] for n in st["nodes"]}
+    print(f"{os.path.basename(saved_model)} on {cpu}: {res['differ']} of {res['total']} "
+          f"outputs differ; kernel per node: {kernels}")
+    assert res["total"] > 0 and res["differ"] == 0
+    assert st["claimed"] >= 1 and st["claimed"] == st["considered"]
+    assert all(k.endswith(("_neon", "_neon_dot")) for k in kernels.values()), kernels
