@@ -19,8 +19,8 @@
 
 #include "eqd_kernel.h"
 
-const char* const eqd_rounding_names[3] = {"reference", "builtin-x86",
-                                           "builtin-arm64"};
+const char* const eqd_rounding_names[EQD_ROUND_COUNT] = {
+    "reference", "builtin-x86", "builtin-arm64", "tflite-runtime-2.14"};
 
 void* eqd_aligned_alloc(size_t bytes) {
   void* p = NULL;
@@ -112,8 +112,11 @@ int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
    *   aarch64 CONV_2D: ruy's NEON kernel, single rounding (SQDMULH+SRSHL);
    *   DEPTHWISE_CONV_2D on both: double rounding, ties up in the channels
    *   the optimized kernel handles 8 at a time, away from zero in the last
-   *   C % 8. */
-  const int simd_channels = c->depthwise ? c->cout / 8 * 8 : c->cout;
+   *   C % 8.
+   * and against tflite-runtime 2.14 on x86: CONV_2D as LiteRT 2.3 on x86,
+   * DEPTHWISE_CONV_2D ties away from zero in every channel. */
+  int simd_channels = c->depthwise ? c->cout / 8 * 8 : c->cout;
+  if (rounding == EQD_ROUND_TFLITE214 && c->depthwise) simd_channels = 0;
   c->rq_single = rounding == EQD_ROUND_ARM64 && !c->depthwise;
   for (int ch = 0; ch < c->cout; ++ch)
     c->rq_away[ch] = (rounding == EQD_ROUND_REFERENCE || ch >= simd_channels) ? -1 : 0;

@@ -101,8 +101,12 @@ typedef enum eqd_rounding {
                               ties away from zero everywhere              */
   EQD_ROUND_X86 = 1,       /* LiteRT's builtin kernels on x86-64          */
   EQD_ROUND_ARM64 = 2,     /* LiteRT's builtin kernels on aarch64         */
+  EQD_ROUND_TFLITE214 = 3, /* tflite-runtime 2.14's builtin kernels on x86:
+                              CONV_2D as X86, DEPTHWISE_CONV_2D ties away
+                              from zero in every channel (measured)      */
+  EQD_ROUND_COUNT
 } eqd_rounding;
-extern const char* const eqd_rounding_names[3];
+extern const char* const eqd_rounding_names[EQD_ROUND_COUNT];
 #if defined(__aarch64__)
 #define EQD_ROUND_NATIVE EQD_ROUND_ARM64
 #else

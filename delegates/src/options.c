@@ -71,6 +71,7 @@ int eqd_parse_options(char** keys, char** values, size_t n, eqd_options* o,
       else if (!strcmp(v, "reference")) o->rounding = EQD_ROUND_REFERENCE;
       else if (!strcmp(v, "builtin-x86")) o->rounding = EQD_ROUND_X86;
       else if (!strcmp(v, "builtin-arm64")) o->rounding = EQD_ROUND_ARM64;
+      else if (!strcmp(v, "tflite-runtime-2.14")) o->rounding = EQD_ROUND_TFLITE214;
       else bad = 1;
     } else if (!strcmp(k, "isa")) {
       /* The kernels may use exactly these features (and the CPU must have

@@ -166,7 +166,8 @@ def test_num_threads_rejects_out_of_range(delegate_library, value):
         load_delegate({"num_threads": value})
 
 
-@pytest.mark.parametrize("rounding", ["builtin", "reference", "builtin-x86", "builtin-arm64"])
+@pytest.mark.parametrize("rounding", ["builtin", "reference", "builtin-x86", "builtin-arm64",
+                                      "tflite-runtime-2.14"])
 def test_rounding_values(delegate_library, rounding):
     st = delegate_stats(load_delegate({"rounding": rounding}))
     native = "builtin-arm64" if platform.machine() in ("aarch64", "arm64") else "builtin-x86"
