@@ -16,8 +16,20 @@
 
 #if defined(__aarch64__)
 
+/* The dot-product instructions are enabled for this file only; the rest of
+ * the library stays ARMv8.0, and the row runs only where HWCAP_ASIMDDP is
+ * set.  GCC: by the pragma below.  clang ignores that pragma, and its
+ * arm_neon.h declares vdotq_s32 only under __ARM_FEATURE_DOTPROD, so clang
+ * builds this file with -march=armv8.2-a+dotprod (delegates/CMakeLists.txt
+ * does). */
+#if defined(__clang__)
+#if !defined(__ARM_FEATURE_DOTPROD)
+#error "build qs8_conv_direct_neon_dot.c with -march=armv8.2-a+dotprod (see CMakeLists.txt)"
+#endif
+#else
 #pragma GCC push_options
 #pragma GCC target("arch=armv8.2-a+dotprod")
+#endif
 
 #include <arm_neon.h>
 
@@ -97,7 +109,9 @@ static int direct_neon_dot_run(const eqd_conv* c, const int8_t* in, int8_t* out,
   return 0;
 }
 
+#if !defined(__clang__)
 #pragma GCC pop_options
+#endif
 
 const eqd_kernel eqd_kernel_direct_neon_dot = {
     .name = "direct_neon_dot", .isa = "neon-dotprod", .family = EQD_FAMILY_DIRECT,
