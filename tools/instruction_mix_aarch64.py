@@ -74,6 +74,9 @@ def innermost_loops(obj: str) -> list[tuple[str, list[tuple[int, str, str]]]]:
 
 def main() -> int:
     flags = open(os.path.join(REPO, "delegates", "cflags.txt")).read().split()
+    print("| file | function | loop instructions | MACs per iteration | MACs / instruction "
+          "| MACs / multiply-or-widen instruction | instruction mix |")
+    print("|---|---|---:|---:|---:|---:|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for f in FILES:
             obj = os.path.join(tmp, f + ".o")
