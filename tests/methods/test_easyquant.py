@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eq_tflite import grid, methods, simulate
+from eq_tflite import grid, methods, resolve, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
@@ -41,7 +41,7 @@ def test_plan_covers_every_tensor_and_ties(eq_plan):
         assert scales.shape == (graph.tensors[op.weight_input].shape[op.channel_axis],)
         assert np.all(np.isfinite(scales)) and np.all(scales > 0)
     pool = next(op for op in graph.ops if op.type == "MAX_POOL_2D")
-    group = simulate.tied_groups(graph)[pool.outputs[0]]
+    group = resolve.tied_groups(graph)[pool.outputs[0]]
     ranges = {plan.activation_ranges[graph.tensors[t].name] for t in group}
     assert len(ranges) == 1  # searched once, written on every tied tensor
 
