@@ -18,6 +18,7 @@ import pytest
 
 import aarch64
 from aarch64 import CPU_DOTPROD, CPU_NO_DOTPROD, CPUS, HERE, REPO
+from conv_models import build_model, random_layer
 from examples_7bit import EXAMPLE_MODELS, calibration, quantized
 
 # Kernel paths each CPU model must run in the suite (none may be missing:
@@ -114,3 +115,49 @@ def test_example_7bit_models_under_qemu(toolchain, arm_library, tmp_path, cpu, s
     assert res["total"] > 0 and res["differ"] == 0
     assert st["claimed"] >= 1 and st["claimed"] == st["considered"]
     assert all(k.endswith(("_neon", "_neon_dot")) for k in kernels.values()), kernels
+
+
+def _conv_stack(seed: int) -> tuple[bytes, np.ndarray]:
+    """A 3x3 conv stack (with a depthwise and a 1x1 layer) whose tensors
+    between layers live in the delegate's buffers; float inputs on the
+    input grid."""
+    rng = np.random.default_rng(seed)
+    scale, zp, ch = 0.05, int(rng.integers(-20, 20)), 16
+    layers = []
+    for kind in ("conv3", "conv3", "dw3", "conv1", "conv3"):
+        layer = random_layer(rng, ch, ch, 1 if kind == "conv1" else 3,
+                             1 if kind == "conv1" else 3, scale, wbits=7,
+                             activation="RELU", depthwise=kind == "dw3")
+        layers.append(layer)
+        scale = layer.out_scale
+    model = build_model([1, 12, 12, 16], 0.05, zp, layers)
+    q = rng.integers(-128, 128, size=(8, 12, 12, 16))
+    return model, ((q - zp) * 0.05).astype(np.float32)
+
+
+@pytest.mark.parametrize("rounding,exact", [("builtin", True), ("builtin-x86", False)])
+def test_conv_stack_under_qemu(toolchain, arm_library, tmp_path, rounding, exact):
+    """Five chained layers (delegate-internal tensors, errors would
+    compound): bit-exact with the aarch64 rule, and visibly not with the
+    x86 rule (negative control)."""
+    differ = total = runs = 0
+    for seed in range(2):
+        model, x = _conv_stack(seed)
+        (tmp_path / "m.tflite").write_bytes(model)
+        np.save(tmp_path / "x.npy", x)
+        proc = toolchain.run_python(
+            [os.path.join(HERE, "arm_model_check.py"), str(tmp_path / "m.tflite"),
+             str(tmp_path / "x.npy"), f"rounding={rounding}"],
+            CPU_DOTPROD, env={"EQ_TFLITE_DELEGATE_LIB": arm_library, "PYTHONPATH": REPO})
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        assert lines, f"rc={proc.returncode}\n{proc.stderr[-3000:]}"
+        res = json.loads(lines[-1])
+        assert res["stats"]["claimed"] == 5
+        differ += res["differ"]
+        total += res["total"]
+        runs += 1
+        if not exact and differ:
+            break  # the negative control has made its point
+    print(f"conv stack, rounding={rounding}: {differ} of {total} outputs differ")
+    assert total == runs * 8 * 12 * 12 * 16
+    assert (differ == 0) if exact else (differ > 0)
