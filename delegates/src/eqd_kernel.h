@@ -13,7 +13,10 @@
  * reference, which is always eligible.
  *
  * Adding a variant: one source file that defines its `const eqd_kernel`
- * row, one line in kernels.c, and one row in tests/delegate/kernel_test.c.
+ * row and one line in kernels.c.  The C harness (tests/delegate/
+ * kernel_test.c) then tests it against its family's scalar reference by
+ * itself; add its name to the expected sets of tests/delegate/
+ * test_kernels.py (the test row), so that its absence would fail.
  */
 #ifndef EQD_KERNEL_H_
 #define EQD_KERNEL_H_

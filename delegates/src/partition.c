@@ -189,7 +189,7 @@ static TfLiteStatus kernel_prepare(TfLiteContext* ctx, TfLiteNode* node) {
     return kTfLiteError;
   }
   /* Threads: the num_threads option, else the interpreter's setting (-1,
-   * "unspecified", counts as 1).  Only the AVX2 kernels use them. */
+   * "unspecified", counts as 1).  Only the SIMD kernels use them. */
   const int nthreads_opt = part->delegate->opt.num_threads;
   int nthreads = nthreads_opt > 0 ? nthreads_opt : ctx->recommended_num_threads;
   if (nthreads < 1) nthreads = 1;
