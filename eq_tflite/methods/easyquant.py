@@ -106,6 +106,7 @@ class Options:
     objective: str = "linear"
     max_rows: int = 4096
     clip_budget: float = 0.001
+    search: str = "coarse_to_fine"
     seed: int = 0
 
     @classmethod
@@ -122,6 +123,7 @@ class Options:
                     objective=str(options.get("eq_objective", d.objective)),
                     max_rows=int(options.get("eq_max_rows", d.max_rows)),
                     clip_budget=float(options.get("eq_clip_budget", d.clip_budget)),
+                    search=str(options.get("eq_search", d.search)),
                     seed=int(options.get("seed", d.seed)))
         except (TypeError, ValueError) as err:
             raise EqTfliteError(f"bad easyquant option: {err}") from None
@@ -133,7 +135,9 @@ class Options:
                   (o.objective in ("activation", "linear"),
                    "eq_objective must be 'activation' or 'linear'"),
                   (o.max_rows >= 0, "eq_max_rows must be >= 0 (0: all rows)"),
-                  (0 <= o.clip_budget <= 1, "eq_clip_budget must be in [0, 1]")]
+                  (0 <= o.clip_budget <= 1, "eq_clip_budget must be in [0, 1]"),
+                  (o.search in ("coarse_to_fine", "exhaustive"),
+                   "eq_search must be 'coarse_to_fine' or 'exhaustive'")]
         for ok, msg in checks:
             if not ok:
                 raise EqTfliteError(msg)
@@ -540,6 +544,33 @@ def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
     return LayerProblem(lin, rows, target, matrix, bias, activation, ctx.bits, tails)
 
 
+#: Coarse-to-fine input search: every COARSE-th candidate, then all candidates
+#: between the best coarse one's neighbours (the same final resolution).
+COARSE = 10
+
+
+def _input_scores(problem: LayerProblem, cands: list[tuple[float, int]], w_scales: np.ndarray,
+                  search: str) -> np.ndarray:
+    """Layer cosine per input candidate (NaN where not evaluated); candidate 0 always scored.
+
+    ``coarse_to_fine`` scores candidate 0 and every ``COARSE``-th one, then every
+    candidate within ``COARSE`` positions of the best of those; ``exhaustive``
+    scores all of them.
+    """
+    n = len(cands)
+    if search == "exhaustive" or n <= 3 * COARSE:
+        return problem.layer_scores(cands, w_scales)
+    scores = np.full(n, np.nan)
+    coarse = sorted({0, *range(1, n, COARSE), n - 1})
+    scores[coarse] = problem.layer_scores([cands[i] for i in coarse], w_scales)
+    best = 1 + int(np.nanargmax(scores[1:]))  # refine on the grid (0 is the current range)
+    fine = [i for i in range(max(1, best - COARSE + 1), min(n, best + COARSE))
+            if np.isnan(scores[i])]
+    if fine:
+        scores[fine] = problem.layer_scores([cands[i] for i in fine], w_scales)
+    return scores
+
+
 def _search(problem: LayerProblem, opts: Options, act: tuple[float, int],
             base_range: tuple[float, float] | None,
             ) -> tuple[dict[str, Any], tuple[float, float] | None, np.ndarray]:
@@ -570,12 +601,12 @@ def _search(problem: LayerProblem, opts: Options, act: tuple[float, int],
                           if problem.clipped_share(cands[i]) <= opts.clip_budget]
             ranges, cands = [ranges[i] for i in keep], [cands[i] for i in keep]
         # Candidate 0 is the current input range: its score is the new weights' cosine.
-        scores = problem.layer_scores(cands, new)
+        scores = _input_scores(problem, cands, new, opts.search)
         if scores[0] >= cos:
             scales, cos = new, float(scores[0])
         else:  # the new weights lost on the whole layer: search the input with the old ones
-            scores = problem.layer_scores(cands, scales)
-        k = int(np.argmax(scores))  # first maximum: the current range wins ties
+            scores = _input_scores(problem, cands, scales, opts.search)
+        k = int(np.nanargmax(scores))  # first maximum: the current range wins ties
         if scores[k] >= cos:
             act, act_range, cos = cands[k], ranges[k], float(scores[k])
     live = initial > 0

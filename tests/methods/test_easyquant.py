@@ -178,3 +178,19 @@ def test_small_k_layer_scores_equal_the_direct_computation():
         direct.append(np.mean((out * t).sum(1) / np.sqrt((out * out).sum(1) * (t * t).sum(1))))
     np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-6)
     assert np.ptp(direct) > 1e-3  # the candidates really differ
+
+
+def test_coarse_to_fine_input_search_scores_like_the_exhaustive_one():
+    """Coarse-to-fine evaluates ~30 of 101 candidates, with the exhaustive scores, at full resolution."""
+    from eq_tflite.methods.easyquant import _input_scores
+    rng = np.random.default_rng(5)
+    p = _problem("FULLY_CONNECTED", rng, k=16, c=8, r=500)
+    cands = [grid.activation_params(-m, m, 5) for m in np.linspace(0.5, 6.0, 101)]
+    scales = grid.weight_scales(p.matrix, 1, 5)
+    full = _input_scores(p, cands, scales, "exhaustive")
+    fast = _input_scores(p, cands, scales, "coarse_to_fine")
+    seen = ~np.isnan(fast)
+    assert 20 <= seen.sum() <= 35 and seen[0]
+    np.testing.assert_allclose(fast[seen], full[seen], rtol=0, atol=1e-9)
+    best = int(np.nanargmax(fast))
+    assert fast[best] >= full.max() - 1e-4  # this smooth layer: the exhaustive optimum's cosine
