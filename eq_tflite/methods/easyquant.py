@@ -206,16 +206,19 @@ class GramScorer:
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         self.depthwise = x.ndim == 3  # (R, K, C): channel c reads x[:, :, c]
-        x64, y64 = x.astype(np.float64), y.astype(np.float64)
+        y64 = y.astype(np.float64)
         self.rows = x.shape[0]
         if self.depthwise:
-            xt = np.ascontiguousarray(x64.transpose(2, 0, 1))           # (C, R, K)
+            xt = np.empty((x.shape[2], x.shape[0], x.shape[1]))         # (C, R, K), one copy
+            xt[...] = x.transpose(2, 0, 1)
             self.gram = xt.transpose(0, 2, 1) @ xt                       # (C, K, K)
             self.xy = (xt.transpose(0, 2, 1) @ y64.T[:, :, None])[..., 0].T  # (K, C)
+            self.x_sum = xt.sum(axis=1).T                                # (K, C)
         else:
+            x64 = x.astype(np.float64)
             self.gram = x64.T @ x64
             self.xy = x64.T @ y64
-        self.x_sum = x64.sum(axis=0)   # (K,) or (K, C)
+            self.x_sum = x64.sum(axis=0)                                 # (K,)
         self.y_sum = y64.sum(axis=0)   # (C,)
         self.y_norm = np.einsum("rc,rc->c", y64, y64)
 
