@@ -81,6 +81,9 @@ def check_model(model: Any, what: str = "model") -> None:
 
     if not model.subgraphs:
         raise EqTfliteError(f"{what} has no subgraphs")
+    main = model.subgraphs[0]
+    if not _ints(main.inputs) or not _ints(main.outputs):
+        raise bad("the main subgraph has no inputs or no outputs")
     buffers = model.buffers or []
     num_codes = len(model.operatorCodes or [])
     for b, buf in enumerate(buffers):
@@ -172,7 +175,7 @@ def _check_weighted_ops(model: Any, sg: Any, g: int, bad) -> None:
         data_pos, w_pos, b_pos, axis = WEIGHTED[kind]
         inputs = _ints(op.inputs)
         if max(data_pos, w_pos) >= len(inputs) or min(inputs[data_pos], inputs[w_pos]) < 0 \
-                or not op.outputs:
+                or not _ints(op.outputs):
             raise bad(f"subgraph {g} op {o} ({kind}) lacks its data or weight input")
         w = tensors[inputs[w_pos]]
         if type_name(w.type) not in ("INT8", "UINT8", "INT16", "INT4"):

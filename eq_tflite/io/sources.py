@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from eq_tflite.errors import EqTfliteError, first_line
@@ -18,7 +19,8 @@ def load_float_model(src: str | os.PathLike) -> bytes:
     A .tflite source is checked (``fb.parse_model``) and returned re-encoded by
     the FlatBuffer builder, so later native code never sees the file's own
     offsets. SavedModel and Keras sources are converted by TensorFlow in a child
-    process (``run_isolated``): a file that crashes TensorFlow gives an error line.
+    process (``run_isolated``) when TensorFlow is not yet loaded here (the CLI):
+    a file that crashes TensorFlow then gives an error line.
     """
     if str(src) == "":
         raise EqTfliteError("empty model path")
@@ -45,7 +47,10 @@ def load_float_model(src: str | os.PathLike) -> bytes:
 
 
 def _convert_isolated(kind: str, path: Path) -> bytes:
-    import tensorflow  # noqa: F401 - imported once here, inherited by forked children
+    if "tensorflow" in sys.modules:
+        # TensorFlow already runs in this process (an API caller, a test): a forked
+        # child can deadlock on the parent's TF thread pools, so convert here.
+        return _convert(kind, path)
     data = run_isolated(_convert, kind, path, what=f"TensorFlow's conversion of {path}")
     fb.parse_model(data, f"the conversion of {path}")
     return data

@@ -68,15 +68,25 @@ def _calibrate_and_quantize(float_model: bytes, calibration: Mapping[str, np.nda
         raise EqTfliteError(f"TFLite int8 quantization failed: {first_line(err)}") from None
 
 
+#: A calibrated bound this large means float32 arithmetic is about to overflow.
+_OVERFLOW = 1e30
+
+
 def _check_ranges_finite(calibrated: bytes) -> None:
-    """Blames the data, not the ops, when calibration drove a tensor to Inf/NaN."""
+    """Blames the data, not the ops, when calibration drove tensors to Inf/NaN.
+
+    TFLite's calibrator then records Inf/NaN or huge bounds, and none at all
+    for tensors that only saw Inf; the quantizer leaves those ops in float,
+    which would otherwise read as "cannot quantize these ops".
+    """
     model = fb.parse_model(calibrated, "the calibrated model")
     for t in model.subgraphs[0].tensors:
         q = t.quantization
-        values = [v for v in (q.min, q.max) if v is not None] if q is not None else []
-        if any(not np.all(np.isfinite(np.asarray(v, np.float64))) for v in values):
-            raise EqTfliteError(f"the float model overflows to Inf/NaN on the calibration data "
-                                f"(first at tensor {fb.tensor_name(t)!r}): check the data's "
+        bounds = [np.asarray(v, np.float64) for v in ((q.min, q.max) if q is not None else ())
+                  if v is not None and len(v)]
+        if any(not np.all(np.isfinite(b)) or np.any(np.abs(b) > _OVERFLOW) for b in bounds):
+            raise EqTfliteError(f"the calibration data drives the float model to Inf/NaN or near "
+                                f"float32's limit (tensor {fb.tensor_name(t)!r}): check the data's "
                                 "scale and preprocessing")
 
 
