@@ -70,6 +70,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
 
 
 def _child_main(sender: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    import faulthandler
+    faulthandler.disable()  # the parent reports a crash in one line; no dump here
     try:
         message = ("ok", fn(*args, **kwargs))
     except EqTfliteError as err:

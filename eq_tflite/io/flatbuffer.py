@@ -110,6 +110,9 @@ def check_model(model: Any, what: str = "model") -> None:
                         raise bad(f"subgraph {g} op {o} {kind} tensor index {i} out of range")
         _check_weighted_ops(model, sg, g, bad)
     for s, sig in enumerate(model.signatureDefs or []):
+        _check_utf8(sig.signatureKey, f"signature {s}", bad)
+        for m in list(sig.inputs or []) + list(sig.outputs or []):
+            _check_utf8(m.name, f"signature {s} entry", bad)
         if not 0 <= sig.subgraphIndex < len(model.subgraphs):
             raise bad(f"signature {s} subgraph index {sig.subgraphIndex} out of range")
         n = len(model.subgraphs[sig.subgraphIndex].tensors or [])
@@ -128,7 +131,17 @@ def _ints(values: Any) -> list[int]:
     return [] if values is None else [int(v) for v in values]
 
 
+def _check_utf8(value: Any, where: str, bad) -> None:
+    """LiteRT decodes names as UTF-8 (and fails with a traceback otherwise)."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{where} name is not valid UTF-8") from None
+
+
 def _check_tensor(tensor: Any, where: str, num_buffers: int, buffers: list, bad) -> None:
+    _check_utf8(tensor.name, where, bad)
     if tensor.type not in _TYPE_NAMES:
         raise bad(f"{where} has unknown type {tensor.type}")
     shape = _ints(tensor.shape)
