@@ -88,7 +88,8 @@ def _child_main(sender: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) 
 def _describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         try:
-            return signal.Signals(-code).name
+            name = signal.Signals(-code).name
         except ValueError:
             return f"signal {-code}"
+        return f"{name}, perhaps out of memory" if name == "SIGKILL" else name
     return f"exit code {code}"

@@ -470,6 +470,7 @@ class Summary:
     failures: list = field(default_factory=list)
     seconds: float = 0.0
     skipped: int = 0
+    contained: int = 0  # native crashes in a child process reported as an error line
 
     @property
     def failed(self) -> int:
@@ -480,6 +481,7 @@ class Summary:
                  + (f" ({self.skipped} skipped: time limit)" if self.skipped else "")]
         for group, counts in sorted(self.by_group.items()):
             lines.append(f"  {group}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        lines.append(f"  native crashes contained in a child process: {self.contained}")
         lines.append("  failures: " + ", ".join(f"{k} {self.outcomes[k]}" for k in FAILURES))
         lines += [f"  FAIL {name}: {outcome} {detail}" for name, outcome, detail in self.failures[:30]]
         return "\n".join(lines)
@@ -499,6 +501,8 @@ def run_campaign(cases: list[Case], time_limit: float | None = None,
                 break
             outcome, detail = run_case(case, worker_, root)
             summary.outcomes[outcome] += 1
+            if "crashed in native code" in detail:
+                summary.contained += 1
             group = case.name.split("/")[0]
             summary.by_group.setdefault(group, Counter())[outcome] += 1
             if outcome in FAILURES:
@@ -529,7 +533,13 @@ def example_models(samples: int = 8) -> tuple[bytes, bytes, bytes]:
 
 def main() -> int:
     import argparse
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> None:  # one line, exit code 2 (like every CLI here)
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+
+    parser = Parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--verify", type=int, default=300, help="verify mutants")
     parser.add_argument("--convert", type=int, default=150, help="convert mutants")
     parser.add_argument("--seed", type=int, default=0)
