@@ -123,6 +123,11 @@ def test_invalid_utf8_names_and_custom_codes():
     (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs", None), "lacks its data or weight"),
     # a tensor pointing at a buffer that does not exist
     (lambda m, sg: setattr(sg.tensors[0], "buffer", len(m.buffers) + 1), "buffer index"),
+    # native code cuts names at control characters; they no longer matched (was KeyError)
+    (lambda m, sg: setattr(sg.tensors[0], "name", b"image\t"), "control characters"),
+    # tensors are matched by name (was RuntimeError in the rewriter)
+    (lambda m, sg: setattr(sg.tensors[1], "name", b""), "has no name"),
+    (lambda m, sg: setattr(sg.tensors[1], "name", sg.tensors[2].name), "several tensors are named"),
     # a shape claiming terabytes
     (lambda m, sg: setattr(sg.tensors[0], "shape", np.asarray([2 ** 30, 2 ** 30], np.int32)),
      "needs more than"),

@@ -470,7 +470,7 @@ class Summary:
     failures: list = field(default_factory=list)
     seconds: float = 0.0
     skipped: int = 0
-    contained: int = 0  # native crashes in a child process reported as an error line
+    contained: Counter = field(default_factory=Counter)  # stage -> native crashes reported as errors
 
     @property
     def failed(self) -> int:
@@ -481,7 +481,8 @@ class Summary:
                  + (f" ({self.skipped} skipped: time limit)" if self.skipped else "")]
         for group, counts in sorted(self.by_group.items()):
             lines.append(f"  {group}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-        lines.append(f"  native crashes contained in a child process: {self.contained}")
+        lines.append(f"  native crashes contained in a child process: {sum(self.contained.values())}"
+                     + "".join(f"; {k}: {v}" for k, v in sorted(self.contained.items())))
         lines.append("  failures: " + ", ".join(f"{k} {self.outcomes[k]}" for k in FAILURES))
         lines += [f"  FAIL {name}: {outcome} {detail}" for name, outcome, detail in self.failures[:30]]
         return "\n".join(lines)
@@ -502,7 +503,7 @@ def run_campaign(cases: list[Case], time_limit: float | None = None,
             outcome, detail = run_case(case, worker_, root)
             summary.outcomes[outcome] += 1
             if "crashed in native code" in detail:
-                summary.contained += 1
+                summary.contained[detail.split(" crashed in native code")[0][len("error: "):]] += 1
             group = case.name.split("/")[0]
             summary.by_group.setdefault(group, Counter())[outcome] += 1
             if outcome in FAILURES:

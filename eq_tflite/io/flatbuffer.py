@@ -135,9 +135,12 @@ def _check_utf8(value: Any, where: str, bad) -> None:
     """LiteRT decodes names as UTF-8 (and fails with a traceback otherwise)."""
     if isinstance(value, (bytes, bytearray)):
         try:
-            bytes(value).decode("utf-8")
+            decoded = bytes(value).decode("utf-8")
         except UnicodeDecodeError:
             raise bad(f"{where} name is not valid UTF-8") from None
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+            # native code cuts or strips such names, so they no longer match ours
+            raise bad(f"{where} name {decoded[:40]!r} contains control characters")
 
 
 def _check_tensor(tensor: Any, where: str, num_buffers: int, buffers: list, bad) -> None:

@@ -81,6 +81,15 @@ def _convert(kind: str, path: Path) -> bytes:
 def _check_float_tflite(data: bytes, path: Path) -> None:
     model = fb.parse_model(data, str(path))
     sg = model.subgraphs[0]
+    # eq-tflite matches TFLite's int8 model to the float one by tensor name.
+    names = [fb.tensor_name(t) for t in sg.tensors or []]
+    if "" in names:
+        raise EqTfliteError(f"{path}: tensor {names.index('')} has no name; eq-tflite matches "
+                            "tensors by name")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise EqTfliteError(f"{path}: several tensors are named {dup[:60]!r}; eq-tflite matches "
+                            "tensors by name")
     for op in sg.operators or []:
         if fb.op_name(model, op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             w = sg.tensors[op.inputs[1]]
