@@ -128,6 +128,9 @@ def test_invalid_utf8_names_and_custom_codes():
     # tensors are matched by name (was RuntimeError in the rewriter)
     (lambda m, sg: setattr(sg.tensors[1], "name", b""), "has no name"),
     (lambda m, sg: setattr(sg.tensors[1], "name", sg.tensors[2].name), "several tensors are named"),
+    # metadata without a name: TF's calibrator dereferenced the missing name (SIGSEGV; found
+    # by tools/fuzz.py --seed 7, mutant convert/word/273, a zeroed vtable entry)
+    (lambda m, sg: [setattr(entry, "name", None) for entry in m.metadata], "metadata entry has no name"),
     # a shape claiming terabytes
     (lambda m, sg: setattr(sg.tensors[0], "shape", np.asarray([2 ** 30, 2 ** 30], np.int32)),
      "needs more than"),

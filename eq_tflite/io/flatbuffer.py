@@ -86,6 +86,10 @@ def check_model(model: Any, what: str = "model") -> None:
         raise bad("the main subgraph has no inputs or no outputs")
     buffers = model.buffers or []
     num_codes = len(model.operatorCodes or [])
+    for c, code in enumerate(model.operatorCodes or []):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CUSTOM \
+                and not code.customCode:
+            raise bad(f"operator code {c} is a custom op without a name")
     for b, buf in enumerate(buffers):
         if buf is not None and (buf.offset or 0) > 1:
             raise bad(f"buffer {b} keeps its data outside the FlatBuffer (models over 2 GB "
@@ -110,8 +114,12 @@ def check_model(model: Any, what: str = "model") -> None:
                         raise bad(f"subgraph {g} op {o} {kind} tensor index {i} out of range")
         _check_weighted_ops(model, sg, g, bad)
     for s, sig in enumerate(model.signatureDefs or []):
+        if not sig.signatureKey:
+            raise bad(f"signature {s} has no key")
         _check_utf8(sig.signatureKey, f"signature {s}", bad)
         for m in list(sig.inputs or []) + list(sig.outputs or []):
+            if not m.name:
+                raise bad(f"signature {s} has an input or output without a name")
             _check_utf8(m.name, f"signature {s} entry", bad)
         if not 0 <= sig.subgraphIndex < len(model.subgraphs):
             raise bad(f"signature {s} subgraph index {sig.subgraphIndex} out of range")
@@ -120,6 +128,9 @@ def check_model(model: Any, what: str = "model") -> None:
             if not 0 <= m.tensorIndex < n:
                 raise bad(f"signature {s} tensor index {m.tensorIndex} out of range [0, {n})")
     for m in model.metadata or []:
+        if not m.name:  # TFLite's readers compare metadata names without a null check (SIGSEGV)
+            raise bad("a metadata entry has no name")
+        _check_utf8(m.name, "metadata", bad)
         if not 0 <= m.buffer < len(buffers):
             raise bad(f"metadata buffer index {m.buffer} out of range [0, {len(buffers)})")
     for i in _ints(model.metadataBuffer):
