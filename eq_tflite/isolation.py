@@ -5,8 +5,10 @@ calibrator and kernels trust much of a model; a malformed one can still crash
 them (SIGSEGV, SIGABRT). In a child process such a crash becomes an
 ``EqTfliteError`` in the parent: one line, exit code 2, nothing written.
 
-The child is forked (cheap: modules already imported stay imported); where
-fork is unavailable it is spawned.
+On Linux the child is forked (cheap: modules already imported stay imported);
+elsewhere it is spawned. Forking a process whose TensorFlow has already run
+ops is safe for the calibrator and the MLIR quantizer (tested in the suite)
+but not for TensorFlow's SavedModel loader, see ``io.sources``.
 """
 from __future__ import annotations
 
@@ -34,8 +36,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
     attributes). A native crash or any other exception becomes EqTfliteError
     naming ``what`` (e.g. "TFLite calibration").
     """
-    methods = mp.get_all_start_methods()
-    ctx = mp.get_context("fork" if "fork" in methods else "spawn")
+    # fork only on Linux (macOS frameworks are not fork-safe); spawn pickles fn and args
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     sys.stdout.flush()
     sys.stderr.flush()
