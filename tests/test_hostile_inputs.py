@@ -342,3 +342,16 @@ def test_tool_bad_input_is_one_error_line(tmp_path):
                 tmp_path)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+
+
+def test_verify_litert_abort_is_an_error(capsys, tmp_path, small_int8):
+    # A denormal activation scale passes every structural check, but LiteRT's kernel
+    # preparation aborts on it (SIGABRT in allocate_tensors; found by tools/fuzz.py --seed 11,
+    # mutant verify/field:quant.scale/120). The LiteRT stage runs in a child process.
+    def edit(m, sg):
+        add = first_op(m, sg, "ADD")
+        sg.tensors[add.outputs[0]].quantization.scale = [1e-45]
+    path = tmp_path / "m.tflite"
+    path.write_bytes(mutate(small_int8, edit))
+    assert verify.main(["verify", str(path)]) == 2
+    one_error_line(capsys, "verification (LiteRT) crashed in native code (SIGABRT)")
