@@ -91,6 +91,7 @@ def _convert(src: str) -> int:
     from eq_tflite import api
     from eq_tflite.errors import EqTfliteError
     from eq_tflite.io.flatbuffer import check_output_path, write_atomic
+    from eq_tflite.isolation import run_isolated
 
     start = time.perf_counter()
     if src == "":
@@ -105,12 +106,23 @@ def _convert(src: str) -> int:
         inputs=(src, FLAGS.calibration_data))
     if FLAGS.report_dir is not None:
         _check_report_dir(Path(FLAGS.report_dir))
-    result = api.convert_model(
-        src, FLAGS.calibration_data, bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
+    # The pipeline runs in a child process, so a native crash anywhere in it (e.g. LiteRT
+    # aborting on the rewritten model of a hostile float model) is one error line too. If
+    # TensorFlow already ran here (in-process callers, tests), the model is loaded first,
+    # here: TF's SavedModel loader can deadlock in a forked child (see io.sources).
+    load_seconds, model = 0.0, src
+    if "tensorflow" in sys.modules:
+        t0 = time.perf_counter()
+        model = api.float_model_of(src)
+        load_seconds = time.perf_counter() - t0
+    result = run_isolated(
+        api.convert_model, model, FLAGS.calibration_data, what="the conversion",
+        bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
         activation_bits=FLAGS.activation_bits, method=FLAGS.method,
         method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
         allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
         mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed)
+    result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     if FLAGS.report_dir:
         from eq_tflite.report import write_conversion_report
         try:

@@ -355,3 +355,23 @@ def test_verify_litert_abort_is_an_error(capsys, tmp_path, small_int8):
     path.write_bytes(mutate(small_int8, edit))
     assert verify.main(["verify", str(path)]) == 2
     one_error_line(capsys, "verification (LiteRT) crashed in native code (SIGABRT)")
+
+
+def test_convert_native_crash_after_calibration_is_an_error(capsys, tmp_path, resnet_float, fmnist_calib):
+    # Nine spliced float weights of the ResNet example (tools/fuzz.py --seed 21, mutant
+    # convert/splice/661) pass TFLite's own int8 conversion, but LiteRT aborts preparing the
+    # rewritten model (SIGABRT in allocate_tensors, in the final verification). The CLI runs
+    # the whole pipeline in a child process: one error line, no output file.
+    def edit(m, sg):
+        w = next(t for t in sg.tensors if fb.tensor_name(t) == "resnet_fmnist_1/conv2d_8_1/convolution")
+        data = fb.buffer_array(m, w)
+        data.flat[29306:29315] = [-7.17296285e-13, 2.03117614e-16, -1.87061927e-30, 1.07980139e-22,
+                                  -1.94394657e-29, 1.02730934e+02, -4.60869534e+28, 9.67284929e-28,
+                                  -3.03558037e-02]
+        fb.set_buffer(m, w, data)
+    src, out, calib = tmp_path / "f.tflite", tmp_path / "q.tflite", tmp_path / "c.npy"
+    src.write_bytes(mutate(resnet_float, edit))
+    np.save(calib, fmnist_calib[:8])
+    assert run_convert([str(src), "--calibration_data", str(calib), "--output", str(out)]) == 2
+    one_error_line(capsys, "crashed in native code (SIGABRT)")
+    assert not out.exists()

@@ -402,13 +402,18 @@ class Worker:
             self.proc = None
             return "crash", None
         line = self._readline(timeout)
-        if line is None:
-            hung = self.proc.poll() is None
+        if line is None:  # EOF (the worker died) or the time limit
+            try:
+                self.proc.wait(timeout=10)
+                hung = False
+            except subprocess.TimeoutExpired:
+                hung = True
             self.stop()
             return ("hang" if hung else "crash"), None
         return "done", json.loads(line)
 
     def _readline(self, timeout: float) -> str | None:
+        """One line, or None on EOF or after ``timeout`` seconds (the worker writes whole lines)."""
         assert self.proc and self.proc.stdout
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
         if not ready:
