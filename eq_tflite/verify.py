@@ -199,12 +199,23 @@ def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
     from eq_tflite.isolation import run_isolated
     model = fb.read_file(path, "model")
     fb.parse_model(model, path)  # structure check before any native code sees the file
+    _check_metadata(model, path)
     float_bytes, samples = load_data_for(float_model, data)
     # LiteRT trusts much of the model: a crash in the child is an error line, not a dead CLI.
     report = run_isolated(verify, model, float_model=float_bytes, samples=samples,
                           what="verification (LiteRT)")
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def _check_metadata(model: bytes, path: str) -> None:
+    """The eq_tflite metadata that :func:`verify` reads the bit widths from, if any, is sound."""
+    try:
+        meta = read_metadata(model)
+        if meta is not None:
+            BitWidths(meta.get("weight_bits", 8), meta.get("activation_bits", 8))  # as verify() reads them
+    except (ValueError, TypeError, AttributeError, IndexError) as err:  # JSON, types, ranges
+        raise EqTfliteError(f"{path}: its eq_tflite metadata is corrupt ({type(err).__name__})") from None
 
 
 def run() -> None:

@@ -64,7 +64,34 @@ def _bias_too_short(model, sg):
 
 # ---------------------------------------------------------------- verify on mutated models
 
+def _set_eq_metadata(payload: bytes):
+    def edit(m, sg):
+        entry = next(e for e in m.metadata if e.name == b"eq_tflite")
+        buf = fb.schema.BufferT()
+        buf.data = np.frombuffer(payload, np.uint8).copy()
+        m.buffers.append(buf)
+        entry.buffer = len(m.buffers) - 1
+    return edit
+
+
+def _int8_activation(m, sg):
+    return sg.tensors[first_op(m, sg, "ADD").outputs[0]]
+
+
 VERIFY_MUTATIONS = {
+    # found by tools/fuzz.py --seed 21 once internal errors in the child were counted:
+    # an op without an input list (TypeError in verify), scales without zero points and
+    # empty quantization vectors (IndexError), corrupt eq_tflite metadata (JSONDecodeError,
+    # UnicodeDecodeError, TypeError, bits out of range)
+    "op_without_inputs": (lambda m, sg: setattr(sg.operators[2], "inputs", None), "no input or output list"),
+    "scales_without_zero_points": (lambda m, sg: setattr(_int8_activation(m, sg).quantization,
+                                                         "zeroPoint", np.zeros(0, np.int64)),
+                                   "1 scales but 0 zero points"),
+    "empty_quantization": (lambda m, sg: [setattr(_int8_activation(m, sg).quantization, k, np.zeros(0))
+                                          for k in ("scale", "zeroPoint")], "empty quantization"),
+    "metadata_not_json": (_set_eq_metadata(b"{not json"), "metadata is corrupt (JSONDecodeError)"),
+    "metadata_not_utf8": (_set_eq_metadata(b"\x9a\xff"), "metadata is corrupt (UnicodeDecodeError)"),
+    "metadata_bits_out_of_range": (_set_eq_metadata(b'{"weight_bits": 99}'), "metadata is corrupt"),
     # was IndexError in verify's tensor lookup
     "tensor_index": (lambda m, sg: setattr(sg.operators[0], "inputs",
                                            np.asarray([len(sg.tensors) + 5], np.int32)),
@@ -83,7 +110,7 @@ VERIFY_MUTATIONS = {
     # was TypeError: the weights' zero points are None
     "zero_points_none": (lambda m, sg: setattr(
         sg.tensors[first_op(m, sg, "CONV_2D").inputs[1]].quantization, "zeroPoint", None),
-        "no quantization parameters"),
+        "scales but 0 zero points"),
 }
 
 

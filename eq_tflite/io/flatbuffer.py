@@ -104,6 +104,8 @@ def check_model(model: Any, what: str = "model") -> None:
                 if not 0 <= i < n:
                     raise bad(f"subgraph {g} {kind} tensor index {i} out of range [0, {n})")
         for o, op in enumerate(sg.operators or []):
+            if op.inputs is None or op.outputs is None:  # TFLite's loader refuses these too
+                raise bad(f"subgraph {g} op {o} has no input or output list")
             if not 0 <= op.opcodeIndex < num_codes:
                 raise bad(f"subgraph {g} op {o} opcode index {op.opcodeIndex} out of range "
                           f"[0, {num_codes})")
@@ -177,8 +179,11 @@ def _check_tensor(tensor: Any, where: str, num_buffers: int, buffers: list, bad)
     if q is None:
         return
     scale, zero = _ints_or_floats(q.scale), _ints(q.zeroPoint)
-    if scale and zero and len(scale) != len(zero):
+    if (scale or zero) and len(scale) != len(zero):
         raise bad(f"{where} has {len(scale)} scales but {len(zero)} zero points")
+    if type_name(tensor.type) in ("INT8", "UINT8", "INT16") and not scale \
+            and (q.scale is not None or q.zeroPoint is not None):
+        raise bad(f"{where} ({type_name(tensor.type)}) has empty quantization parameters")
     if len(scale) > 1:
         axis = q.quantizedDimension
         if not 0 <= axis < len(shape) or shape[axis] != len(scale):
