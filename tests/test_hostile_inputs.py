@@ -147,7 +147,9 @@ def test_invalid_utf8_names_and_custom_codes():
     # was IndexError in op naming
     (lambda m, sg: setattr(sg.operators[0], "opcodeIndex", len(m.operatorCodes)), "opcode index"),
     # was TypeError in io/sources.py (a conv without its weights)
-    (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs", None), "lacks its data or weight"),
+    (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs",
+                           first_op(m, sg, "CONV_2D").inputs[:1]), "lacks its data or weight"),
+    (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs", None), "no input or output list"),
     # a tensor pointing at a buffer that does not exist
     (lambda m, sg: setattr(sg.tensors[0], "buffer", len(m.buffers) + 1), "buffer index"),
     # native code cuts names at control characters; they no longer matched (was KeyError)
