@@ -19,9 +19,16 @@ from eq_tflite.errors import EqTfliteError, first_line
 EXIT_BAD_INPUT = 2
 
 
+#: Longest message printed (a hostile file can make messages quote huge values).
+MAX_MESSAGE = 600
+
+
 def fail(message: str) -> int:
-    """Prints ``error: message`` (one line) and returns the exit code."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    """Prints ``error: message`` (one line, at most MAX_MESSAGE characters); returns the exit code."""
+    text = " ".join(str(message).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[:MAX_MESSAGE - 3] + "..."
+    print(f"error: {text}", file=sys.stderr)
     return EXIT_BAD_INPUT
 
 

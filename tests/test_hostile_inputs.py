@@ -35,6 +35,7 @@ def one_error_line(capsys, message: str) -> str:
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert "Traceback" not in err[0] and "internal error" not in err[0]
+    assert len(err[0]) <= len("error: ") + 600  # a readable line, whatever the file holds
     return err[0]
 
 
@@ -89,6 +90,10 @@ VERIFY_MUTATIONS = {
                                    "1 scales but 0 zero points"),
     "empty_quantization": (lambda m, sg: [setattr(_int8_activation(m, sg).quantization, k, np.zeros(0))
                                           for k in ("scale", "zeroPoint")], "empty quantization"),
+    # a vector-length mutation gave a shape of 1,028 dims: the message was 4,000+ characters
+    "huge_shape_vector": (lambda m, sg: setattr(sg.tensors[first_op(m, sg, "CONV_2D").inputs[1]], "shape",
+                                                np.asarray([16, -3] + [7] * 1026, np.int32)),
+                          "(1028 entries)"),
     "metadata_not_json": (_set_eq_metadata(b"{not json"), "metadata is corrupt (JSONDecodeError)"),
     "metadata_not_utf8": (_set_eq_metadata(b"\x9a\xff"), "metadata is corrupt (UnicodeDecodeError)"),
     "metadata_bits_out_of_range": (_set_eq_metadata(b'{"weight_bits": 99}'), "metadata is corrupt"),

@@ -373,8 +373,13 @@ def worker() -> None:
                 result["code"] = e.code
             except BaseException:  # noqa: BLE001 - this is what the campaign looks for
                 result["exception"] = traceback.format_exc(limit=-3)
-        result["stdout"], result["stderr"] = out.getvalue()[-2000:], err.getvalue()[-4000:]
+        result["stdout"], result["stderr"] = out.getvalue()[-2000:], _ends(err.getvalue())
         protocol.write(json.dumps(result) + "\n")
+
+
+def _ends(text: str, keep: int = 4000) -> str:
+    """Both ends of a long text (every line start stays checkable)."""
+    return text if len(text) <= 2 * keep else text[:keep] + "\n[...]\n" + text[-keep:]
 
 
 class Worker:

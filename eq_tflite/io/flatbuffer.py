@@ -140,6 +140,13 @@ def check_model(model: Any, what: str = "model") -> None:
             raise bad(f"metadata buffer index {i} out of range [0, {len(buffers)})")
 
 
+def _brief(values: list, limit: int = 8) -> str:
+    """A list for a message: at most ``limit`` entries."""
+    if len(values) <= limit:
+        return str(list(values))
+    return f"[{', '.join(map(str, values[:limit]))}, ... ({len(values)} entries)]"
+
+
 def _ints(values: Any) -> list[int]:
     return [] if values is None else [int(v) for v in values]
 
@@ -162,18 +169,18 @@ def _check_tensor(tensor: Any, where: str, num_buffers: int, buffers: list, bad)
         raise bad(f"{where} has unknown type {tensor.type}")
     shape = _ints(tensor.shape)
     if any(d < 0 for d in shape):
-        raise bad(f"{where} has negative dimension in shape {shape}")
+        raise bad(f"{where} has negative dimension in shape {_brief(shape)}")
     if not 0 <= tensor.buffer < max(num_buffers, 1):
         raise bad(f"{where} buffer index {tensor.buffer} out of range [0, {num_buffers})")
     dtype = numpy_dtype(tensor.type)
     count = int(np.prod(shape, dtype=object)) if shape else 1
     if dtype is not None and count * np.dtype(dtype).itemsize > MAX_TENSOR_BYTES:
-        raise bad(f"{where} shape {shape} needs more than {MAX_TENSOR_BYTES} bytes")
+        raise bad(f"{where} shape {_brief(shape)} needs more than {MAX_TENSOR_BYTES} bytes")
     buf = buffers[tensor.buffer] if tensor.buffer < num_buffers else None
     size = 0 if buf is None or buf.data is None else len(buf.data)
     if size and dtype is not None and tensor.sparsity is None \
             and size != count * np.dtype(dtype).itemsize:
-        raise bad(f"{where} holds {size} bytes of data but its shape {shape} "
+        raise bad(f"{where} holds {size} bytes of data but its shape {_brief(shape)} "
                   f"({type_name(tensor.type)}) needs {count * np.dtype(dtype).itemsize}")
     q = tensor.quantization
     if q is None:
@@ -188,7 +195,7 @@ def _check_tensor(tensor: Any, where: str, num_buffers: int, buffers: list, bad)
         axis = q.quantizedDimension
         if not 0 <= axis < len(shape) or shape[axis] != len(scale):
             raise bad(f"{where} has {len(scale)} per-channel scales along axis {axis} of "
-                      f"shape {shape}")
+                      f"shape {_brief(shape)}")
 
 
 def _ints_or_floats(values: Any) -> list:
@@ -225,7 +232,7 @@ def _check_weighted_ops(model: Any, sg: Any, g: int, bad) -> None:
             b_shape = _ints(tensors[operands[2][1]].shape)
             channels = w_shape[axis]
             if int(np.prod(b_shape)) != channels:
-                raise bad(f"subgraph {g} op {o} ({kind}): bias shape {b_shape} does not match "
+                raise bad(f"subgraph {g} op {o} ({kind}): bias shape {_brief(b_shape)} does not match "
                           f"{channels} output channels")
 
 
