@@ -8,7 +8,6 @@ load (SavedModel / Keras / float .tflite -> float .tflite)
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -20,7 +19,8 @@ from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
 from eq_tflite.io import calibration as calib
 from eq_tflite.io import flatbuffer as fb
-from eq_tflite.io.sources import load_float_model
+from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
+from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names
 from eq_tflite.io.tflite_int8 import tflite_int8
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.quiet import quiet
@@ -33,7 +33,6 @@ DEFAULT_SAMPLES = {"easyquant": 50}
 #: Samples kept back (beyond the calibration ones) for the agreement check.
 MAX_HOLDOUT = 256
 
-ModelLike = Any  # str | os.PathLike | bytes (float .tflite) | keras.Model
 
 
 @dataclass
@@ -52,49 +51,29 @@ class Conversion:
 
 
 def resolve_bits(bits: int = 7, weight_bits: int | None = None,
-                 activation_bits: int | None = None) -> BitWidths:
-    """``bits`` sets both widths; the other two override one each (2..8)."""
+                 activation_bits: int | None = None, activation_range: str = "strict") -> BitWidths:
+    """``bits`` sets both widths; the other two override one each (2..8).
+
+    ``activation_range``: ``"strict"`` (b-bit levels are the working range) or
+    ``"container"`` (b-bit step, 8-bit range); see ``eq_tflite.grid``.
+    """
     try:
         return BitWidths(weight_bits if weight_bits is not None else bits,
-                         activation_bits if activation_bits is not None else bits)
+                         activation_bits if activation_bits is not None else bits,
+                         activation_range)
     except ValueError as err:
         raise EqTfliteError(str(err)) from None
 
 
-def float_model_of(model: ModelLike) -> bytes:
-    """Float .tflite bytes of a path, float .tflite bytes, or an in-memory Keras model."""
-    if isinstance(model, (bytes, bytearray)):
-        data = bytes(model)
-        fb.parse_model(data, "the given model bytes")
-        return data
-    if isinstance(model, (str, os.PathLike)):
-        with quiet():
-            return load_float_model(model)
-    import tensorflow as tf
-    try:
-        with quiet():
-            return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
-    except Exception as err:
-        raise EqTfliteError(f"cannot convert the given model to TFLite: {err}") from None
-
-
-def signature_input_names(float_model: bytes) -> dict[int, str]:
-    """Tensor index -> signature input name of the first signature."""
-    model = fb.parse_model(float_model)
-    if not model.signatureDefs:
-        return {}
-    return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].inputs}
-
-
 def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int = 7,
                   weight_bits: int | None = None, activation_bits: int | None = None,
-                  method: str = DEFAULT_METHOD, method_options: Mapping[str, Any] | None = None,
+                  activation_range: str = "strict", method: str = DEFAULT_METHOD, method_options: Mapping[str, Any] | None = None,
                   num_calibration_samples: int | None = None, allow_float: bool = False,
                   int8_io: bool = False, image_size: tuple[int, int] | None = None,
                   mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
                   progress: bool = False, seed: int = 0) -> Conversion:
     """Runs the whole pipeline and returns every artifact (see :class:`Conversion`)."""
-    widths = resolve_bits(bits, weight_bits, activation_bits)
+    widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
     method_fn = _get_method(method)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -131,7 +110,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     timings["rewrite"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report = verify(out, float_model=float_model, samples=holdout, bits=widths)
+    report = verify(out, float_model=float_model, samples=holdout, bits=widths, written=log)
     timings["verify"] = time.perf_counter() - t0
     if not report.ok:
         raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
@@ -157,20 +136,6 @@ def quantize(model_or_path: ModelLike, calibration_data: Any = None, *, bits: in
       EqTfliteError: with a one-line reason, for bad models, data or options.
     """
     return convert_model(model_or_path, calibration_data, bits=bits, method=method, **kwargs).model
-
-
-def load_data_for(float_src: str | None, data_path: str | None) -> tuple[bytes | None, dict | None]:
-    """Float model bytes and validated samples for ``verify`` / tools (either may be None)."""
-    if float_src is None:
-        if data_path is not None:
-            raise EqTfliteError("--data needs --float_model (to know the inputs)")
-        return None, None
-    float_model = float_model_of(float_src)
-    if data_path is None:
-        return float_model, None
-    graph = Graph.from_tflite(float_model)
-    specs = calib.input_specs(graph, signature_input_names(float_model))
-    return float_model, calib.load_calibration(data_path, specs)
 
 
 def _get_method(name: str):

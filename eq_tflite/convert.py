@@ -23,6 +23,10 @@ flags.DEFINE_string("output", None, "Output .tflite path (default: <SRC stem>_w<
 flags.DEFINE_integer("bits", 7, "Weight and activation bit width (2..8).")
 flags.DEFINE_integer("weight_bits", None, "Overrides --bits for weights.")
 flags.DEFINE_integer("activation_bits", None, "Overrides --bits for activations.")
+flags.DEFINE_enum("activation_range", "strict", ["strict", "container"],
+                  "strict: the b-bit levels are the activations' working range (default). "
+                  "container: a b-bit step over an 8-bit range (values may use the int8 headroom); "
+                  "labelled as such everywhere.")
 flags.DEFINE_string("method", "easyquant", "Scale method: easyquant, minmax, kl (and any registered).")
 flags.DEFINE_integer("num_calibration_samples", None,
                      "Cap on calibration samples (default: 50 for easyquant, all for others). "
@@ -41,11 +45,18 @@ flags.DEFINE_enum("eq_init", None, ["max", "kl"], "EasyQuant: initial activation
 flags.DEFINE_enum("eq_inputs", None, ["quantized", "float"],
                   "EasyQuant: layer inputs from the already-quantized model (paper) or from float.")
 flags.DEFINE_integer("eq_max_rows", None, "EasyQuant: cap on sampled output positions per layer (seeded).")
+flags.DEFINE_enum("eq_search", None, ["coarse_to_fine", "exhaustive"],
+                  "EasyQuant: input-scale search over every 10th candidate, then around the best "
+                  "(default), or over all candidates.")
+flags.DEFINE_float("eq_clip_budget", None,
+                   "EasyQuant, strict mode: largest share of a tensor's calibration values a chosen "
+                   "range may clip (default 0.001).")
 flags.DEFINE_integer("seed", 0, "Seed for sampling and the no-data fallback.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
-_EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows")
+_EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
+             "eq_clip_budget", "eq_search")
 
 
 def _method_options() -> dict:
@@ -96,7 +107,8 @@ def _convert(src: str) -> int:
     start = time.perf_counter()
     if src == "":
         raise EqTfliteError("empty model path")
-    bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits)
+    bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits,
+                            FLAGS.activation_range)
     image_size = _image_size()
     mean, std = _floats(FLAGS.mean, "mean"), _floats(FLAGS.std, "std")
     # Every check on the output happens before the (long) conversion starts.
@@ -118,7 +130,8 @@ def _convert(src: str) -> int:
     result = run_isolated(
         api.convert_model, model, FLAGS.calibration_data, what="the conversion",
         bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
-        activation_bits=FLAGS.activation_bits, method=FLAGS.method,
+        activation_bits=FLAGS.activation_bits, activation_range=FLAGS.activation_range,
+        method=FLAGS.method,
         method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
         allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
         mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed)
@@ -152,12 +165,16 @@ def _print_summary(result, output: Path, seconds: float) -> None:
     held = ("the calibration samples (no samples were held back)" if result.holdout_is_calibration
             else f"{rep.samples} held-back samples")
     print(f"wrote {output} ({len(result.model) / 1024:.1f} KiB) in {seconds:.1f}s")
-    print(f"  method {result.plan.method}, W{rep.bits.weights}/A{rep.bits.activations}, "
+    print(f"  method {result.plan.method}, {rep.bits.label}, "
           f"{result.num_calibration} calibration samples, {rep.quantized_ops} int8 ops"
           + (f", float ops kept: {', '.join(sorted(set(rep.float_ops)))}" if rep.float_ops else ""))
     if rep.cosine is not None:
         print(f"  vs float on {held}: output cosine {rep.cosine:.5f}, "
               f"top-1 agreement {100 * rep.agreement:.2f}%")
+    if rep.levels is not None:
+        print(f"  {rep.levels.summary()}")
+    for warning in rep.warnings:
+        print(f"  warning: {warning}")
     times = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
     print(f"  time: {times}")
 

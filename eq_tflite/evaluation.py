@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from eq_tflite import runtime
-from eq_tflite.verify import mean_cosine
+from eq_tflite.metrics import mean_cosine
 
 BATCH = 100
 

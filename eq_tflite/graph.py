@@ -13,9 +13,7 @@ from typing import Any
 import numpy as np
 
 from eq_tflite.io import flatbuffer as fb
-
-#: Ops whose weights and input activation scale methods optimize.
-WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+from eq_tflite.quant_spec import WEIGHTED, WEIGHTED_OPS
 
 
 @dataclass
@@ -44,26 +42,27 @@ class Op:
     options: Any = None
     activation: str = "NONE"
 
-    # Positions of the operands of weighted ops (TFLite layouts):
-    # CONV_2D weights [O, KH, KW, I]; DEPTHWISE_CONV_2D [1, KH, KW, I*M];
-    # FULLY_CONNECTED [O, I]; TRANSPOSE_CONV inputs are (shape, weights, input, bias).
+    # Operands of weighted ops, at the positions of ``quant_spec.WEIGHTED``
+    # (TFLite layouts: CONV_2D weights [O, KH, KW, I]; DEPTHWISE_CONV_2D
+    # [1, KH, KW, I*M]; FULLY_CONNECTED [O, I]; TRANSPOSE_CONV inputs are
+    # (shape, weights, input, bias)).
     @property
     def data_input(self) -> int:
-        return self.inputs[2] if self.type == "TRANSPOSE_CONV" else self.inputs[0]
+        return self.inputs[WEIGHTED[self.type][0]]
 
     @property
     def weight_input(self) -> int:
-        return self.inputs[1]
+        return self.inputs[WEIGHTED[self.type][1]]
 
     @property
     def bias_input(self) -> int:
-        pos = 3 if self.type == "TRANSPOSE_CONV" else 2
+        pos = WEIGHTED[self.type][2]
         return self.inputs[pos] if len(self.inputs) > pos else -1
 
     @property
     def channel_axis(self) -> int:
         """Axis of the weight tensor that holds output channels."""
-        return 3 if self.type == "DEPTHWISE_CONV_2D" else 0
+        return WEIGHTED[self.type][3]
 
 
 @dataclass

@@ -6,9 +6,16 @@ Weights: symmetric per output channel, integers in [-(2^(b-1)-1), 2^(b-1)-1]
 Activations: asymmetric per tensor. A calibrated real range [lo, hi] (always
 widened to contain 0.0) maps onto the 2^b levels [-2^(b-1), 2^(b-1)-1] with
 scale = (hi - lo) / (2^b - 1) and an integer zero point, so 0.0 is exact.
-The tensor stays an int8 tensor: at run time a stock int8 kernel keeps values
-beyond the calibrated range up to the int8 limits [-128, 127] (see README,
-"What b-bit means"). ``fake_quant_activation`` models exactly that.
+
+Two activation-range modes (``BitWidths.activation_range``):
+
+* ``"strict"`` (default): the b-bit levels are the working range. Methods
+  score and simulate Q = clip(round(x / s) + zp, -2^(b-1), 2^(b-1)-1), the
+  papers' quantizer, and choose ranges so that the values really stay inside
+  the levels (see README, "What b-bit means").
+* ``"container"``: a b-bit *step* over an 8-bit range. Values beyond the
+  calibrated range keep the int8 container's headroom [-128, 127], as a stock
+  int8 kernel stores them, and methods may score and exploit that headroom.
 """
 from __future__ import annotations
 
@@ -21,17 +28,38 @@ INT8_MIN, INT8_MAX = -128, 127
 MIN_RANGE = 1e-3
 
 
+#: Activation-range modes (see module doc).
+ACTIVATION_RANGES = ("strict", "container")
+
+
 @dataclass(frozen=True)
 class BitWidths:
-    """Weight and activation bit widths (2..8)."""
+    """Weight and activation bit widths (2..8) and the activation-range mode."""
 
     weights: int = 8
     activations: int = 8
+    activation_range: str = "strict"
 
     def __post_init__(self) -> None:
         for name, b in (("weight", self.weights), ("activation", self.activations)):
             if not isinstance(b, (int, np.integer)) or not 2 <= b <= 8:
                 raise ValueError(f"{name} bits must be an integer in 2..8, got {b!r}")
+        if self.activation_range not in ACTIVATION_RANGES:
+            raise ValueError(f"activation range must be one of {', '.join(ACTIVATION_RANGES)}, "
+                             f"got {self.activation_range!r}")
+
+    @property
+    def strict(self) -> bool:
+        """True when the b-bit levels bound the activations (the default)."""
+        return self.activation_range == "strict"
+
+    @property
+    def label(self) -> str:
+        """How to name these widths honestly, e.g. ``W7A7`` or ``W7A7 (7-bit step, 8-bit range)``."""
+        name = f"W{self.weights}A{self.activations}"
+        if not self.strict and self.activations < 8:
+            name += f" ({self.activations}-bit step, 8-bit range)"
+        return name
 
     @property
     def weight_qmax(self) -> int:
@@ -44,6 +72,11 @@ class BitWidths:
     @property
     def act_qmax(self) -> int:
         return 2 ** (self.activations - 1) - 1
+
+    @property
+    def act_clip(self) -> tuple[int, int]:
+        """Integer bounds the activation quantizer clips to: b-bit levels, or int8 (container)."""
+        return (self.act_qmin, self.act_qmax) if self.strict else (INT8_MIN, INT8_MAX)
 
 
 def activation_params(lo: float, hi: float, bits: int) -> tuple[float, int]:
@@ -65,10 +98,21 @@ def activation_range(scale: float, zp: int, bits: int) -> tuple[float, float]:
     return scale * (qmin - zp), scale * (qmax - zp)
 
 
-def fake_quant_activation(x: np.ndarray, scale: float, zp: int) -> np.ndarray:
-    """Quantize-dequantize as a stock int8 kernel stores it (int8 container clip)."""
-    q = np.clip(np.round(x / scale) + zp, INT8_MIN, INT8_MAX)
+def fake_quant_activation(x: np.ndarray, scale: float, zp: int,
+                          clip: tuple[int, int] = (INT8_MIN, INT8_MAX)) -> np.ndarray:
+    """Quantize-dequantize: clip(round(x / scale) + zp, *clip), back to real values.
+
+    ``clip`` is ``BitWidths.act_clip``: the b-bit levels (strict) or the int8
+    container (how a stock kernel stores values beyond the levels).
+    """
+    q = np.clip(np.round(x / scale) + zp, clip[0], clip[1])
     return ((q - zp) * scale).astype(np.float32)
+
+
+def outside_levels(q: np.ndarray, bits: int) -> int:
+    """Number of integer activation values outside the b-bit levels."""
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return int(np.count_nonzero((q < qmin) | (q > qmax)))
 
 
 def weight_scales(w: np.ndarray, axis: int, bits: int) -> np.ndarray:

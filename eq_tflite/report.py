@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eq_tflite import simulate
+from eq_tflite.metrics import sample_cosines
 from eq_tflite.graph import Graph
 from eq_tflite.plan import Plan
 
@@ -46,16 +47,6 @@ def score_plan(graph: Graph, plan: Plan, inputs: Mapping[str, np.ndarray],
              "weight_shape": "x".join(str(d) for d in graph.tensors[op.weight_input].shape),
              "output": graph.tensors[op.outputs[0]].name, "cosine": float(c / n)}
             for op, c in zip(ops, sums)]
-
-
-def sample_cosines(ref: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """Cosine per sample (axis 0) over all other axes; 1 for two zero vectors."""
-    a = ref.reshape(len(ref), -1).astype(np.float64)
-    b = out.reshape(len(out), -1).astype(np.float64)
-    na, nb = np.einsum("nk,nk->n", a, a), np.einsum("nk,nk->n", b, b)
-    denom = np.sqrt(na * nb)
-    return np.where((na == 0) & (nb == 0), 1.0,
-                    np.einsum("nk,nk->n", a, b) / np.where(denom > 0, denom, 1.0))
 
 
 def _by_method(plans_or_rows: Plan | Sequence[Plan] | Mapping[str, Rows]) -> dict[str, Rows]:
@@ -173,12 +164,17 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
     paths = write_layer_report({plan.method: rows}, out_dir)
     rep = conversion.report
     summary = ["", "## Conversion", "",
-               f"Method {plan.method}, W{plan.bits.weights}/A{plan.bits.activations}, "
+               f"Method {plan.method}, {plan.bits.label}, "
                f"{conversion.num_calibration} calibration samples.",
                "Time: " + ", ".join(f"{k} {v:.2f} s" for k, v in conversion.timings.items()) + "."]
     if rep.cosine is not None:
         summary.append(f"Output vs float on {rep.samples} samples: cosine {rep.cosine:.6f}, "
                        f"top-1 agreement {100 * rep.agreement:.2f}%.")
+    if rep.levels is not None:
+        name, worst = rep.levels.worst()
+        summary.append(f"Held-back activation values outside the {plan.bits.activations}-bit levels: "
+                       f"{100 * rep.levels.share:.3f}% overall; worst tensor `{name}` "
+                       f"{100 * worst:.2f}%.")
     if not rows:
         summary.append(f"`{plan.method}` records no per-layer rows; give samples to score layers.")
     with paths["markdown"].open("a") as f:

@@ -107,8 +107,7 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
         if chunks[0].shape[0] != batch:
             resize_inputs(interp, in_details, chunks, chunks[0].shape[0])
         try:
-            for d, chunk in zip(interp.get_input_details(), chunks):
-                interp.set_tensor(d["index"], _to_input(d, chunk))
+            set_inputs(interp, chunks)
             interp.invoke()
         except (RuntimeError, ValueError) as err:
             raise LiteRTError(f"LiteRT cannot run the model: {first_line(err)}") from None
@@ -118,6 +117,12 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
         for k, d in enumerate(details):
             outs[k].append(_from_output(d, interp.get_tensor(d["index"])))
     return [np.concatenate(o, axis=0) for o in outs]
+
+
+def set_inputs(interp: Any, arrays: Sequence[np.ndarray]) -> None:
+    """Sets the inputs, in input order, converting real values to the input types."""
+    for d, a in zip(interp.get_input_details(), arrays):
+        interp.set_tensor(d["index"], _to_input(d, a))
 
 
 def resize_inputs(interp: Any, details: list[dict], arrays: Sequence[np.ndarray], batch: int) -> int:

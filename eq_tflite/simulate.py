@@ -1,20 +1,21 @@
 """Numpy executor of the float graph, optionally fake-quantized as deployed.
 
 ``Executor`` runs a ``Graph`` op by op on a batch (axis 0 = samples). Given
-``QuantParams`` it models the int8 model the rewriter writes:
+``QuantParams`` (the numbers ``eq_tflite.resolve`` decides, which the
+rewriter writes) it models the int8 model:
 
 * every activation tensor with params is stored as
-  ``grid.fake_quant_activation(x, scale, zp)`` where it is produced (graph
-  inputs when fed), i.e. with the int8-container clip of a stock kernel;
-* weighted ops use ``grid.fake_quant_weights`` (per output channel, b-bit) and
-  int32-rounded biases ``round(b / (s_in * s_w[c])) * s_in * s_w[c]``;
+  ``grid.fake_quant_activation(x, scale, zp, bits.act_clip)`` where it is
+  produced (graph inputs when fed): clipped to the b-bit levels (strict) or
+  to the int8 container (``activation_range="container"``);
+* weighted ops use the resolved b-bit integer weights times their float32
+  scales and the resolved int32 biases times their scales;
 * fused activations are applied before the output is quantized.
 
 Not modelled: fixed-point requantization (each op is within 1 LSB of
-TFLite's int8 kernels given the same inputs, see tests/test_simulate.py),
+TFLite's int8 kernels given the same inputs, see tests/test_simulate.py) and
 quantization of constant operands of non-weighted ops (e.g. MUL by a
-constant), and the rewriter's fixes for dead channels (median scale for the
-bias) and int32 bias overflow (larger weight scale).
+constant).
 
 Weighted ops are computed as ``rows @ matrix`` on im2col rows (``Linear``),
 the same rows EasyQuant's search scores candidates on.
@@ -33,14 +34,11 @@ from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
 from eq_tflite.io.flatbuffer import schema
 from eq_tflite.plan import Plan
-from eq_tflite.rewrite.op_rules import tied_tensors
+from eq_tflite.quant_spec import WEIGHTED
+from eq_tflite.resolve import LayerNumbers, resolve
 
-#: (scale, zero point) of outputs fixed by the int8 spec (``op_rules.FIXED_OUTPUT_OPS``).
-FIXED_OUTPUT_PARAMS = {"SOFTMAX": (1.0 / 256, -128), "LOGISTIC": (1.0 / 256, -128),
-                       "TANH": (1.0 / 128, 0)}
 #: Bytes of im2col rows materialized at once when running a whole layer.
 _CHUNK_BYTES = 64 << 20
-_INT32_MAX = 2 ** 31 - 1
 
 _ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "NONE": lambda x: x,
@@ -64,97 +62,27 @@ class QuantParams:
     """Deployed quantization, keyed by tensor index.
 
     ``activations[t] = (scale, zp)``: tensor ``t`` is fake-quantized where it
-    is produced; absent tensors stay float. ``weight_scales[w]``: per-channel
-    step sizes of weight tensor ``w``; absent weights stay float.
+    is produced; absent tensors stay float. ``layers[w]``: the shipped numbers
+    (``resolve.LayerNumbers``) of the weighted op whose weight tensor is ``w``;
+    absent weighted ops stay float.
     """
 
     bits: BitWidths
     activations: dict[int, tuple[float, int]] = field(default_factory=dict)
-    weight_scales: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------
-# Tied tensors and plans
-
-
-def tied_groups(graph: Graph) -> dict[int, tuple[int, ...]]:
-    """Maps each activation tensor to its same-scale group (sorted indices).
-
-    Tensors joined through ``op_rules.SAME_SCALE_OPS`` (pool, reshape, pad,
-    concatenation...) share one scale in the int8 model, as the rewriter ties them.
-    """
-    parent = {t: t for t in graph.activation_tensors()}
-
-    def find(t: int) -> int:
-        while parent[t] != t:
-            parent[t] = parent[parent[t]]
-            t = parent[t]
-        return t
-
-    for op in graph.ops:
-        for t in tied_tensors(op.type, op.inputs, op.outputs):
-            if t in parent and op.outputs[0] in parent:
-                parent[find(t)] = find(op.outputs[0])
-    groups: dict[int, list[int]] = {}
-    for t in parent:
-        groups.setdefault(find(t), []).append(t)
-    return {t: tuple(sorted(g)) for g in groups.values() for t in g}
-
-
-def fixed_output_params(graph: Graph) -> dict[int, tuple[float, int]]:
-    """Tensors whose int8 parameters the spec fixes (softmax, logistic, tanh)."""
-    return {op.outputs[0]: FIXED_OUTPUT_PARAMS[op.type]
-            for op in graph.ops if op.type in FIXED_OUTPUT_PARAMS}
-
-
-def merged_params(graph: Graph, ranges: Mapping[int, tuple[float, float]], bits: int,
-                  groups: Mapping[int, tuple[int, ...]] | None = None,
-                  ) -> dict[int, tuple[float, int]]:
-    """Activation (scale, zp) per tensor: ranges united over tied groups, fixed outputs kept."""
-    groups = tied_groups(graph) if groups is None else groups
-    params = {}
-    for t in ranges:
-        members = [m for m in groups.get(t, (t,)) if m in ranges]
-        lo = min(ranges[m][0] for m in members)
-        hi = max(ranges[m][1] for m in members)
-        params[t] = grid.activation_params(lo, hi, bits)
-    params.update(fixed_output_params(graph))
-    return params
+    layers: dict[int, LayerNumbers] = field(default_factory=dict)
 
 
 def plan_quant_params(graph: Graph, plan: Plan) -> tuple[QuantParams, dict[int, np.ndarray]]:
-    """The deployed quantization a plan describes, and its float weight overrides.
+    """The deployed quantization of a plan (``resolve.resolve``), and its float constant edits.
 
-    Mirrors the rewriter: tied ranges are united, fixed-scale outputs keep the
-    spec's parameters, weights without a plan scale use per-channel absmax.
     Tensors without a plan range stay float.
     """
+    numbers = resolve(graph, plan)
     idx = graph.by_name
-    weights = {idx[n]: np.asarray(v, np.float32) for n, v in plan.float_weights.items()}
-    ranges = {idx[n]: r for n, r in plan.activation_ranges.items() if n in idx}
-    params = QuantParams(plan.bits, merged_params(graph, ranges, plan.bits.activations))
-    for op in graph.weighted_ops():
-        w = op.weight_input
-        name = graph.tensors[w].name
-        if name in plan.int_weights:
-            q = np.asarray(plan.int_weights[name], np.float64)
-            scales = np.asarray(plan.weight_scales[name], np.float64)
-            shape = [1] * q.ndim
-            shape[op.channel_axis] = -1
-            weights[w] = (q * scales.reshape(shape)).astype(np.float32)
-        value = weights.get(w, graph.tensors[w].data)
-        params.weight_scales[w] = (np.asarray(plan.weight_scales[name], np.float64)
-                                   if name in plan.weight_scales else
-                                   grid.weight_scales(value, op.channel_axis, plan.bits.weights))
+    params = QuantParams(plan.bits, {idx[n]: p for n, p in numbers.activations.items()},
+                         {idx[n]: layer for n, layer in numbers.layers.items()})
+    weights = {idx[n]: np.asarray(v, np.float32) for n, v in plan.float_weights.items() if n in idx}
     return params, weights
-
-
-def quantize_bias(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray) -> np.ndarray:
-    """Bias rounded to int32 steps of input_scale * weight_scale (kept where the step is 0)."""
-    step = np.float64(input_scale) * np.asarray(weight_scales, np.float64)
-    safe = np.where(step > 0, step, 1.0)
-    q = np.clip(np.round(bias / safe), -_INT32_MAX, _INT32_MAX) * safe
-    return np.where(step > 0, q, bias).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -272,6 +200,19 @@ class Linear:
             return np.einsum("rkc,kcm->rcm", rows, matrix.reshape(k, c, m)).reshape(r, c * m)
         return rows @ matrix
 
+    def _depthwise(self, x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """Depthwise output (N, Ho, Wo, C·M) tap by tap on the window view (no im2col copy)."""
+        v = self.windows(x)
+        kh, kw, c = v.shape[3], v.shape[4], v.shape[5]
+        m = self.multiplier
+        w = matrix.reshape(kh * kw, c, m).astype(np.float32)
+        out = np.zeros((*v.shape[:3], c, m), np.float32)
+        tmp = np.empty_like(out)
+        for k in range(kh * kw):
+            np.multiply(v[:, :, :, k // kw, k % kw, :, None], w[k], out=tmp)
+            out += tmp
+        return out.reshape(*v.shape[:3], c * m)
+
     def run(self, x: np.ndarray, matrix: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Whole-layer output before the fused activation, chunked over samples."""
         positions = max(int(np.prod(self.out_spatial, dtype=np.int64)), 1)
@@ -280,7 +221,7 @@ class Linear:
         outs = []
         for s in range(0, x.shape[0], chunk):
             xs = x[s:s + chunk]
-            y = self.apply(self.rows(xs), matrix)
+            y = self._depthwise(xs, matrix) if self.multiplier else self.apply(self.rows(xs), matrix)
             if bias is not None:
                 y = y + bias
             if self.op.type == "FULLY_CONNECTED":
@@ -415,8 +356,7 @@ _OPS: dict[str, Callable[[Graph, Op, list[np.ndarray]], np.ndarray]] = {
 }
 
 #: Op types the executor can run.
-SUPPORTED_OPS = frozenset(_OPS) | frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED",
-                                             "TRANSPOSE_CONV"})
+SUPPORTED_OPS = frozenset(_OPS) | frozenset(WEIGHTED)
 
 
 def check_supported(graph: Graph) -> None:
@@ -462,13 +402,16 @@ class Executor:
 
     def _store(self, t: int, value: np.ndarray) -> None:
         params = self.quant.activations.get(t) if self.quant else None
-        self.values[t] = grid.fake_quant_activation(value, *params) if params else value
+        self.values[t] = self._fake_quant(value, params) if params else value
+
+    def _fake_quant(self, value: np.ndarray, params: tuple[float, int]) -> np.ndarray:
+        return grid.fake_quant_activation(value, *params, clip=self.quant.bits.act_clip)
 
     def set_activation(self, t: int, params: tuple[float, int]) -> None:
         """Sets (scale, zp) of tensor ``t``; a live value is quantized now."""
         self.quant.activations[t] = params
         if t in self.values:
-            self.values[t] = grid.fake_quant_activation(self.values[t], *params)
+            self.values[t] = self._fake_quant(self.values[t], params)
 
     def value(self, t: int) -> np.ndarray:
         """The value of tensor ``t`` as consumers see it (constants included)."""
@@ -489,18 +432,16 @@ class Executor:
     def layer_weights(self, op: Op) -> tuple[np.ndarray, np.ndarray | None]:
         """(matrix-layout weights, bias) of weighted op ``op`` as deployed."""
         bias = self.value(op.bias_input) if op.bias_input >= 0 else None
-        scales = self.quant.weight_scales.get(op.weight_input) if self.quant else None
-        matrix = weight_matrix(op.type, self.value(op.weight_input))
-        if scales is not None:
-            matrix = grid.fake_quant_weights(matrix, scales, 1, self.quant.bits.weights)
-            in_params = self.quant.activations.get(op.data_input)
-            if bias is not None and in_params is not None:
-                bias = quantize_bias(bias, in_params[0], scales)
-        return matrix, bias
+        layer = self.quant.layers.get(op.weight_input) if self.quant else None
+        if layer is None:
+            return weight_matrix(op.type, self.value(op.weight_input)), bias
+        real_bias = layer.real_bias()
+        return weight_matrix(op.type, layer.real_weights()), \
+            real_bias if real_bias is not None else bias
 
     def compute(self, op: Op) -> np.ndarray:
         """Output of ``op`` before its fused activation and output quantization."""
-        if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV"):
+        if op.type in WEIGHTED:
             x = self.value(op.data_input)
             matrix, bias = self.layer_weights(op)
             return self.linear(op).run(x, matrix, bias)

@@ -15,15 +15,21 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from eq_tflite import runtime
+from eq_tflite import grid, runtime
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.grid import BitWidths
 from eq_tflite.io import flatbuffer as fb
-from eq_tflite.rewrite.op_rules import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
-from eq_tflite.rewrite.rewriter import read_metadata
+from eq_tflite.io.calibration import load_data_for
+from eq_tflite.metrics import mean_cosine
+from eq_tflite.quant_spec import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
+from eq_tflite.resolve import Resolved
+from eq_tflite.rewrite.rewriter import RewriteLog, read_metadata
 
 #: Samples used for the run check when the caller gives none.
 SMOKE_SAMPLES = 4
+#: A strict b-bit model should keep at most this share of all held-back activation
+#: values, and of any one tensor's, outside the b-bit levels (else verify warns).
+LEVELS_LIMIT_ALL, LEVELS_LIMIT_TENSOR = 0.002, 0.03
 
 
 @dataclass
@@ -35,9 +41,11 @@ class VerifyReport:
     quantized_ops: int = 0
     float_ops: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     cosine: float | None = None
     agreement: float | None = None
     samples: int = 0
+    levels: "LevelsReport | None" = None
 
     @property
     def ok(self) -> bool:
@@ -45,12 +53,15 @@ class VerifyReport:
 
     def summary(self) -> str:
         lines = [f"verify: {'OK' if self.ok else 'FAILED'}; {self.quantized_ops} int8 ops "
-                 f"(W{self.bits.weights}/A{self.bits.activations})"]
+                 f"({self.bits.label})"]
         if self.float_ops:
             lines.append(f"  float ops kept: {', '.join(sorted(set(self.float_ops)))}")
         if self.cosine is not None:
             lines.append(f"  vs float on {self.samples} samples: output cosine {self.cosine:.5f}, "
                          f"top-1 agreement {100 * self.agreement:.2f}%")
+        if self.levels is not None:
+            lines.append(f"  {self.levels.summary()}")
+        lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  error: {e}" for e in self.errors[:20]]
         if len(self.errors) > 20:
             lines.append(f"  ... {len(self.errors) - 20} more errors")
@@ -59,14 +70,20 @@ class VerifyReport:
 
 def verify(model_bytes: bytes, *, float_model: bytes | None = None,
            samples: Mapping[str, np.ndarray] | None = None, bits: BitWidths | None = None,
-           builtin_kernels: bool = True) -> VerifyReport:
-    """Checks ``model_bytes``; bits default to the model's eq_tflite metadata (else 8/8)."""
+           builtin_kernels: bool = True, written: RewriteLog | None = None) -> VerifyReport:
+    """Checks ``model_bytes``; bits default to the model's eq_tflite metadata (else 8/8).
+
+    With ``samples`` it also measures the share of activations outside the
+    b-bit levels; with ``written`` (the rewriter's log) it checks that the file
+    holds exactly the resolved numbers.
+    """
     model = fb.parse_model(model_bytes)
     if bits is None:
-        meta = read_metadata(model_bytes) or {}
-        bits = BitWidths(meta.get("weight_bits", 8), meta.get("activation_bits", 8))
+        bits = bits_of(model_bytes)
     report = VerifyReport(bits)
     _check_invariants(model, report)
+    if written is not None and written.resolved is not None:
+        report.errors += check_numbers(model, written.resolved, written.mapping)
     try:
         interp = runtime.make_interpreter(model_bytes, builtin_kernels=builtin_kernels)
         data = dict(samples) if samples is not None else _random_inputs(interp)
@@ -80,6 +97,119 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         ref = runtime.run_model(runtime.make_interpreter(float_model), data)
         report.cosine, report.agreement = compare_outputs(ref, outs)
         report.samples = int(ref[0].shape[0])
+    if samples is not None:
+        report.levels = activation_levels(model_bytes, data, bits.activations)
+        name, worst = report.levels.worst()
+        if bits.strict and (report.levels.share > LEVELS_LIMIT_ALL or worst > LEVELS_LIMIT_TENSOR):
+            report.warnings.append(
+                f"{100 * report.levels.share:.2f}% of the activations (worst tensor {name}: "
+                f"{100 * worst:.1f}%) lie outside the {bits.activations}-bit levels; stock kernels "
+                "keep them in the int8 headroom. Calibrate with data like this.")
+    return report
+
+
+def bits_of(model_bytes: bytes) -> BitWidths:
+    """Bit widths recorded in a model's eq_tflite metadata (8/8 for other models)."""
+    meta = read_metadata(model_bytes) or {}
+    return BitWidths(meta.get("weight_bits", 8), meta.get("activation_bits", 8),
+                     meta.get("activation_range", "strict"))
+
+
+def check_numbers(model: Any, resolved: Resolved, mapping: Mapping[int, str]) -> list[str]:
+    """Differences between the file and the resolved numbers (empty: the file holds them)."""
+    sg = model.subgraphs[0]
+    errors = []
+    for i, name in mapping.items():
+        t = sg.tensors[i]
+        if name in resolved.activations and fb.type_name(t.type) == "INT8" \
+                and fb.buffer_array(model, t) is None:
+            q, want = t.quantization, resolved.activations[name]
+            if q is None or q.scale is None or (float(q.scale[0]), int(q.zeroPoint[0])) != want:
+                errors.append(f"{name}: activation params differ from the resolved {want}")
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind not in WEIGHTED:
+            continue
+        _, w_pos, b_pos, _ = WEIGHTED[kind]
+        layer = resolved.layers.get(mapping.get(op.inputs[w_pos], ""))
+        if layer is None:
+            continue
+        pairs = [(op.inputs[w_pos], layer.values, layer.scales)]
+        if b_pos < len(op.inputs) and op.inputs[b_pos] >= 0 and layer.bias_values is not None:
+            pairs.append((op.inputs[b_pos], layer.bias_values, layer.bias_scales))
+        for i, values, scales in pairs:
+            t = sg.tensors[i]
+            if not np.array_equal(fb.buffer_array(model, t), values) or \
+                    not np.array_equal(np.asarray(t.quantization.scale, np.float32), scales):
+                errors.append(f"{fb.tensor_name(t)}: differs from the resolved numbers of {layer.weight}")
+    return errors
+
+
+@dataclass
+class LevelsReport:
+    """Integer activation values outside the b-bit levels, measured on real data.
+
+    Counts every int8 activation tensor (model input included) except outputs
+    of fixed-scale ops (softmax, logistic, tanh), whose spec parameters span
+    the int8 container at any width.
+    """
+
+    bits: int
+    total: int = 0
+    outside: int = 0
+    per_tensor: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (outside, total)
+
+    @property
+    def share(self) -> float:
+        return self.outside / self.total if self.total else 0.0
+
+    def worst(self) -> tuple[str, float]:
+        """(tensor name, share outside) of the tensor with the largest share."""
+        if not self.per_tensor:
+            return "", 0.0
+        name = max(self.per_tensor, key=lambda n: self.per_tensor[n][0] / max(self.per_tensor[n][1], 1))
+        out, tot = self.per_tensor[name]
+        return name, out / max(tot, 1)
+
+    def summary(self) -> str:
+        name, worst = self.worst()
+        return (f"activations outside the {self.bits}-bit levels: {100 * self.share:.3f}% of "
+                f"{self.total} values; worst tensor {name} {100 * worst:.2f}%")
+
+
+def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | list[np.ndarray],
+                      bits: int, batch_size: int = 100) -> LevelsReport:
+    """Runs ``model_bytes`` on ``samples`` and counts int8 activations outside the b-bit levels."""
+    model = fb.parse_model(model_bytes)
+    sg = model.subgraphs[0]
+    fixed = {o for op in sg.operators if fb.op_name(model, op) in FIXED_OUTPUT_OPS for o in op.outputs}
+    watched = {}
+    for i, t in enumerate(sg.tensors):
+        q = t.quantization
+        if (i not in fixed and fb.type_name(t.type) == "INT8" and fb.buffer_array(model, t) is None
+                and q is not None and q.scale is not None and len(q.scale) == 1):
+            watched[i] = fb.tensor_name(t)
+    report = LevelsReport(bits)
+    interp = runtime.make_interpreter(model_bytes, preserve_all_tensors=True)
+    details = interp.get_input_details()
+    arrays = [samples[d["name"]] for d in details] if isinstance(samples, Mapping) else list(samples)
+    n = arrays[0].shape[0]
+    batch = runtime.resize_inputs(interp, details, arrays, min(batch_size, n))
+    counts = {i: [0, 0] for i in watched}
+    for start in range(0, n, batch):
+        chunks = [a[start:start + batch] for a in arrays]
+        if chunks[0].shape[0] != batch:
+            runtime.resize_inputs(interp, details, chunks, chunks[0].shape[0])
+        runtime.set_inputs(interp, chunks)
+        interp.invoke()
+        for i in watched:
+            q = interp.get_tensor(i)
+            counts[i][0] += grid.outside_levels(q, bits)
+            counts[i][1] += q.size
+    for i, (out, tot) in counts.items():
+        report.per_tensor[watched[i]] = (out, tot)
+        report.outside += out
+        report.total += tot
     return report
 
 
@@ -88,14 +218,6 @@ def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray]) -> tuple[float
     a = ref[0].reshape(ref[0].shape[0], -1).astype(np.float64)
     b = out[0].reshape(out[0].shape[0], -1).astype(np.float64)
     return mean_cosine(a, b), float(np.mean(a.argmax(1) == b.argmax(1)))
-
-
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over rows of cos(a_i, b_i); rows that are both zero count as 1."""
-    num = np.sum(a * b, axis=1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cos = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(num == 0, 1.0, 0.0))
-    return float(np.mean(cos))
 
 
 def _random_inputs(interp: Any) -> dict[str, np.ndarray]:
@@ -195,12 +317,11 @@ def main(argv: list[str], float_model: str | None = None, data: str | None = Non
 
 
 def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
-    from eq_tflite.api import load_data_for
     from eq_tflite.isolation import run_isolated
     model = fb.read_file(path, "model")
     fb.parse_model(model, path)  # structure check before any native code sees the file
     _check_metadata(model, path)
-    float_bytes, samples = load_data_for(float_model, data)
+    float_bytes, samples = load_data_for(float_model, data, model)
     # LiteRT trusts much of the model: a crash in the child is an error line, not a dead CLI.
     report = run_isolated(verify, model, float_model=float_bytes, samples=samples,
                           what="verification (LiteRT)")
@@ -226,7 +347,8 @@ def run() -> None:
     from eq_tflite.quiet import set_verbose
     set_verbose(False)
     flags.DEFINE_string("float_model", None, "Float model (SavedModel/Keras/.tflite) for the cosine report.")
-    flags.DEFINE_string("data", None, "Samples (.npy/.npz) to run; default: random inputs.")
+    flags.DEFINE_string("data", None, "Real samples (.npy/.npz) to run: reports the share of "
+                        "activations outside the b-bit levels; default: random inputs.")
     run_absl(lambda argv: main(argv, flags.FLAGS.float_model, flags.FLAGS.data))
 
 

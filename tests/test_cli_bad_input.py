@@ -133,5 +133,5 @@ def test_success_summary(capsys, out, small_float_path, small_calibration_path):
                     "--noprogress"])
     text = capsys.readouterr().out
     assert code == 0 and out.exists()
-    assert "W7/A7, 32 calibration samples" in text
+    assert "W7A7, 32 calibration samples" in text
     assert "16 held-back samples" in text and "top-1 agreement" in text

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from eq_tflite import runtime, simulate
+from eq_tflite import resolve, runtime, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op, Tensor
 from eq_tflite.grid import BitWidths
@@ -153,9 +153,7 @@ def test_quantized_ops_match_litert_int8_within_one_lsb():
                                                   if op.weight_input == ft)
             shape = [1] * data.ndim
             shape[axis] = -1
-            weights[ft] = (data * scale.reshape(shape)).astype(np.float32)
-            if data.ndim > 1:
-                quant.weight_scales[ft] = scale
+            weights[ft] = (data * scale.reshape(shape)).astype(np.float32)  # exact int8 values
     x = rng.random((4, 12, 12, 3), dtype=np.float32)
     interp = runtime.make_interpreter(int8, preserve_all_tensors=True)
     index = interp.get_input_details()[0]["index"]
@@ -187,11 +185,11 @@ def test_unsupported_op_is_named():
 def test_tied_tensors_share_merged_params(cnn):
     graph, _ = cnn
     pool = next(op for op in graph.ops if op.type == "MAX_POOL_2D")
-    groups = simulate.tied_groups(graph)
+    groups = resolve.tied_groups(graph)
     assert groups[pool.inputs[0]] == groups[pool.outputs[0]]
     ranges = {t: (-1.0, 1.0) for t in graph.activation_tensors()}
     ranges[pool.outputs[0]] = (-0.5, 3.0)
-    params = simulate.merged_params(graph, ranges, 7)
+    params = resolve.activation_params(graph, ranges, 7)
     assert params[pool.inputs[0]] == params[pool.outputs[0]]
     softmax = next(op for op in graph.ops if op.type == "SOFTMAX")
     assert params[softmax.outputs[0]] == (1.0 / 256, -128)

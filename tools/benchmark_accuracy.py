@@ -37,6 +37,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["resnet_fmnist", "mobilenetv2_fmnist"], "Example models under examples/.")
 flags.DEFINE_list("methods", ["minmax", "kl", "easyquant"], "Methods to benchmark.")
 flags.DEFINE_list("bits", ["8", "7", "6", "5"], "W/A bit widths.")
+flags.DEFINE_list("container_bits", ["7", "6", "5"],
+                  "Bit widths at which EasyQuant also runs with --activation_range container "
+                  "(b-bit step, 8-bit range), for comparison.")
 flags.DEFINE_string("calibration_data", str(REPO / "examples" / "fmnist_calib.npy"), "Calibration .npy.")
 flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only (default: all 10k).")
 flags.DEFINE_integer("timing_runs", 3, "Runs per side for the EQ / TFLite conversion-time ratio.")
@@ -50,7 +53,7 @@ def _test_data():
 
 
 def _cell(model_dir: str, method: str | None, bits: int, calib_path: str, limit: int | None,
-          queue) -> None:
+          queue, activation_range: str = "strict") -> None:
     """One table cell, in a fresh process. method None = TFLite's own INT8; 'float' = float."""
     import numpy as np
 
@@ -58,6 +61,7 @@ def _cell(model_dir: str, method: str | None, bits: int, calib_path: str, limit:
     from eq_tflite.datasets import load_fashion_mnist
     from eq_tflite.evaluation import predict, score
     from eq_tflite.io.tflite_int8 import tflite_int8
+    from eq_tflite.verify import activation_levels
     x, y = load_fashion_mnist("test")
     if limit:
         x, y = x[:limit], y[:limit]
@@ -77,21 +81,25 @@ def _cell(model_dir: str, method: str | None, bits: int, calib_path: str, limit:
         row["samples"] = len(calib)
     else:
         tracemalloc.start()
-        conv = api.convert_model(float_model, calib, bits=bits, method=method)
+        conv = api.convert_model(float_model, calib, bits=bits, method=method,
+                                 activation_range=activation_range)
         row["peak_heap_mib"] = tracemalloc.get_traced_memory()[1] / 2 ** 20
         tracemalloc.stop()
         model, row["seconds"] = conv.model, conv.timings["method"]
         row["samples"] = conv.num_calibration
     s = score(predict(model, x), reference, y)
+    if method not in ("float", None):
+        levels = activation_levels(model, [x], bits)
+        row["outside"], row["worst_outside"] = levels.share, levels.worst()[1]
     row.update(accuracy=s.accuracy, agreement=s.agreement, cosine=s.cosine,
                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put(row)
 
 
-def _run_cell(*args) -> dict:
+def _run_cell(*args, activation_range: str = "strict") -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_cell, args=(*args, queue))
+    proc = ctx.Process(target=_cell, args=(*args, queue, activation_range))
     proc.start()
     row = queue.get()
     proc.join()
@@ -153,23 +161,35 @@ def main(argv: list[str]) -> None:
              + f"; calibration: `{Path(FLAGS.calibration_data).name}` (each method's default sample "
              "count, shown as N). Metrics on TFLite's builtin kernels "
              "(BUILTIN_WITHOUT_DEFAULT_DELEGATES); agreement and cosine are against the float model's "
-             "outputs. Seconds: the method stage (TFLite INT8 row: its calibrate+quantize). Peak heap: "
+             "outputs. Outside: share of all int8 activation values (10k test images) outside the "
+             "b-bit levels, and of the worst tensor (fixed-scale softmax outputs excluded). Rows "
+             "marked *container* use `--activation_range container`: a b-bit step over an 8-bit "
+             "range, not b-bit activations. "
+             "Seconds: the method stage (TFLite INT8 row: its calibrate+quantize). Peak heap: "
              "Python/numpy allocations during the whole conversion (tracemalloc); peak RSS: the cell's "
              "whole process, TensorFlow included.", ""]
     results = {}
     for model in FLAGS.models:
         model_dir = str(REPO / "examples" / model)
-        lines += [f"### {model}", "", "| method | W/A | N | top-1 % | agreement % | cosine | seconds | "
-                  "peak heap MiB | peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|"]
-        cells = [("float", "float", 32), ("TFLite INT8", None, 8)]
-        cells += [(m, m, int(b)) for b in FLAGS.bits for m in FLAGS.methods]
-        for label, method, bits in cells:
-            row = _run_cell(model_dir, method, bits, FLAGS.calibration_data, FLAGS.limit)
+        lines += [f"### {model}", "", "| method | W/A | N | top-1 % | agreement % | cosine | "
+                  "outside % (worst %) | seconds | peak heap MiB | peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        cells = [("float", "float", 32, "strict"), ("TFLite INT8", None, 8, "strict")]
+        for b in FLAGS.bits:
+            cells += [(m, m, int(b), "strict") for m in FLAGS.methods]
+            if "easyquant" in FLAGS.methods and b in FLAGS.container_bits:
+                cells.append(("easyquant *container*", "easyquant", int(b), "container"))
+        for label, method, bits, mode in cells:
+            row = _run_cell(model_dir, method, bits, FLAGS.calibration_data, FLAGS.limit,
+                            activation_range=mode)
             results[f"{model}/{label}/{bits}"] = row
             wa = "fp32" if method == "float" else f"{bits}/{bits}"
             fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
+            outside = "-" if "outside" not in row else \
+                f"{100 * row['outside']:.3f} ({100 * row['worst_outside']:.2f})"
             lines.append(f"| {label} | {wa} | {row.get('samples', '-')} | "
                          f"{100 * row['accuracy']:.2f} | {100 * row['agreement']:.2f} | {row['cosine']:.5f} | "
+                         f"{outside} | "
                          f"{fmt(row['seconds'], '.2f')} | {fmt(row['peak_heap_mib'], '.0f')} | "
                          f"{row['peak_rss_mib']:.0f} |")
             print(lines[-1], flush=True)

@@ -215,3 +215,24 @@ def _load_images(folder: Path, specs: Sequence[InputSpec], image_size: tuple[int
             raise EqTfliteError(f"cannot decode image {f} ({type(err).__name__})") from None
     x = np.stack(images) / 255.0
     return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+def load_data_for(float_src: str | None, data_path: str | None,
+                  model: bytes | None = None) -> tuple[bytes | None, dict | None]:
+    """Float model bytes and validated samples for ``verify`` / tools (either may be None).
+
+    Without a float model the samples are checked against ``model``'s own inputs.
+    """
+    from eq_tflite.graph import Graph
+    from eq_tflite.io.sources import float_model_of, signature_input_names
+    if float_src is None:
+        if data_path is None:
+            return None, None
+        if model is None:
+            raise EqTfliteError("--data needs --float_model (to know the inputs)")
+        return None, load_calibration(data_path, input_specs(Graph.from_tflite(model)))
+    float_model = float_model_of(float_src)
+    if data_path is None:
+        return float_model, None
+    graph = Graph.from_tflite(float_model)
+    return float_model, load_calibration(data_path, input_specs(graph, signature_input_names(float_model)))

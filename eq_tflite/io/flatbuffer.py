@@ -204,7 +204,7 @@ def _ints_or_floats(values: Any) -> list:
 
 def _check_weighted_ops(model: Any, sg: Any, g: int, bad) -> None:
     """Quantized weighted ops: every operand quantized, bias length = output channels."""
-    from eq_tflite.rewrite.op_rules import WEIGHTED  # op layouts; rewrite does not import back
+    from eq_tflite.quant_spec import WEIGHTED  # op layouts (quant_spec does not import back)
 
     tensors = sg.tensors or []
     for o, op in enumerate(sg.operators or []):

@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from eq_tflite.errors import EqTfliteError, first_line
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.isolation import run_isolated
+from eq_tflite.quiet import quiet
 
 #: Tensor types that mean "already quantized" in a .tflite given as the source.
 _QUANTIZED_WEIGHT_TYPES = {"INT8", "UINT8", "INT4"}
@@ -96,3 +98,33 @@ def _check_float_tflite(data: bytes, path: Path) -> None:
             if fb.type_name(w.type) in _QUANTIZED_WEIGHT_TYPES:
                 raise EqTfliteError(f"{path} is already quantized; give the float model "
                                     "(SavedModel, Keras or float .tflite)")
+
+
+
+#: A model as the API takes it: path, float .tflite bytes, or an in-memory Keras model.
+ModelLike = Any
+
+
+def float_model_of(model: ModelLike) -> bytes:
+    """Float .tflite bytes of a path, float .tflite bytes, or an in-memory Keras model."""
+    if isinstance(model, (bytes, bytearray)):
+        data = bytes(model)
+        fb.parse_model(data, "the given model bytes")
+        return data
+    if isinstance(model, (str, os.PathLike)):
+        with quiet():
+            return load_float_model(model)
+    import tensorflow as tf
+    try:
+        with quiet():
+            return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+    except Exception as err:
+        raise EqTfliteError(f"cannot convert the given model to TFLite: {err}") from None
+
+
+def signature_input_names(float_model: bytes) -> dict[int, str]:
+    """Tensor index -> signature input name of the first signature."""
+    model = fb.parse_model(float_model)
+    if not model.signatureDefs:
+        return {}
+    return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].inputs}

@@ -9,7 +9,7 @@ from eq_tflite.graph import Graph
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.plan import Plan
 from eq_tflite.rewrite import apply_plan
-from eq_tflite.rewrite.op_rules import WEIGHTED
+from eq_tflite.quant_spec import WEIGHTED
 from eq_tflite.rewrite.rewriter import read_metadata
 
 

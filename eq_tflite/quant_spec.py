@@ -1,4 +1,8 @@
-"""Per-op quantization constraints of TFLite's int8 kernels (the quantization spec)."""
+"""The TFLite int8 quantization spec as data: per-op constraints of the kernels.
+
+A bottom-level module (imports nothing of the package): ``graph``, ``resolve``,
+``simulate``, ``rewrite`` and ``verify`` all read these rules from here.
+"""
 from __future__ import annotations
 
 #: Ops whose int8 kernels require input and output to share (scale, zero point).
@@ -22,16 +26,26 @@ def tied_tensors(kind: str, inputs: list[int], outputs: list[int]) -> list[int]:
     return [i for i in data + list(outputs) if i >= 0]
 
 
-#: Ops whose int8 output (scale, zero point) is fixed by the spec (kernels check it).
-FIXED_OUTPUT_OPS = frozenset({"SOFTMAX", "LOGISTIC", "TANH", "LOG_SOFTMAX"})
+#: (scale, zero point) of int8 outputs fixed by the spec (the kernels check them).
+FIXED_OUTPUT_PARAMS: dict[str, tuple[float, int]] = {
+    "SOFTMAX": (1.0 / 256, -128),
+    "LOGISTIC": (1.0 / 256, -128),
+    "TANH": (1.0 / 128, 0),
+    "LOG_SOFTMAX": (16.0 / 256, 127),
+}
+FIXED_OUTPUT_OPS = frozenset(FIXED_OUTPUT_PARAMS)
 
 #: Weighted ops: (data input position, weight position, bias position, output-channel axis).
-WEIGHTED = {
+WEIGHTED: dict[str, tuple[int, int, int, int]] = {
     "CONV_2D": (0, 1, 2, 0),
     "DEPTHWISE_CONV_2D": (0, 1, 2, 3),
     "FULLY_CONNECTED": (0, 1, 2, 0),
     "TRANSPOSE_CONV": (2, 1, 3, 0),
 }
+WEIGHTED_OPS = tuple(WEIGHTED)
 
 #: Ops that only change the storage type (float <-> int8 at the model's edges).
 EDGE_OPS = frozenset({"QUANTIZE", "DEQUANTIZE"})
+
+#: Largest int32 bias magnitude written (symmetric int32 range).
+INT32_MAX = 2 ** 31 - 1
