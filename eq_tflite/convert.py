@@ -6,6 +6,8 @@ summary. Exit codes: 0 ok, 2 bad input (one-line error, no output file).
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,45 +69,98 @@ def _method_options() -> dict:
 def _floats(values: list[str], name: str) -> tuple[float, ...]:
     from eq_tflite.errors import EqTfliteError
     try:
-        return tuple(float(v) for v in values)
+        out = tuple(float(v) for v in values)
     except ValueError:
         raise EqTfliteError(f"--{name} must be comma-separated numbers, got {','.join(values)}") from None
+    if not all(math.isfinite(v) for v in out):
+        raise EqTfliteError(f"--{name} must be finite numbers, got {','.join(values)}")
+    return out
+
+
+def _image_size() -> tuple[int, int] | None:
+    from eq_tflite.errors import EqTfliteError
+    if not FLAGS.image_size:
+        return None
+    try:
+        size = tuple(int(v) for v in FLAGS.image_size)
+    except ValueError:
+        size = ()
+    if len(size) != 2 or min(size) <= 0:
+        raise EqTfliteError(f"--image_size must be two positive integers H,W, got {','.join(FLAGS.image_size)}")
+    return size  # type: ignore[return-value]
 
 
 def main(argv: list[str]) -> int:
-    """Converts argv[1]; returns the process exit code."""
-    from eq_tflite.errors import EqTfliteError
+    """Converts argv[1]; returns the process exit code (every failure: one error line, 2)."""
+    from eq_tflite.cli import guarded
 
     if len(argv) != 2:
         print("usage: python -m eq_tflite.convert SRC [--bits 7] [--calibration_data calib.npy] "
               "[--output out.tflite]  (--helpfull for all flags)", file=sys.stderr)
         return 2
-    src = argv[1]
+    return guarded(lambda: _convert(argv[1]))
+
+
+def _convert(src: str) -> int:
+    from eq_tflite import api
+    from eq_tflite.errors import EqTfliteError
+    from eq_tflite.io.flatbuffer import check_output_path, write_atomic
+    from eq_tflite.isolation import run_isolated
+
     start = time.perf_counter()
-    try:
-        from eq_tflite import api
-        from eq_tflite.io.flatbuffer import write_atomic
-        bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits,
-                                FLAGS.activation_range)
-        image_size = tuple(int(v) for v in FLAGS.image_size) if FLAGS.image_size else None
-        result = api.convert_model(
-            src, FLAGS.calibration_data, bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
-            activation_bits=FLAGS.activation_bits, activation_range=FLAGS.activation_range,
-            method=FLAGS.method,
-            method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
-            allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
-            mean=_floats(FLAGS.mean, "mean"), std=_floats(FLAGS.std, "std"),
-            progress=FLAGS.progress, seed=FLAGS.seed)
-        output = Path(FLAGS.output or f"{Path(src).with_suffix('').name}_w{bits.weights}a{bits.activations}.tflite")
-        write_atomic(output, result.model)
-        if FLAGS.report_dir:
-            from eq_tflite.report import write_conversion_report
+    if src == "":
+        raise EqTfliteError("empty model path")
+    bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits,
+                            FLAGS.activation_range)
+    image_size = _image_size()
+    mean, std = _floats(FLAGS.mean, "mean"), _floats(FLAGS.std, "std")
+    # Every check on the output happens before the (long) conversion starts.
+    output = check_output_path(
+        FLAGS.output if FLAGS.output is not None
+        else f"{Path(src).with_suffix('').name or 'model'}_w{bits.weights}a{bits.activations}.tflite",
+        inputs=(src, FLAGS.calibration_data))
+    if FLAGS.report_dir is not None:
+        _check_report_dir(Path(FLAGS.report_dir))
+    # The pipeline runs in a child process, so a native crash anywhere in it (e.g. LiteRT
+    # aborting on the rewritten model of a hostile float model) is one error line too. If
+    # TensorFlow already ran here (in-process callers, tests), the model is loaded first,
+    # here: TF's SavedModel loader can deadlock in a forked child (see io.sources).
+    load_seconds, model = 0.0, src
+    if "tensorflow" in sys.modules:
+        t0 = time.perf_counter()
+        model = api.float_model_of(src)
+        load_seconds = time.perf_counter() - t0
+    result = run_isolated(
+        api.convert_model, model, FLAGS.calibration_data, what="the conversion",
+        bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
+        activation_bits=FLAGS.activation_bits, activation_range=FLAGS.activation_range,
+        method=FLAGS.method,
+        method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
+        allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
+        mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed)
+    result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
+    if FLAGS.report_dir:
+        from eq_tflite.report import write_conversion_report
+        try:
             write_conversion_report(result, FLAGS.report_dir)
-    except EqTfliteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        except OSError as err:
+            raise EqTfliteError(f"cannot write the report to {FLAGS.report_dir}: {err.strerror}") from None
+    write_atomic(output, result.model)
     _print_summary(result, output, time.perf_counter() - start)
     return 0
+
+
+def _check_report_dir(path: Path) -> None:
+    from eq_tflite.errors import EqTfliteError
+    if str(path) == "":
+        raise EqTfliteError("empty --report_dir")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise EqTfliteError(f"--report_dir {path}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise EqTfliteError(f"--report_dir {path}: {probe} is not writable")
 
 
 def _print_summary(result, output: Path, seconds: float) -> None:
@@ -129,6 +184,8 @@ def _print_summary(result, output: Path, seconds: float) -> None:
 
 def run() -> None:
     """Console-script entry point (``eq-tflite``)."""
+    from eq_tflite.cli import run_absl
+
     set_verbose("--verbose" in sys.argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
     # absl's --help lists the key flags of the module named by argv[0]; register
@@ -136,7 +193,8 @@ def run() -> None:
     module = __name__ if __name__ != "__main__" else sys.argv[0]
     for flag in FLAGS.flags_by_module_dict().get(module, []):
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    app.run(lambda argv: sys.exit(main(argv)))
+    run_absl(main)
+
 
 if __name__ == "__main__":
     run()

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from eq_tflite.errors import EqTfliteError, first_line
+
 _MODULE: ModuleType | None = None
 
 
@@ -31,6 +33,10 @@ def interpreter_module() -> ModuleType:
     return _MODULE
 
 
+class LiteRTError(EqTfliteError, ValueError):
+    """LiteRT refused or failed to run a model (also a ValueError, as LiteRT raises)."""
+
+
 def make_interpreter(model: bytes, *, builtin_kernels: bool = True,
                      preserve_all_tensors: bool = False,
                      delegates: Sequence[Any] | None = None,
@@ -45,13 +51,16 @@ def make_interpreter(model: bytes, *, builtin_kernels: bool = True,
     mod = interpreter_module()
     resolver = mod.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES if builtin_kernels \
         else mod.OpResolverType.AUTO
-    interp = mod.Interpreter(
-        model_content=bytes(model),
-        experimental_op_resolver_type=resolver,
-        experimental_preserve_all_tensors=preserve_all_tensors,
-        experimental_delegates=list(delegates) if delegates else None,
-        num_threads=num_threads)
-    interp.allocate_tensors()
+    try:
+        interp = mod.Interpreter(
+            model_content=bytes(model),
+            experimental_op_resolver_type=resolver,
+            experimental_preserve_all_tensors=preserve_all_tensors,
+            experimental_delegates=list(delegates) if delegates else None,
+            num_threads=num_threads)
+        interp.allocate_tensors()
+    except (RuntimeError, ValueError) as err:
+        raise LiteRTError(f"LiteRT cannot load the model: {first_line(err)}") from None
     return interp
 
 
@@ -60,17 +69,22 @@ def _to_input(detail: dict, x: np.ndarray) -> np.ndarray:
     dtype = detail["dtype"]
     if dtype == np.float32:
         return x.astype(np.float32)
+    if not np.issubdtype(dtype, np.integer):
+        raise LiteRTError(f"model input {detail['name']!r} has type {np.dtype(dtype).name}; "
+                          "only float32 and integer inputs are supported")
     scale, zp = detail["quantization"]
-    q = np.round(x / scale) + zp
     info = np.iinfo(dtype)
-    return np.clip(q, info.min, info.max).astype(dtype)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = np.round(x / scale) + zp if scale > 0 else np.asarray(x)
+        return np.nan_to_num(np.clip(q, info.min, info.max)).astype(dtype)
 
 
 def _from_output(detail: dict, y: np.ndarray) -> np.ndarray:
     if detail["dtype"] == np.float32:
         return y.astype(np.float32)
     scale, zp = detail["quantization"]
-    return ((y.astype(np.float32) - zp) * scale).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ((y.astype(np.float32) - zp) * (scale if scale > 0 else 1.0)).astype(np.float32)
 
 
 def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
@@ -92,8 +106,11 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
         chunks = [a[i:i + batch] for a in arrays]
         if chunks[0].shape[0] != batch:
             resize_inputs(interp, in_details, chunks, chunks[0].shape[0])
-        set_inputs(interp, chunks)
-        interp.invoke()
+        try:
+            set_inputs(interp, chunks)
+            interp.invoke()
+        except (RuntimeError, ValueError) as err:
+            raise LiteRTError(f"LiteRT cannot run the model: {first_line(err)}") from None
         details = interp.get_output_details()
         if not outs:
             outs = [[] for _ in details]
@@ -118,4 +135,4 @@ def resize_inputs(interp: Any, details: list[dict], arrays: Sequence[np.ndarray]
             return b
         except (RuntimeError, ValueError):
             continue
-    raise RuntimeError("cannot allocate the model for one sample")
+    raise LiteRTError("LiteRT cannot allocate the model for one sample")

@@ -308,31 +308,48 @@ def _check_tied(sg: Any, op: Any, kind: str, report: VerifyReport) -> None:
 
 def main(argv: list[str], float_model: str | None = None, data: str | None = None) -> int:
     """CLI body: prints the report; exit code 0 ok, 1 invariants violated, 2 bad input."""
+    from eq_tflite.cli import guarded
     if len(argv) != 2:
         print("usage: python -m eq_tflite.verify MODEL.tflite [--float_model SRC] [--data x.npy]",
               file=sys.stderr)
         return 2
-    try:
-        model = fb.read_file(argv[1])
-        float_bytes, samples = load_data_for(float_model, data, model)
-        report = verify(model, float_model=float_bytes, samples=samples)
-    except EqTfliteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return guarded(lambda: _verify_file(argv[1], float_model, data))
+
+
+def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
+    from eq_tflite.isolation import run_isolated
+    model = fb.read_file(path, "model")
+    fb.parse_model(model, path)  # structure check before any native code sees the file
+    _check_metadata(model, path)
+    float_bytes, samples = load_data_for(float_model, data, model)
+    # LiteRT trusts much of the model: a crash in the child is an error line, not a dead CLI.
+    report = run_isolated(verify, model, float_model=float_bytes, samples=samples,
+                          what="verification (LiteRT)")
     print(report.summary())
     return 0 if report.ok else 1
 
 
+def _check_metadata(model: bytes, path: str) -> None:
+    """The eq_tflite metadata that :func:`verify` reads the bit widths from, if any, is sound."""
+    try:
+        meta = read_metadata(model)
+        if meta is not None:
+            BitWidths(meta.get("weight_bits", 8), meta.get("activation_bits", 8))  # as verify() reads them
+    except (ValueError, TypeError, AttributeError, IndexError) as err:  # JSON, types, ranges
+        raise EqTfliteError(f"{path}: its eq_tflite metadata is corrupt ({type(err).__name__})") from None
+
+
 def run() -> None:
     """CLI entry point."""
-    from absl import app, flags
+    from absl import flags
 
+    from eq_tflite.cli import run_absl
     from eq_tflite.quiet import set_verbose
     set_verbose(False)
     flags.DEFINE_string("float_model", None, "Float model (SavedModel/Keras/.tflite) for the cosine report.")
     flags.DEFINE_string("data", None, "Real samples (.npy/.npz) to run: reports the share of "
                         "activations outside the b-bit levels; default: random inputs.")
-    app.run(lambda argv: sys.exit(main(argv, flags.FLAGS.float_model, flags.FLAGS.data)))
+    run_absl(lambda argv: main(argv, flags.FLAGS.float_model, flags.FLAGS.data))
 
 
 if __name__ == "__main__":

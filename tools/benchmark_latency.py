@@ -38,8 +38,10 @@ import numpy as np
 from absl import app, flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
+try:  # the installed package (pip install . builds the delegate into it)
+    import eq_tflite  # noqa: F401
+except ImportError:  # a plain checkout that was never installed: use it
+    sys.path.insert(0, str(REPO))
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("rounds", 30, "Timed invokes per backend (median; >= 20).")
@@ -289,4 +291,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from eq_tflite.cli import run_absl
+    run_absl(main)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = Path(__file__).resolve().parents[1]
+try:  # the installed package (pip install . builds the delegate into it)
+    import eq_tflite  # noqa: F401
+except ImportError:  # a plain checkout that was never installed: use it
+    sys.path.insert(0, str(REPO))
 
 from absl import app, flags  # noqa: E402
 
@@ -86,4 +90,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from eq_tflite.cli import run_absl
+    run_absl(main)

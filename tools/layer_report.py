@@ -18,7 +18,11 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+try:  # the installed package (pip install . builds the delegate into it)
+    import eq_tflite  # noqa: F401
+except ImportError:  # a plain checkout that was never installed: use it
+    sys.path.insert(0, str(REPO))
 
 from absl import app, flags  # noqa: E402
 
@@ -58,10 +62,11 @@ def main(argv: list[str]) -> None:
                   f"({conv.timings['method']:.1f} s, {conv.num_calibration} samples)")
         paths = write_layer_report(rows, FLAGS.output_dir)
     except EqTfliteError as err:
-        sys.exit(f"error: {err}")
+        raise  # one error line and exit code 2 (eq_tflite.cli)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from eq_tflite.cli import run_absl
+    run_absl(main)

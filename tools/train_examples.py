@@ -24,7 +24,11 @@ from absl import app, flags, logging  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 from keras import layers  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+try:  # the installed package (pip install . builds the delegate into it)
+    import eq_tflite  # noqa: F401
+except ImportError:  # a plain checkout that was never installed: use it
+    sys.path.insert(0, str(REPO))
 from eq_tflite.datasets import load_fashion_mnist  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -265,4 +269,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from eq_tflite.cli import run_absl
+    run_absl(main)

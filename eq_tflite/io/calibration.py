@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite.errors import EqTfliteError
+from eq_tflite.errors import EqTfliteError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Samples drawn for the no-data fallback.
@@ -61,8 +62,7 @@ def load_calibration(source: str | os.PathLike | np.ndarray | Mapping[str, np.nd
         elif path.suffix == ".npy":
             arrays = _assign_single(_load_npy(path), specs, str(path))
         elif path.suffix == ".npz":
-            with _open_npz(path) as npz:
-                arrays = _assign_named({k: npz[k] for k in npz.files}, specs, str(path))
+            arrays = _assign_named(_load_npz(path), specs, str(path))
         else:
             raise EqTfliteError(f"unsupported calibration data {path}: give .npy, .npz or an image directory")
     return {spec.name: _validate(arrays[spec.name], spec) for spec in specs}
@@ -89,16 +89,48 @@ def _fallback(specs: Sequence[InputSpec], seed: int) -> dict[str, np.ndarray]:
 
 def _load_npy(path: Path) -> np.ndarray:
     try:
+        with open(path, "rb") as f:
+            _check_npy_header(f, path.stat().st_size, str(path))
         return np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise EqTfliteError(f"cannot read {path} as .npy ({type(err).__name__})") from None
+    except EqTfliteError:
+        raise
+    except Exception as err:  # numpy raises assorted errors on corrupt files
+        raise EqTfliteError(f"cannot read {path} as .npy ({type(err).__name__}: {first_line(err, 120)})") from None
 
 
-def _open_npz(path: Path):
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every member of a .npz, each checked first; no pickles."""
+    import zipfile
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as err:
-        raise EqTfliteError(f"cannot read {path} as .npz ({type(err).__name__})") from None
+        with zipfile.ZipFile(path) as archive:
+            infos = [i for i in archive.infolist() if i.filename.endswith(".npy")]
+            for info in infos:
+                with archive.open(info) as f:
+                    _check_npy_header(f, info.file_size, f"{path} member {info.filename}")
+        with np.load(path, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except EqTfliteError:
+        raise
+    except Exception as err:  # zipfile, zlib and numpy raise assorted errors
+        raise EqTfliteError(f"cannot read {path} as .npz ({type(err).__name__}: {first_line(err, 120)})") from None
+
+
+def _check_npy_header(f: Any, size: int, what: str) -> None:
+    """Refuses pickled (object) arrays and headers claiming more data than the file holds."""
+    from numpy.lib import format as npy_format
+    version = npy_format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = npy_format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, dtype = npy_format.read_array_header_2_0(f)
+    else:
+        raise EqTfliteError(f"cannot read {what}: unsupported .npy version {version}")
+    if dtype.hasobject:
+        raise EqTfliteError(f"{what} holds Python objects (pickled data); give numeric arrays")
+    need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if need > size:
+        raise EqTfliteError(f"{what} claims shape {shape} ({need} bytes) but holds only {size} bytes "
+                            "(truncated or corrupt)")
 
 
 def _assign_single(array: np.ndarray, specs: Sequence[InputSpec], what: str) -> dict[str, np.ndarray]:
@@ -137,7 +169,13 @@ def _validate(array: Any, spec: InputSpec) -> np.ndarray:
     bad = int(np.count_nonzero(~np.isfinite(array)))
     if bad:
         raise EqTfliteError(f"calibration data for {spec.alias!r} contains {bad} NaN/Inf values")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        array32 = np.ascontiguousarray(array, dtype=np.float32)
+    beyond = int(np.count_nonzero(~np.isfinite(array32)))
+    if beyond:
+        raise EqTfliteError(f"calibration data for {spec.alias!r} has {beyond} values beyond float32's "
+                            f"range (|x| > {np.finfo(np.float32).max:.4g})")
+    return array32
 
 
 def _load_images(folder: Path, specs: Sequence[InputSpec], image_size: tuple[int, int] | None,
@@ -148,7 +186,14 @@ def _load_images(folder: Path, specs: Sequence[InputSpec], image_size: tuple[int
     if len(shape) != 4:
         raise EqTfliteError(f"an image directory needs a model with one NHWC input, got shape {shape}")
     height, width = image_size or (shape[1], shape[2])
+    if height <= 0 or width <= 0:
+        raise EqTfliteError(f"image size must be positive, got {height}x{width}")
     channels = shape[3]
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            raise EqTfliteError(f"--{name} needs 1 or {channels} values, got {len(values)}")
+    if any(v == 0 for v in std):
+        raise EqTfliteError("--std values must be non-zero")
     if channels not in (1, 3):
         raise EqTfliteError(f"image calibration needs 1 or 3 input channels, the model has {channels}")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -157,10 +202,16 @@ def _load_images(folder: Path, specs: Sequence[InputSpec], image_size: tuple[int
     images = []
     for f in files:
         try:
-            with Image.open(f) as im:
-                im = im.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
-                images.append(np.asarray(im, np.float32).reshape(height, width, channels))
-        except (UnidentifiedImageError, OSError) as err:
+            with warnings.catch_warnings():
+                # Pillow only warns between its pixel limit and twice that: refuse those too.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(f) as im:
+                    im = im.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+                    images.append(np.asarray(im, np.float32).reshape(height, width, channels))
+        except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise EqTfliteError(f"cannot decode image {f} ({type(err).__name__}: "
+                                f"{first_line(err, 120)})") from None
+        except Exception as err:  # decoders raise OSError, ValueError, SyntaxError, ...
             raise EqTfliteError(f"cannot decode image {f} ({type(err).__name__})") from None
     x = np.stack(images) / 255.0
     return ((x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)

@@ -34,16 +34,206 @@ ACTIVATIONS = {v: k for k, v in vars(schema.ActivationFunctionType).items()
 
 
 def parse_model(data: bytes, what: str = "model") -> Any:
-    """Parses .tflite bytes into a mutable ``ModelT``; clear error if corrupt."""
+    """Parses .tflite bytes into a mutable ``ModelT``; EqTfliteError if corrupt.
+
+    The FlatBuffer is decoded by pure-Python code (an out-of-range offset or
+    length raises instead of reading stray memory), then :func:`check_model`
+    checks what native code would otherwise trust.
+    """
+    data = bytes(data)
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise EqTfliteError(f"{what} is not a valid .tflite file (missing 'TFL3' identifier)")
+    root = int.from_bytes(data[:4], "little")
+    if not 8 <= root <= len(data) - 4:
+        raise EqTfliteError(f"{what} is a corrupt .tflite file (root offset {root} outside the "
+                            f"{len(data)}-byte file)")
     try:
         model = flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
+    except RecursionError:
+        raise EqTfliteError(f"{what} is a corrupt .tflite file (nesting too deep)") from None
     except Exception as err:  # flatbuffers raises assorted errors on corruption
         raise EqTfliteError(f"{what} is a corrupt or truncated .tflite file ({type(err).__name__})") from None
+    check_model(model, what)
+    return model
+
+
+def canonical_bytes(data: bytes, what: str = "model") -> bytes:
+    """``data`` checked and re-encoded by the FlatBuffer builder.
+
+    Native code (TensorFlow's calibrator and quantizer, LiteRT) then only sees
+    offsets and vector lengths written by the builder, never the file's own.
+    """
+    return serialize_model(parse_model(data, what))
+
+
+#: Largest tensor (bytes) we accept; larger shapes are corruption, not models.
+MAX_TENSOR_BYTES = 2 ** 31 - 1
+
+
+def check_model(model: Any, what: str = "model") -> None:
+    """Checks indices, shapes, buffer sizes and quantization parameters of a ``ModelT``.
+
+    Raises EqTfliteError naming the first violation (the invariants TFLite's
+    own loader relies on, plus what eq_tflite reads).
+    """
+    def bad(reason: str) -> EqTfliteError:
+        return EqTfliteError(f"{what} is a corrupt .tflite file: {reason}")
+
     if not model.subgraphs:
         raise EqTfliteError(f"{what} has no subgraphs")
-    return model
+    main = model.subgraphs[0]
+    if not _ints(main.inputs) or not _ints(main.outputs):
+        raise bad("the main subgraph has no inputs or no outputs")
+    buffers = model.buffers or []
+    num_codes = len(model.operatorCodes or [])
+    for c, code in enumerate(model.operatorCodes or []):
+        if max(code.builtinCode, code.deprecatedBuiltinCode) == schema.BuiltinOperator.CUSTOM \
+                and not code.customCode:
+            raise bad(f"operator code {c} is a custom op without a name")
+    for b, buf in enumerate(buffers):
+        if buf is not None and (buf.offset or 0) > 1:
+            raise bad(f"buffer {b} keeps its data outside the FlatBuffer (models over 2 GB "
+                      "are not supported)")
+    for g, sg in enumerate(model.subgraphs):
+        tensors = sg.tensors or []
+        n = len(tensors)
+        for t_index, tensor in enumerate(tensors):
+            _check_tensor(tensor, f"subgraph {g} tensor {t_index}", len(buffers), buffers, bad)
+        for kind, indices in (("input", sg.inputs), ("output", sg.outputs)):
+            for i in _ints(indices):
+                if not 0 <= i < n:
+                    raise bad(f"subgraph {g} {kind} tensor index {i} out of range [0, {n})")
+        for o, op in enumerate(sg.operators or []):
+            if op.inputs is None or op.outputs is None:  # TFLite's loader refuses these too
+                raise bad(f"subgraph {g} op {o} has no input or output list")
+            if not 0 <= op.opcodeIndex < num_codes:
+                raise bad(f"subgraph {g} op {o} opcode index {op.opcodeIndex} out of range "
+                          f"[0, {num_codes})")
+            for kind, indices, lowest in (("input", op.inputs, -1), ("output", op.outputs, 0),
+                                          ("intermediate", op.intermediates, 0)):
+                for i in _ints(indices):
+                    if not lowest <= i < n:
+                        raise bad(f"subgraph {g} op {o} {kind} tensor index {i} out of range")
+        _check_weighted_ops(model, sg, g, bad)
+    for s, sig in enumerate(model.signatureDefs or []):
+        if not sig.signatureKey:
+            raise bad(f"signature {s} has no key")
+        _check_utf8(sig.signatureKey, f"signature {s}", bad)
+        for m in list(sig.inputs or []) + list(sig.outputs or []):
+            if not m.name:
+                raise bad(f"signature {s} has an input or output without a name")
+            _check_utf8(m.name, f"signature {s} entry", bad)
+        if not 0 <= sig.subgraphIndex < len(model.subgraphs):
+            raise bad(f"signature {s} subgraph index {sig.subgraphIndex} out of range")
+        n = len(model.subgraphs[sig.subgraphIndex].tensors or [])
+        for m in list(sig.inputs or []) + list(sig.outputs or []):
+            if not 0 <= m.tensorIndex < n:
+                raise bad(f"signature {s} tensor index {m.tensorIndex} out of range [0, {n})")
+    for m in model.metadata or []:
+        if not m.name:  # TFLite's readers compare metadata names without a null check (SIGSEGV)
+            raise bad("a metadata entry has no name")
+        _check_utf8(m.name, "metadata", bad)
+        if not 0 <= m.buffer < len(buffers):
+            raise bad(f"metadata buffer index {m.buffer} out of range [0, {len(buffers)})")
+    for i in _ints(model.metadataBuffer):
+        if not 0 <= i < len(buffers):
+            raise bad(f"metadata buffer index {i} out of range [0, {len(buffers)})")
+
+
+def _brief(values: list, limit: int = 8) -> str:
+    """A list for a message: at most ``limit`` entries."""
+    if len(values) <= limit:
+        return str(list(values))
+    return f"[{', '.join(map(str, values[:limit]))}, ... ({len(values)} entries)]"
+
+
+def _ints(values: Any) -> list[int]:
+    return [] if values is None else [int(v) for v in values]
+
+
+def _check_utf8(value: Any, where: str, bad) -> None:
+    """LiteRT decodes names as UTF-8 (and fails with a traceback otherwise)."""
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            decoded = bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad(f"{where} name is not valid UTF-8") from None
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded):
+            # native code cuts or strips such names, so they no longer match ours
+            raise bad(f"{where} name {decoded[:40]!r} contains control characters")
+
+
+def _check_tensor(tensor: Any, where: str, num_buffers: int, buffers: list, bad) -> None:
+    _check_utf8(tensor.name, where, bad)
+    if tensor.type not in _TYPE_NAMES:
+        raise bad(f"{where} has unknown type {tensor.type}")
+    shape = _ints(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise bad(f"{where} has negative dimension in shape {_brief(shape)}")
+    if not 0 <= tensor.buffer < max(num_buffers, 1):
+        raise bad(f"{where} buffer index {tensor.buffer} out of range [0, {num_buffers})")
+    dtype = numpy_dtype(tensor.type)
+    count = int(np.prod(shape, dtype=object)) if shape else 1
+    if dtype is not None and count * np.dtype(dtype).itemsize > MAX_TENSOR_BYTES:
+        raise bad(f"{where} shape {_brief(shape)} needs more than {MAX_TENSOR_BYTES} bytes")
+    buf = buffers[tensor.buffer] if tensor.buffer < num_buffers else None
+    size = 0 if buf is None or buf.data is None else len(buf.data)
+    if size and dtype is not None and tensor.sparsity is None \
+            and size != count * np.dtype(dtype).itemsize:
+        raise bad(f"{where} holds {size} bytes of data but its shape {_brief(shape)} "
+                  f"({type_name(tensor.type)}) needs {count * np.dtype(dtype).itemsize}")
+    q = tensor.quantization
+    if q is None:
+        return
+    scale, zero = _ints_or_floats(q.scale), _ints(q.zeroPoint)
+    if (scale or zero) and len(scale) != len(zero):
+        raise bad(f"{where} has {len(scale)} scales but {len(zero)} zero points")
+    if type_name(tensor.type) in ("INT8", "UINT8", "INT16") and not scale \
+            and (q.scale is not None or q.zeroPoint is not None):
+        raise bad(f"{where} ({type_name(tensor.type)}) has empty quantization parameters")
+    if len(scale) > 1:
+        axis = q.quantizedDimension
+        if not 0 <= axis < len(shape) or shape[axis] != len(scale):
+            raise bad(f"{where} has {len(scale)} per-channel scales along axis {axis} of "
+                      f"shape {_brief(shape)}")
+
+
+def _ints_or_floats(values: Any) -> list:
+    return [] if values is None else list(values)
+
+
+def _check_weighted_ops(model: Any, sg: Any, g: int, bad) -> None:
+    """Quantized weighted ops: every operand quantized, bias length = output channels."""
+    from eq_tflite.quant_spec import WEIGHTED  # op layouts (quant_spec does not import back)
+
+    tensors = sg.tensors or []
+    for o, op in enumerate(sg.operators or []):
+        kind = op_name(model, op)
+        if kind not in WEIGHTED:
+            continue
+        data_pos, w_pos, b_pos, axis = WEIGHTED[kind]
+        inputs = _ints(op.inputs)
+        if max(data_pos, w_pos) >= len(inputs) or min(inputs[data_pos], inputs[w_pos]) < 0 \
+                or not _ints(op.outputs):
+            raise bad(f"subgraph {g} op {o} ({kind}) lacks its data or weight input")
+        w = tensors[inputs[w_pos]]
+        if type_name(w.type) not in ("INT8", "UINT8", "INT16", "INT4"):
+            continue
+        operands = [("data input", inputs[data_pos]), ("weights", inputs[w_pos])]
+        if b_pos < len(inputs) and inputs[b_pos] >= 0:
+            operands.append(("bias", inputs[b_pos]))
+        for role, i in operands:
+            q = tensors[i].quantization
+            if q is None or not _ints_or_floats(q.scale) or not _ints(q.zeroPoint):
+                raise bad(f"subgraph {g} op {o} ({kind}): quantized weights but its {role} "
+                          "has no quantization parameters")
+        w_shape = _ints(w.shape)
+        if len(operands) == 3 and axis < len(w_shape):
+            b_shape = _ints(tensors[operands[2][1]].shape)
+            channels = w_shape[axis]
+            if int(np.prod(b_shape)) != channels:
+                raise bad(f"subgraph {g} op {o} ({kind}): bias shape {_brief(b_shape)} does not match "
+                          f"{channels} output channels")
 
 
 def serialize_model(model: Any) -> bytes:
@@ -52,24 +242,108 @@ def serialize_model(model: Any) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temp file + rename: never a partial file."""
+    """Writes ``data`` to ``path`` via a temp file + rename: never a partial file.
+
+    The temp file ``.NAME.XXXXXXXX.tmp`` sits next to ``path`` (so the rename
+    is atomic); NAME is shortened to keep it within the file system's name limit.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise EqTfliteError(f"cannot write {_short(path)}: {err.strerror or type(err).__name__}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise EqTfliteError(f"cannot write {_short(path)}: {err.strerror or type(err).__name__}") from None
         raise
+
+
+#: Characters mkstemp adds to the prefix: 8 random ones plus ".tmp".
+_TEMP_EXTRA = 8 + len(".tmp")
+
+
+def _name_max(directory: Path) -> int:
+    try:
+        return os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.NAME.``, with NAME cut so the whole temp name fits the name limit."""
+    room = _name_max(_existing_ancestor(path.parent)) - _TEMP_EXTRA - 2
+    name = path.name
+    while len(os.fsencode(name)) > room:
+        name = name[:-1]
+    return f".{name}."
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_output_path(path: str | os.PathLike, inputs: tuple = (), what: str = "output") -> Path:
+    """Checks, before any work, that :func:`write_atomic` can write ``path``.
+
+    Refuses: an empty path or a name over the file system's limit, an existing
+    directory, a parent that is a file, an unwritable location, and ``path``
+    being one of ``inputs`` (it would overwrite the user's model or data).
+    Nothing is created: a temp file is probed and removed again.
+    """
+    if str(path) == "":
+        raise EqTfliteError(f"empty {what} path")
+    p = Path(path)
+    if not p.name or p.name in (".", ".."):
+        raise EqTfliteError(f"{what} {_short(p)} is not a file name")
+    try:
+        ancestor = _existing_ancestor(p.parent)
+        limit = _name_max(ancestor)
+        if len(os.fsencode(p.name)) > limit:
+            raise EqTfliteError(f"{what} file name is {len(os.fsencode(p.name))} bytes long, over the "
+                                f"file system's limit of {limit}")
+        if p.is_dir():
+            raise EqTfliteError(f"{what} {_short(p)} is a directory")
+        for src in inputs:
+            if src is not None and not isinstance(src, (bytes, bytearray)) and _same_path(p, Path(src)):
+                raise EqTfliteError(f"{what} {_short(p)} is the input {_short(Path(src))}; refusing to "
+                                    "overwrite it (choose another --output)")
+        if not ancestor.is_dir():
+            raise EqTfliteError(f"cannot write {what} {_short(p)}: {_short(ancestor)} is a file, "
+                                "not a directory")
+        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(p), suffix=".tmp", dir=ancestor)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise EqTfliteError(f"cannot write {what} {_short(p)}: {err.strerror or type(err).__name__}") from None
+    return p
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def op_name(model: Any, op: Any) -> str:
     """Builtin op name (e.g. 'CONV_2D') or 'CUSTOM:<code>'."""
-    code = model.operatorCodes[op.opcodeIndex]
+    codes = model.operatorCodes or []
+    if not 0 <= op.opcodeIndex < len(codes):
+        raise EqTfliteError(f"model is corrupt: opcode index {op.opcodeIndex} out of range")
+    code = codes[op.opcodeIndex]
     builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
     if builtin == schema.BuiltinOperator.CUSTOM:
         return f"CUSTOM:{text(code.customCode)}"
@@ -78,7 +352,9 @@ def op_name(model: Any, op: Any) -> str:
 
 def text(value: bytes | str) -> str:
     """A FlatBuffer string field (bytes in the object API) as str."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    if value is None:
+        return ""
+    return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 def tensor_name(tensor: Any) -> str:
@@ -114,8 +390,21 @@ def set_buffer(model: Any, tensor: Any, array: np.ndarray) -> None:
     tensor.buffer = len(model.buffers) - 1
 
 
-def read_file(path: str | os.PathLike) -> bytes:
+def read_file(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of ``path``; EqTfliteError (one line) for anything but a readable file."""
+    if str(path) == "":
+        raise EqTfliteError(f"empty {what} path")
     p = Path(path)
-    if not p.exists():
-        raise EqTfliteError(f"no such file: {p}")
-    return p.read_bytes()
+    try:
+        if p.is_dir():
+            raise EqTfliteError(f"{p} is a directory, not a {what}")
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise EqTfliteError(f"no such file: {p}") from None
+    except OSError as err:
+        raise EqTfliteError(f"cannot read {_short(p)}: {err.strerror or type(err).__name__}") from None
+
+
+def _short(path: Path, limit: int = 120) -> str:
+    text_ = str(path)
+    return text_ if len(text_) <= limit else text_[:limit // 2] + "..." + text_[-limit // 2:]

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from eq_tflite.errors import EqTfliteError, first_line
 from eq_tflite.io import flatbuffer as fb
+from eq_tflite.isolation import run_isolated
 from eq_tflite.quiet import quiet
 
 #: Tensor types that mean "already quantized" in a .tflite given as the source.
@@ -14,23 +16,46 @@ _QUANTIZED_WEIGHT_TYPES = {"INT8", "UINT8", "INT4"}
 
 
 def load_float_model(src: str | os.PathLike) -> bytes:
-    """Returns float .tflite bytes for ``src``; EqTfliteError with one clear line otherwise."""
+    """Returns float .tflite bytes for ``src``; EqTfliteError with one clear line otherwise.
+
+    A .tflite source is checked (``fb.parse_model``) and returned re-encoded by
+    the FlatBuffer builder, so later native code never sees the file's own
+    offsets. SavedModel and Keras sources are converted by TensorFlow in a child
+    process (``run_isolated``) when TensorFlow is not yet loaded here (the CLI):
+    a file that crashes TensorFlow then gives an error line.
+    """
+    if str(src) == "":
+        raise EqTfliteError("empty model path")
     path = Path(src)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as err:
+        raise EqTfliteError(f"cannot read model {str(path)[:120]}: {err.strerror}") from None
+    if not exists:
         raise EqTfliteError(f"no such model: {path}")
-    if path.is_dir():
-        if not (path / "saved_model.pb").exists():
+    if is_dir:
+        if not (path / "saved_model.pb").is_file():
             raise EqTfliteError(f"{path} is a directory without saved_model.pb (not a SavedModel)")
-        return _convert(lambda tf: tf.lite.TFLiteConverter.from_saved_model(str(path)), path)
+        return _convert_isolated("saved_model", path)
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5", ".hdf5"):
-        return _convert(lambda tf: tf.lite.TFLiteConverter.from_keras_model(_load_keras(path)), path)
+        return _convert_isolated("keras", path)
     if suffix == ".tflite":
-        data = fb.read_file(path)
+        data = fb.read_file(path, "model")
         _check_float_tflite(data, path)
-        return data
+        return fb.canonical_bytes(data, str(path))
     raise EqTfliteError(f"unsupported model {path}: give a SavedModel directory, a .keras/.h5 file "
                         "or a float .tflite")
+
+
+def _convert_isolated(kind: str, path: Path) -> bytes:
+    if "tensorflow" in sys.modules:
+        # TensorFlow already runs in this process (an API caller, a test): a forked
+        # child can deadlock on the parent's TF thread pools, so convert here.
+        return _convert(kind, path)
+    data = run_isolated(_convert, kind, path, what=f"TensorFlow's conversion of {path}")
+    fb.parse_model(data, f"the conversion of {path}")
+    return data
 
 
 def _load_keras(path: Path):
@@ -41,10 +66,13 @@ def _load_keras(path: Path):
         raise EqTfliteError(f"cannot load Keras model {path}: {first_line(err)}") from None
 
 
-def _convert(make_converter, path: Path) -> bytes:
+def _convert(kind: str, path: Path) -> bytes:
     import tensorflow as tf
     try:
-        converter = make_converter(tf)
+        if kind == "saved_model":
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(path))
+        else:
+            converter = tf.lite.TFLiteConverter.from_keras_model(_load_keras(path))
         return bytes(converter.convert())
     except EqTfliteError:
         raise
@@ -55,7 +83,16 @@ def _convert(make_converter, path: Path) -> bytes:
 def _check_float_tflite(data: bytes, path: Path) -> None:
     model = fb.parse_model(data, str(path))
     sg = model.subgraphs[0]
-    for op in sg.operators:
+    # eq-tflite matches TFLite's int8 model to the float one by tensor name.
+    names = [fb.tensor_name(t) for t in sg.tensors or []]
+    if "" in names:
+        raise EqTfliteError(f"{path}: tensor {names.index('')} has no name; eq-tflite matches "
+                            "tensors by name")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise EqTfliteError(f"{path}: several tensors are named {dup[:60]!r}; eq-tflite matches "
+                            "tensors by name")
+    for op in sg.operators or []:
         if fb.op_name(model, op) in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
             w = sg.tensors[op.inputs[1]]
             if fb.type_name(w.type) in _QUANTIZED_WEIGHT_TYPES:

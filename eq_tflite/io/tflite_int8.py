@@ -12,6 +12,7 @@ import numpy as np
 
 from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
 from eq_tflite.io import flatbuffer as fb
+from eq_tflite.isolation import run_isolated
 
 
 def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input_names: Sequence[str],
@@ -21,7 +22,24 @@ def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input
     ``allow_float`` keeps ops without int8 kernels in float (with
     QUANTIZE/DEQUANTIZE around them) instead of failing. ``int8_io`` makes the
     model's inputs and outputs int8 instead of float32.
+
+    The model is checked and re-encoded first (``fb.canonical_bytes``), and
+    TensorFlow's calibrator and quantizer run in a child process: they trust
+    the model, and a crash there becomes an EqTfliteError instead of killing
+    the caller.
     """
+    canonical = fb.canonical_bytes(float_model, "the float model")
+    import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
+    model = run_isolated(_calibrate_and_quantize, canonical, dict(calibration), list(input_names),
+                         int8_io, what="TFLite's int8 conversion")
+    float_ops = float_ops_left(model)
+    if float_ops and not allow_float:
+        raise UnsupportedOpsError(float_ops)
+    return model
+
+
+def _calibrate_and_quantize(float_model: bytes, calibration: Mapping[str, np.ndarray],
+                            input_names: Sequence[str], int8_io: bool) -> bytes:
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
     from tensorflow.lite.python.optimize import calibrator
@@ -37,20 +55,39 @@ def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input
         calibrated = calibrator.Calibrator(with_intermediates).calibrate(samples)
     except Exception as err:
         raise EqTfliteError(f"TFLite calibration failed: {first_line(err)}") from None
+    _check_ranges_finite(calibrated)
     try:
         # fully_quantize=True is what makes the MLIR quantizer emit int8 model
         # inputs/outputs; with float I/O it adds QUANTIZE/DEQUANTIZE at the edges
         # (identical to TFLiteConverter with a representative dataset).
-        model = bytes(tfl_convert.mlir_quantize(
+        return bytes(tfl_convert.mlir_quantize(
             calibrated, fully_quantize=int8_io,
             input_data_type=tf.int8 if int8_io else tf.float32,
             output_data_type=tf.int8 if int8_io else tf.float32))
     except Exception as err:
         raise EqTfliteError(f"TFLite int8 quantization failed: {first_line(err)}") from None
-    float_ops = float_ops_left(model)
-    if float_ops and not allow_float:
-        raise UnsupportedOpsError(float_ops)
-    return model
+
+
+#: A calibrated bound this large means float32 arithmetic is about to overflow.
+_OVERFLOW = 1e30
+
+
+def _check_ranges_finite(calibrated: bytes) -> None:
+    """Blames the data, not the ops, when calibration drove tensors to Inf/NaN.
+
+    TFLite's calibrator then records Inf/NaN or huge bounds, and none at all
+    for tensors that only saw Inf; the quantizer leaves those ops in float,
+    which would otherwise read as "cannot quantize these ops".
+    """
+    model = fb.parse_model(calibrated, "the calibrated model")
+    for t in model.subgraphs[0].tensors:
+        q = t.quantization
+        bounds = [np.asarray(v, np.float64) for v in ((q.min, q.max) if q is not None else ())
+                  if v is not None and len(v)]
+        if any(not np.all(np.isfinite(b)) or np.any(np.abs(b) > _OVERFLOW) for b in bounds):
+            raise EqTfliteError(f"the calibration data drives the float model to Inf/NaN or near "
+                                f"float32's limit (tensor {fb.tensor_name(t)!r}): check the data's "
+                                "scale and preprocessing")
 
 
 def float_ops_left(model_bytes: bytes) -> list[str]:
