@@ -46,12 +46,21 @@ flags.DEFINE_integer("eq_max_rows", None, "EasyQuant: cap on sampled output posi
 flags.DEFINE_float("eq_clip_budget", None,
                    "EasyQuant, strict mode: largest share of a tensor's calibration values a chosen "
                    "range may clip (default 0.001).")
+flags.DEFINE_integer("bs_rounds", None, "Bit-Split: coordinate-descent rounds per layer (default 3).")
+flags.DEFINE_integer("bs_max_rows", None, "Bit-Split: cap on sampled output positions per layer "
+                     "(default 4096, seeded; 0: all).")
+flags.DEFINE_enum("bs_activations", None, ["mse", "easyquant", "minmax"],
+                  "Bit-Split: activation ranges by iterative MSE (default), EasyQuant or min/max.")
+flags.DEFINE_bool("pack_int4", False,
+                  "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
+                  "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
+                  "the int8 container any TFLite runtime reads.")
 flags.DEFINE_integer("seed", 0, "Seed for sampling and the no-data fallback.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
 _EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
-             "eq_clip_budget")
+             "eq_clip_budget", "bs_rounds", "bs_max_rows", "bs_activations")
 
 
 def _method_options() -> dict:
@@ -89,7 +98,7 @@ def main(argv: list[str]) -> int:
             method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
             allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
             mean=_floats(FLAGS.mean, "mean"), std=_floats(FLAGS.std, "std"),
-            progress=FLAGS.progress, seed=FLAGS.seed)
+            progress=FLAGS.progress, seed=FLAGS.seed, pack_int4=FLAGS.pack_int4)
         output = Path(FLAGS.output or f"{Path(src).with_suffix('').name}_w{bits.weights}a{bits.activations}.tflite")
         write_atomic(output, result.model)
         if FLAGS.report_dir:

@@ -213,6 +213,19 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     return report
 
 
+def same_outputs(model_bytes: bytes, reference: bytes, samples: Mapping[str, np.ndarray],
+                 what: str = "the packed INT4 model") -> list[str]:
+    """Errors unless both models give identical outputs on ``samples`` (builtin kernels)."""
+    try:
+        got = runtime.run_model(runtime.make_interpreter(model_bytes), dict(samples))
+    except (RuntimeError, ValueError) as err:
+        return [f"LiteRT cannot run {what}: {str(err).splitlines()[0]}"]
+    want = runtime.run_model(runtime.make_interpreter(reference), dict(samples))
+    if len(got) != len(want) or not all(np.array_equal(a, b) for a, b in zip(got, want)):
+        return [f"{what} gives other outputs than its int8-container form"]
+    return []
+
+
 def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray]) -> tuple[float, float]:
     """(mean per-sample cosine of the first output, top-1 agreement of the first output)."""
     a = ref[0].reshape(ref[0].shape[0], -1).astype(np.float64)
@@ -271,7 +284,7 @@ def _check_weighted(model: Any, sg: Any, op: Any, kind: str, qmax: int, report: 
     data_pos, w_pos, b_pos, axis = WEIGHTED[kind]
     w_t = sg.tensors[op.inputs[w_pos]]
     w = fb.buffer_array(model, w_t)
-    if w is None or fb.type_name(w_t.type) != "INT8":
+    if w is None or fb.type_name(w_t.type) not in ("INT8", "INT4"):
         return
     name = fb.tensor_name(w_t)
     q = w_t.quantization

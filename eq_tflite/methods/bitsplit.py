@@ -81,16 +81,21 @@ class Options:
     def parse(cls, options: Mapping[str, Any]) -> "Options":
         """Reads and validates ``bs_*`` options; missing keys take the defaults."""
         d = cls()
-        try:
-            o = cls(rounds=int(options.get("bs_rounds", d.rounds)),
-                    max_rows=int(options.get("bs_max_rows", d.max_rows)),
-                    init_steps=int(options.get("bs_init_steps", d.init_steps)),
-                    activations=str(options.get("bs_activations", d.activations)),
-                    mse_iters=int(options.get("bs_mse_iters", d.mse_iters)),
-                    clip_budget=float(options.get("bs_clip_budget", d.clip_budget)),
-                    seed=int(options.get("seed", d.seed)))
-        except (TypeError, ValueError) as err:
-            raise EqTfliteError(f"bad bitsplit option: {err}") from None
+
+        def get(key: str, kind: type, default: Any) -> Any:
+            try:
+                return kind(options.get(key, default))
+            except (TypeError, ValueError):
+                raise EqTfliteError(f"bitsplit option {key} must be {kind.__name__}, "
+                                    f"got {options.get(key)!r}") from None
+
+        o = cls(rounds=get("bs_rounds", int, d.rounds),
+                max_rows=get("bs_max_rows", int, d.max_rows),
+                init_steps=get("bs_init_steps", int, d.init_steps),
+                activations=get("bs_activations", str, d.activations),
+                mse_iters=get("bs_mse_iters", int, d.mse_iters),
+                clip_budget=get("bs_clip_budget", float, d.clip_budget),
+                seed=get("seed", int, d.seed))
         checks = [(o.rounds >= 0, "bs_rounds must be >= 0"),
                   (o.max_rows >= 0, "bs_max_rows must be >= 0 (0: all rows)"),
                   (o.init_steps >= 1, "bs_init_steps must be >= 1"),
