@@ -49,6 +49,7 @@ class Conversion:
     num_calibration: int
     holdout_is_calibration: bool
     timings: dict[str, float] = field(default_factory=dict)
+    int4_tensors: int = 0  # weight tensors stored as packed INT4 (``pack_int4``)
 
 
 def resolve_bits(bits: int = 7, weight_bits: int | None = None,
@@ -115,9 +116,9 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
 
     t0 = time.perf_counter()
     out, log = apply_plan(int8_model, graph, plan, float_model)
-    container = out
+    container, int4_tensors = out, 0
     if pack_int4:
-        out, _ = pack_int4_weights(container)
+        out, int4_tensors = pack_int4_weights(container)
     timings["rewrite"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -127,7 +128,8 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     timings["verify"] = time.perf_counter() - t0
     if not report.ok:
         raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
-    return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings)
+    return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
+                      int4_tensors)
 
 
 def quantize(model_or_path: ModelLike, calibration_data: Any = None, *, bits: int = 7,

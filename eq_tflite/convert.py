@@ -119,6 +119,9 @@ def _print_summary(result, output: Path, seconds: float) -> None:
     print(f"  method {result.plan.method}, {rep.bits.label}, "
           f"{result.num_calibration} calibration samples, {rep.quantized_ops} int8 ops"
           + (f", float ops kept: {', '.join(sorted(set(rep.float_ops)))}" if rep.float_ops else ""))
+    if result.int4_tensors:
+        print(f"  {result.int4_tensors} weight tensors stored as packed INT4 "
+              "(same outputs as the int8 container, checked)")
     if rep.cosine is not None:
         print(f"  vs float on {held}: output cosine {rep.cosine:.5f}, "
               f"top-1 agreement {100 * rep.agreement:.2f}%")
