@@ -136,3 +136,12 @@ def test_bad_options(small_float_tflite, small_calibration):
     with pytest.raises(EqTfliteError, match="4 bits"):
         api.convert_model(small_float_tflite, small_calibration, weight_bits=5, method="bitsplit",
                           pack_int4=True)
+
+
+@pytest.mark.parametrize("op_type,shape", [("CONV_2D", (5, 3, 3, 4)), ("DEPTHWISE_CONV_2D", (1, 3, 3, 8)),
+                                           ("FULLY_CONNECTED", (6, 10)), ("TRANSPOSE_CONV", (5, 3, 2, 4))])
+def test_matrix_layout_round_trip(op_type, shape):
+    from eq_tflite.methods.bitsplit import from_matrix
+    from eq_tflite.simulate import weight_matrix
+    w = np.arange(np.prod(shape)).reshape(shape)
+    np.testing.assert_array_equal(from_matrix(op_type, weight_matrix(op_type, w), shape), w)
