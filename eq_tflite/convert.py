@@ -49,8 +49,9 @@ flags.DEFINE_float("eq_clip_budget", None,
 flags.DEFINE_integer("bs_rounds", None, "Bit-Split: coordinate-descent rounds per layer (default 3).")
 flags.DEFINE_integer("bs_max_rows", None, "Bit-Split: cap on sampled output positions per layer "
                      "(default 4096, seeded; 0: all).")
-flags.DEFINE_enum("bs_activations", None, ["mse", "easyquant", "minmax"],
-                  "Bit-Split: activation ranges by iterative MSE (default), EasyQuant or min/max.")
+flags.DEFINE_enum("bs_activations", None, ["auto", "mse", "easyquant", "minmax"],
+                  "Bit-Split: activation ranges by iterative MSE, EasyQuant's search or min/max; "
+                  "auto (default): MSE for 8-bit activations, EasyQuant below (measured).")
 flags.DEFINE_bool("pack_int4", False,
                   "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
                   "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "

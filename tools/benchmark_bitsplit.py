@@ -41,6 +41,8 @@ flags.DEFINE_string("calibration_data", str(REPO / "examples" / "fmnist_calib.np
 flags.DEFINE_integer("limit", None, "Evaluate on the first N test images only (default: all 10k).")
 flags.DEFINE_integer("timing_runs", 3, "Runs per method for the Bit-Split / EasyQuant time ratio.")
 flags.DEFINE_bool("studies", True, "Also run the Bit-Split choice studies at W4A8.")
+flags.DEFINE_integer("study_activation_bits", 6,
+                     "Also compare Bit-Split's activation choices at W4A<this> (0: skip).")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 'bitsplit' section is rewritten.")
 
 
@@ -70,20 +72,22 @@ class Bench:
         self.reference = predict(self.float_model, self.x)
 
     def row(self, method: str, wbits: int, options: dict | None = None,
-            samples: int | None = None) -> dict:
-        """Converts and scores one cell."""
+            samples: int | None = None, abits: int | None = None) -> dict:
+        """Converts and scores one cell (activation width: ``--activation_bits`` unless given)."""
+        abits = abits or FLAGS.activation_bits
         from eq_tflite import api
         from eq_tflite.evaluation import predict, score
         from eq_tflite.verify import activation_levels
         conv = api.convert_model(self.float_model, self.calib, weight_bits=wbits,
-                                 activation_bits=FLAGS.activation_bits, method=method,
+                                 activation_bits=abits, method=method,
                                  method_options=options or {}, num_calibration_samples=samples,
                                  pack_int4=wbits <= 4)
         container = api.apply_plan(conv.tflite_int8, api.Graph.from_tflite(self.float_model),
                                    conv.plan, self.float_model)[0]
         s = score(predict(conv.model, self.x), self.reference, self.y)
-        levels = activation_levels(conv.model, [self.x], FLAGS.activation_bits)
-        return {"method": method, "weight_bits": wbits, "samples": conv.num_calibration,
+        levels = activation_levels(conv.model, [self.x], abits)
+        return {"method": method, "weight_bits": wbits, "activation_bits": abits,
+                "samples": conv.num_calibration,
                 "accuracy": s.accuracy, "agreement": s.agreement, "cosine": s.cosine,
                 "outside": levels.share, "worst_outside": levels.worst()[1],
                 "seconds": conv.timings["method"], "container_bytes": len(container),
@@ -125,7 +129,7 @@ def _timing(bench: Bench, runs: int, wbits: int = 4) -> dict[str, float]:
 
 def _fmt_row(label: str, r: dict) -> str:
     packed = "-" if r["packed_bytes"] is None else f"{r['packed_bytes'] / 1024:.1f}"
-    return (f"| {label} | W{r['weight_bits']}A{FLAGS.activation_bits} | {r['samples']} | "
+    return (f"| {label} | W{r['weight_bits']}A{r['activation_bits']} | {r['samples']} | "
             f"{100 * r['accuracy']:.2f} | {100 * r['agreement']:.2f} | {r['cosine']:.5f} | "
             f"{100 * r['outside']:.3f} ({100 * r['worst_outside']:.2f}) | {r['seconds']:.2f} | "
             f"{r['container_bytes'] / 1024:.1f} | {packed} |")
@@ -136,8 +140,8 @@ _HEADER = ["| method | W/A | N | top-1 % | agreement % | cosine | outside % (wor
 
 #: (label, options, calibration samples) of the choice studies at W4A8.
 _STUDIES = [
-    ("activations: iterative MSE (default)", {"bs_activations": "mse"}, None),
-    ("activations: EasyQuant's search", {"bs_activations": "easyquant"}, None),
+    ("activations: iterative MSE (default at A8)", {"bs_activations": "mse"}, None),
+    ("activations: EasyQuant's search (default below A8)", {"bs_activations": "easyquant"}, None),
     ("activations: min/max", {"bs_activations": "minmax"}, None),
     ("rows per layer: 1,024", {"bs_max_rows": 1024}, None),
     ("rows per layer: 16,384 (paper ~15k)", {"bs_max_rows": 16384}, None),
@@ -180,11 +184,22 @@ def main(argv: list[str]) -> None:
                        f"TFLite's own int8 model {fl['tflite_int8_bytes'] / 1024:.1f} KiB.")
         lines.append("")
         if FLAGS.studies:
-            lines += [f"Bit-Split choices at W4A8 ({model}; default: iterative-MSE activations, "
+            lines += [f"Bit-Split choices at W4A8 ({model}; defaults: iterative-MSE activations at A8, "
                       f"4,096 rows, 3 rounds, N={api.DEFAULT_SAMPLES['bitsplit']}):", "", *_HEADER]
             for label, options, samples in _STUDIES:
                 r = bench.row("bitsplit", 4, options, samples)
                 results[f"{model}/study/{label}"] = r
+                lines.append(_fmt_row(label, r))
+                print(lines[-1], flush=True)
+            lines.append("")
+        if FLAGS.studies and FLAGS.study_activation_bits:
+            ab = FLAGS.study_activation_bits
+            lines += [f"Activation choices at W4A{ab} ({model}), with EasyQuant alone for reference:",
+                      "", *_HEADER]
+            for label, method, options in [("easyquant", "easyquant", {}),
+                                           *[(lbl, "bitsplit", o) for lbl, o, _ in _STUDIES[:3]]]:
+                r = bench.row(method, 4, options, abits=ab)
+                results[f"{model}/study_a{ab}/{label}"] = r
                 lines.append(_fmt_row(label, r))
                 print(lines[-1], flush=True)
             lines.append("")

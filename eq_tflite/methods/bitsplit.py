@@ -32,14 +32,20 @@ Start: per channel, the best of ``init_steps`` clipped-absmax steps
 same objective with the least-squares alpha; its integers give the planes
 (sign times the binary digits of ``|q|``).
 
-Activations (``bs_activations``): ``mse`` (default), the paper's per-tensor
-scale by iterative MSE: when a weighted op first reads a tensor group, the
-step size alternates ``q = clip(round(x / s) + zp) - zp`` and
-``s = <x, q> / <q, q>`` (Lloyd) from the min/max range, on the values the
-already-quantized model feeds that op; in strict mode the step is then
-widened until at most ``bs_clip_budget`` (0.1%, as EasyQuant) of the values
-lie beyond the levels. ``easyquant`` runs EasyQuant first and keeps its
-ranges; ``minmax`` keeps min/max. Measured choice: README, "Bit-Split".
+Activations (``bs_activations``): ``mse``, the paper's per-tensor scale by
+iterative MSE: when a weighted op first reads a tensor group, the step size
+alternates ``q = clip(round(x / s) + zp) - zp`` and ``s = <x, q> / <q, q>``
+(Lloyd) from the min/max range, on the values the already-quantized model
+feeds that op; in strict mode the step is then widened until at most
+``bs_clip_budget`` (0.1%, as EasyQuant) of the values lie beyond the levels.
+``easyquant`` runs EasyQuant first and keeps its ranges; ``minmax`` keeps
+min/max. ``auto`` (default) is ``mse`` for 8-bit activations and
+``easyquant`` below, as measured (W4, 10k test images, both examples): at A8
+MSE tied or led (MobileNetV2 cosine 0.99680 vs EasyQuant 0.99649, min/max
+0.99646; ResNet 0.99943 / 0.99941 / 0.99942) at half EasyQuant's time; at A6
+EasyQuant's search led clearly (ResNet 0.99536 vs MSE 0.99274, MobileNetV2
+0.99337 vs 0.99091), since a per-tensor MSE optimum clips tails the output
+needs. Tables: BENCHMARKS.md, section "Bit-Split".
 
 Composition: :func:`split_weights` is the weight step alone. Given a context
 and any activation ranges (from DFQ, EasyQuant, a method chain), it returns
@@ -62,7 +68,7 @@ from eq_tflite.methods.easyquant import sample_positions
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.progress import progress_bar
 
-ACTIVATION_CHOICES = ("mse", "easyquant", "minmax")
+ACTIVATION_CHOICES = ("auto", "mse", "easyquant", "minmax")
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,16 @@ class Options:
     rounds: int = 3
     max_rows: int = 4096
     init_steps: int = 20
-    activations: str = "mse"
+    activations: str = "auto"
     mse_iters: int = 20
     clip_budget: float = 0.001
     seed: int = 0
+
+    def activation_method(self, bits: grid.BitWidths) -> str:
+        """The activation choice in effect: ``auto`` is ``mse`` at 8 bits, ``easyquant`` below."""
+        if self.activations != "auto":
+            return self.activations
+        return "mse" if bits.activations >= 8 else "easyquant"
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> "Options":
@@ -442,12 +454,13 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
 def bitsplit(ctx: MethodContext) -> Plan:
     """Bit-Split and Stitching weights; activations by iterative MSE (or EasyQuant/min-max)."""
     opts = Options.parse(ctx.options)
-    if opts.activations == "easyquant":
+    choice = opts.activation_method(ctx.bits)
+    if choice == "easyquant":
         base = methods.get("easyquant")(ctx).activation_ranges
     else:
         base = methods.get("minmax")(ctx).activation_ranges
     chooser = None
-    if opts.activations == "mse":
+    if choice == "mse":
         def chooser(values: np.ndarray, rng: tuple[float, float]) -> tuple[float, float]:
             return mse_range(values, rng, ctx.bits, opts.mse_iters, opts.clip_budget)
     step = split_weights(ctx, base, opts, chooser)

@@ -145,3 +145,11 @@ def test_matrix_layout_round_trip(op_type, shape):
     from eq_tflite.simulate import weight_matrix
     w = np.arange(np.prod(shape)).reshape(shape)
     np.testing.assert_array_equal(from_matrix(op_type, weight_matrix(op_type, w), shape), w)
+
+
+def test_auto_activation_choice():
+    opts = Options.parse({})
+    assert opts.activations == "auto"
+    assert opts.activation_method(BitWidths(4, 8)) == "mse"
+    assert opts.activation_method(BitWidths(4, 6)) == "easyquant"
+    assert Options.parse({"bs_activations": "minmax"}).activation_method(BitWidths(4, 6)) == "minmax"
