@@ -54,6 +54,7 @@ is that step plus an activation choice.
 """
 from __future__ import annotations
 
+import resource
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -446,7 +447,8 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
             "rel_err_absmax": res.absmax_objective / norm, "rel_err_init": res.history[0] / norm,
             "rel_err_bitsplit": res.history[-1] / norm, "rounds": res.steps,
             "seconds": round(time.perf_counter() - t0, 3),
-            "elapsed_s": round(time.perf_counter() - start, 3)})
+            "elapsed_s": round(time.perf_counter() - start, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
     return out
 
 

@@ -7,7 +7,8 @@ those numbers. Tensors the plan leaves out keep TFLite's own calibrated range,
 moved onto the b-bit levels.
 
 Every rewritten constant gets a fresh buffer, so buffers that the converter
-deduplicated are never patched for two tensors at once. Signatures and
+deduplicated are never patched for two tensors at once; the buffers they
+replace are dropped, so the file holds each weight once. Signatures and
 metadata are kept; an ``eq_tflite`` metadata entry records bits, method and
 the activation-range mode.
 """

@@ -98,3 +98,15 @@ def test_delegate_declines_int4_filters(w4_model, small_calibration):
     d8 = load_delegate()
     runtime.run_model(runtime.make_interpreter(w4_model, delegates=[d8]), [x])
     assert delegate_stats(d8)["claimed"] >= 1
+
+
+def test_rewritten_model_keeps_no_orphan_buffers(w4_model, small_float_tflite, small_calibration):
+    from eq_tflite.rewrite.rewriter import read_metadata
+    model = fb.parse_model(w4_model)
+    used = {0} | {t.buffer for t in model.subgraphs[0].tensors} | {m.buffer for m in model.metadata}
+    assert used == set(range(len(model.buffers)))
+    assert fb.drop_unused_buffers(model) == 0
+    assert read_metadata(w4_model)["weight_bits"] == 4  # metadata buffers remapped correctly
+    conv = api.convert_model(small_float_tflite, small_calibration, weight_bits=4, activation_bits=8,
+                             method="minmax")
+    assert len(conv.model) < len(conv.tflite_int8) + 2048  # TFLite's replaced weights are gone
