@@ -52,6 +52,9 @@ flags.DEFINE_integer("bs_max_rows", None, "Bit-Split: cap on sampled output posi
 flags.DEFINE_enum("bs_activations", None, ["auto", "mse", "easyquant", "minmax"],
                   "Bit-Split: activation ranges by iterative MSE, EasyQuant's search or min/max; "
                   "auto (default): MSE for 8-bit activations, EasyQuant below (measured).")
+flags.DEFINE_bool("bs_bias_correction", None,
+                  "Bit-Split: fit a per-channel bias shift with the weights (default true; "
+                  "--nobs_bias_correction gives the paper's form).")
 flags.DEFINE_bool("pack_int4", False,
                   "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
                   "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
@@ -61,7 +64,7 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
 _EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
-             "eq_clip_budget", "bs_rounds", "bs_max_rows", "bs_activations")
+             "eq_clip_budget", "bs_rounds", "bs_max_rows", "bs_activations", "bs_bias_correction")
 
 
 def _method_options() -> dict:

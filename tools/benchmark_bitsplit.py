@@ -145,6 +145,7 @@ _STUDIES = [
     ("activations: min/max", {"bs_activations": "minmax"}, None),
     ("rows per layer: 1,024", {"bs_max_rows": 1024}, None),
     ("rows per layer: 16,384 (paper ~15k)", {"bs_max_rows": 16384}, None),
+    ("bias correction off (the paper's form)", {"bs_bias_correction": False}, None),
     ("coordinate-descent rounds: 0 (best clipped rounding only)", {"bs_rounds": 0}, None),
     ("coordinate-descent rounds: 8", {"bs_rounds": 8}, None),
     ("calibration samples: 50", {}, 50),
@@ -185,7 +186,7 @@ def main(argv: list[str]) -> None:
         lines.append("")
         if FLAGS.studies:
             lines += [f"Bit-Split choices at W4A8 ({model}; defaults: iterative-MSE activations at A8, "
-                      f"4,096 rows, 3 rounds, N={api.DEFAULT_SAMPLES['bitsplit']}):", "", *_HEADER]
+                      f"4,096 rows, 3 rounds, bias correction, N={api.DEFAULT_SAMPLES['bitsplit']}):", "", *_HEADER]
             for label, options, samples in _STUDIES:
                 r = bench.row("bitsplit", 4, options, samples)
                 results[f"{model}/study/{label}"] = r

@@ -30,24 +30,33 @@ def _layer(seed: int, rows: int = 600, k: int = 27, c: int = 8, depthwise: bool 
     return x_quant, y, w
 
 
-def _direct(x: np.ndarray, y: np.ndarray, q: np.ndarray, alpha: np.ndarray) -> float:
+def _direct(x: np.ndarray, y: np.ndarray, q: np.ndarray, alpha: np.ndarray,
+            shift: np.ndarray | float = 0.0) -> float:
     wq = q * alpha
     out = np.einsum("rkc,kc->rc", x, wq) if x.ndim == 3 else x @ wq
-    return float(((y - out) ** 2).sum())
+    return float(((y - out - shift) ** 2).sum())
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("depthwise", [False, True])
-def test_objective_never_increases_and_matches_direct(bits, depthwise):
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_objective_never_increases_and_matches_direct(bits, depthwise, with_bias):
     x, y, w = _layer(bits, depthwise=depthwise)
-    problem = ResponseProblem(x, y)
+    y = y + 0.3 * np.abs(y).mean()  # an offset the bias shift can take
+    problem = ResponseProblem(x, y, with_bias=with_bias)
     res = bit_split(problem, w, bits, rounds=6)
     hist = np.array(res.history)
     assert len(hist) >= 1 + bits  # start, one scale step, b-1 plane steps
     scale = hist[0]
     assert np.all(np.diff(hist) <= 1e-10 * scale), np.diff(hist)
-    # the tracked objective is the real ||Y - X B diag(alpha)||^2 of the final numbers
-    assert _direct(x, y, res.q, res.alpha) == pytest.approx(hist[-1], rel=1e-8)
+    # the tracked objective is the real ||Y - X B diag(alpha) - d||^2 of the final numbers
+    shift = problem.bias_shift(res.q, res.alpha)
+    assert _direct(x, y, res.q, res.alpha, shift) == pytest.approx(hist[-1], rel=1e-8)
+    if with_bias:  # the shift is optimal: moving it costs
+        assert _direct(x, y, res.q, res.alpha, shift * 1.01 + 1e-3) > hist[-1]
+        assert hist[-1] < _direct(x, y, res.q, res.alpha)
+    else:
+        assert np.all(shift == 0)
     assert hist[-1] <= res.absmax_objective
     if bits <= 4:  # descent moves: strictly better than the best plain rounding
         assert hist[-1] < hist[0]
@@ -116,6 +125,15 @@ def test_plan_int_weights_in_range_for_every_op_type(small_float_tflite, small_c
         np.testing.assert_array_equal(numbers.layers[name].values, q)
     for row in plan.layers:
         assert row["rel_err_bitsplit"] <= row["rel_err_init"] <= row["rel_err_absmax"] + 1e-12
+    # bias correction: every op with a bias ships a corrected float bias
+    with_bias = [graph.tensors[op.bias_input].name for op in graph.weighted_ops()
+                 if op.bias_input >= 0 and graph.tensors[op.bias_input].data is not None]
+    assert with_bias and set(plan.float_weights) == set(with_bias)
+    for name in with_bias:  # the shipped int32 bias is the corrected one, within half a step
+        layer = next(l for l in numbers.layers.values() if l.bias == name)
+        err = np.abs(layer.real_bias() - plan.float_weights[name])
+        assert np.all(err <= 0.5001 * layer.bias_scales + 1e-7)
+        assert not np.allclose(plan.float_weights[name], graph.tensors[graph.by_name[name]].data)
 
 
 def test_weight_step_composes_with_given_ranges(small_float_tflite, small_calibration):
@@ -128,11 +146,27 @@ def test_weight_step_composes_with_given_ranges(small_float_tflite, small_calibr
                                      for op in ctx.graph.weighted_ops()}
 
 
+def test_weight_step_starts_from_edited_float_weights(small_float_tflite, small_calibration):
+    ctx = _ctx(small_float_tflite, small_calibration, 4)
+    graph = ctx.graph
+    given = methods.get("minmax")(ctx).activation_ranges
+    op = graph.weighted_ops()[1]
+    w = graph.tensors[op.weight_input]
+    edited = w.data.copy()
+    edited[: edited.shape[0] // 2] = 0.0  # another method removed half the output channels
+    step = split_weights(ctx, given, Options.parse(ctx.options), float_weights={w.name: edited})
+    q = step.int_weights[w.name]
+    assert np.all(q[: q.shape[0] // 2] == 0) and np.any(q[q.shape[0] // 2:] != 0)
+
+
 def test_bad_options(small_float_tflite, small_calibration):
     with pytest.raises(EqTfliteError, match="bs_activations"):
         Options.parse({"bs_activations": "kl"})
     with pytest.raises(EqTfliteError, match="bs_rounds"):
         Options.parse({"bs_rounds": "x"})
+    with pytest.raises(EqTfliteError, match="bs_bias_correction must be bool"):
+        Options.parse({"bs_bias_correction": "maybe"})
+    assert Options.parse({"bs_bias_correction": "false"}).bias_correction is False
     with pytest.raises(EqTfliteError, match="4 bits"):
         api.convert_model(small_float_tflite, small_calibration, weight_bits=5, method="bitsplit",
                           pack_int4=True)

@@ -1,10 +1,10 @@
 """Bit-Split W4A8 on the bundled Fashion-MNIST ResNet and 1,000 real test images.
 
 Measured with this code (defaults: 256 calibration samples, iterative-MSE
-activations, INT4-packed weights): float 91.9%, Bit-Split W4A8 91.7%
-(agreement with float 98.7%, output cosine 0.99943); min/max W4A8 88.4%
-(91.7%, 0.97548). The floors sit below the measurement by 0.7 pp (accuracy)
-and 0.7 pp (agreement).
+activations, bias correction, INT4-packed weights): float 91.9%, Bit-Split
+W4A8 92.0% (agreement with float 99.0%, output cosine 0.99957); min/max W4A8
+88.4% (91.7%, 0.97548). The floors sit 0.8 pp (accuracy) and 0.5 pp
+(agreement) below the measurement.
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ def test_resnet_w4a8_bitsplit(resnet_float, fmnist_calib, fmnist_subset):
     ours = score(predict(bs.model, x), ref, y)
     minmax = score(predict(api.convert_model(resnet_float, fmnist_calib, weight_bits=4,
                                              activation_bits=8, method="minmax").model, x), ref, y)
-    assert ours.accuracy >= 0.910
-    assert ours.agreement >= 0.980
-    assert ours.cosine >= 0.999
+    assert ours.accuracy >= 0.912
+    assert ours.agreement >= 0.985
+    assert ours.cosine >= 0.9993
     assert ours.accuracy > minmax.accuracy and ours.cosine > minmax.cosine
     assert all(r["rel_err_bitsplit"] < r["rel_err_absmax"] for r in bs.plan.layers)
