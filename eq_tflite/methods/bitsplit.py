@@ -8,8 +8,8 @@ response error
 
     sum_c || y_c - X_c (alpha_c q_c) ||^2
 
-on sampled im2col rows: ``y`` is the float layer output before bias (the
-bias ships unchanged and cancels), ``X`` the layer's input rows taken from
+on sampled im2col rows: ``y`` is the float layer output before bias (an
+unchanged bias cancels; see bias correction below), ``X`` the input rows from
 the already-quantized model (earlier layers carry their Bit-Split weights and
 every input is on its b-bit activation levels), so each layer also
 compensates the error of everything before it. One descent round is
@@ -33,7 +33,8 @@ paper): where the op has a bias, a per-channel shift ``d_c`` joins the fit,
 same descent on centered rows and targets, so every guarantee above holds,
 and the corrected float bias ships through ``Plan.float_weights``. Measured
 (W4A8/W3A8, 10k test images, both examples): agreement +0.06 to +0.50 pp and
-output cosine up in all four cases (BENCHMARKS.md); off gives the paper's form.
+output cosine up in all four cases (W4A8: 0.99955 / 0.99683 vs 0.99943 /
+0.99680; BENCHMARKS.md); off gives the paper's form.
 
 Start: per channel, the best of ``init_steps`` clipped-absmax steps
 (``absmax * m / qmax``, m in [0.5, 1]) with plain rounding, scored on the
@@ -48,12 +49,12 @@ feeds that op; in strict mode the step is then widened until at most
 ``bs_clip_budget`` (0.1%, as EasyQuant) of the values lie beyond the levels.
 ``easyquant`` runs EasyQuant first and keeps its ranges; ``minmax`` keeps
 min/max. ``auto`` (default) is ``mse`` for 8-bit activations and
-``easyquant`` below, as measured (W4, 10k test images, both examples): at A8
-MSE tied or led (MobileNetV2 cosine 0.99680 vs EasyQuant 0.99649, min/max
-0.99646; ResNet 0.99943 / 0.99941 / 0.99942) at half EasyQuant's time; at A6
-EasyQuant's search led clearly (ResNet 0.99536 vs MSE 0.99274, MobileNetV2
-0.99337 vs 0.99091), since a per-tensor MSE optimum clips tails the output
-needs. Tables: BENCHMARKS.md, section "Bit-Split".
+``easyquant`` below, as measured (W4, 10k test images, both examples,
+output cosine ResNet / MobileNetV2): at A8 the three are within 0.00012
+(MSE 0.99955 / 0.99683, EasyQuant 0.99956 / 0.99695, min/max 0.99945 /
+0.99678) and MSE is the cheaper search; at A6 EasyQuant's search led on
+MobileNetV2 (0.99441 vs MSE 0.99278, min/max 0.99045) and tied on ResNet
+(0.99858 vs 0.99871). Tables: BENCHMARKS.md, section "Bit-Split".
 
 Composition: :func:`split_weights` is the weight step alone. Given a context,
 any activation ranges (from DFQ, EasyQuant, a method chain) and optionally
