@@ -23,7 +23,7 @@ from eq_tflite.io.calibration import load_data_for
 from eq_tflite.metrics import mean_cosine
 from eq_tflite.quant_spec import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 from eq_tflite.resolve import Resolved
-from eq_tflite.rewrite.rewriter import RewriteLog, read_metadata
+from eq_tflite.rewrite.rewriter import RewriteLog, read_metadata, unpack_int4_weights
 
 #: Samples used for the run check when the caller gives none.
 SMOKE_SAMPLES = 4
@@ -46,6 +46,7 @@ class VerifyReport:
     agreement: float | None = None
     samples: int = 0
     levels: "LevelsReport | None" = None
+    int4_tensors: int = 0  # packed INT4 weights, checked against their int8-container twin
 
     @property
     def ok(self) -> bool:
@@ -61,6 +62,9 @@ class VerifyReport:
                          f"top-1 agreement {100 * self.agreement:.2f}%")
         if self.levels is not None:
             lines.append(f"  {self.levels.summary()}")
+        if self.int4_tensors:
+            lines.append(f"  {self.int4_tensors} INT4 weight tensors: outputs "
+                         + ("identical to the int8 container" if self.ok else "checked"))
         lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  error: {e}" for e in self.errors[:20]]
         if len(self.errors) > 20:
@@ -93,6 +97,9 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         return report
     if not all(np.all(np.isfinite(o)) for o in outs):
         report.errors.append("the model produced NaN/Inf outputs")
+    twin, report.int4_tensors = unpack_int4_weights(model_bytes)
+    if report.int4_tensors:  # packed INT4 weights must run exactly as their int8 container
+        report.errors += same_outputs(model_bytes, twin, data)
     if float_model is not None:
         ref = runtime.run_model(runtime.make_interpreter(float_model), data)
         report.cosine, report.agreement = compare_outputs(ref, outs)

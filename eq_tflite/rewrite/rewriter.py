@@ -103,6 +103,23 @@ def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
     return fb.serialize_model(model), packed
 
 
+def unpack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
+    """The model with every INT4 constant stored as int8 (its int8-container twin), and how many."""
+    model = fb.parse_model(model_bytes)
+    unpacked = 0
+    for t in model.subgraphs[0].tensors:
+        if t.type == fb.schema.TensorType.INT4:
+            values = fb.buffer_array(model, t)
+            if values is None:
+                continue
+            fb.set_buffer(model, t, values.astype(np.int8))
+            t.type = fb.schema.TensorType.INT8
+            unpacked += 1
+    if unpacked:
+        fb.drop_unused_buffers(model)
+    return fb.serialize_model(model), unpacked
+
+
 # --- tensor mapping ---------------------------------------------------------
 
 def map_to_float(model: Any, graph: Graph) -> dict[int, str]:

@@ -7,7 +7,7 @@ import pytest
 from eq_tflite import api, runtime
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.quant_spec import WEIGHTED
-from eq_tflite.rewrite.rewriter import INT4_WEIGHT_OPS, pack_int4_weights
+from eq_tflite.rewrite.rewriter import INT4_WEIGHT_OPS, pack_int4_weights, unpack_int4_weights
 from eq_tflite.verify import same_outputs, verify
 
 
@@ -63,6 +63,15 @@ def test_verify_reads_int4_weights(w4_model):
     packed, _ = pack_int4_weights(w4_model)
     report = verify(packed)
     assert report.ok, report.summary()
+    assert report.int4_tensors == 5  # compared against the int8-container twin
+    assert "5 INT4 weight tensors: outputs identical to the int8 container" in report.summary()
+    assert verify(w4_model).int4_tensors == 0
+    twin, n = unpack_int4_weights(packed)
+    assert n == 5 and all(t == {"INT8"} for t in _weight_types(twin).values())
+    a, b = fb.parse_model(twin), fb.parse_model(w4_model)
+    for ta, tb in zip(a.subgraphs[0].tensors, b.subgraphs[0].tensors):
+        va, vb = fb.buffer_array(a, ta), fb.buffer_array(b, tb)
+        assert (va is None) == (vb is None) and (va is None or np.array_equal(va, vb))
     # a 5-bit value in an INT4 tensor is flagged against the model's 4-bit width
     model = fb.parse_model(packed)
     sg = model.subgraphs[0]
