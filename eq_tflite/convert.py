@@ -52,9 +52,9 @@ flags.DEFINE_float("eq_clip_budget", None,
 flags.DEFINE_integer("bs_rounds", None, "Bit-Split: coordinate-descent rounds per layer (default 3).")
 flags.DEFINE_integer("bs_max_rows", None, "Bit-Split: cap on sampled output positions per layer "
                      "(default 4096, seeded; 0: all).")
-flags.DEFINE_enum("bs_activations", None, ["auto", "mse", "easyquant", "minmax"],
-                  "Bit-Split: activation ranges by iterative MSE, EasyQuant's search or min/max; "
-                  "auto (default): MSE for 8-bit activations, EasyQuant below (measured).")
+flags.DEFINE_enum("bs_activations", None, ["mse", "easyquant", "minmax"],
+                  "Bit-Split: activation ranges by iterative MSE (default, the paper's), "
+                  "EasyQuant's search or min/max.")
 flags.DEFINE_bool("bs_bias_correction", None,
                   "Bit-Split: fit a per-channel bias shift with the weights (default true; "
                   "--nobs_bias_correction gives the paper's form).")

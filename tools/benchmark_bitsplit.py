@@ -140,8 +140,8 @@ _HEADER = ["| method | W/A | N | top-1 % | agreement % | cosine | outside % (wor
 
 #: (label, options, calibration samples) of the choice studies at W4A8.
 _STUDIES = [
-    ("activations: iterative MSE (default at A8)", {"bs_activations": "mse"}, None),
-    ("activations: EasyQuant's search (default below A8)", {"bs_activations": "easyquant"}, None),
+    ("activations: iterative MSE (default)", {"bs_activations": "mse"}, None),
+    ("activations: EasyQuant's search", {"bs_activations": "easyquant"}, None),
     ("activations: min/max", {"bs_activations": "minmax"}, None),
     ("rows per layer: 1,024", {"bs_max_rows": 1024}, None),
     ("rows per layer: 16,384 (paper ~15k)", {"bs_max_rows": 16384}, None),
@@ -172,7 +172,7 @@ def main(argv: list[str]) -> None:
         bench = Bench(model)
         fl = bench.float_row()
         results[f"{model}/float"] = fl
-        lines += [f"### {model}", "", "", *_HEADER]
+        lines += [f"### {model}", "", "", "", *_HEADER]
         head = len(lines) - 4
         for wb in FLAGS.weight_bits:
             for method in FLAGS.methods:
@@ -185,7 +185,7 @@ def main(argv: list[str]) -> None:
                        f"TFLite's own int8 model {fl['tflite_int8_bytes'] / 1024:.1f} KiB.")
         lines.append("")
         if FLAGS.studies:
-            lines += [f"Bit-Split choices at W4A8 ({model}; defaults: iterative-MSE activations at A8, "
+            lines += [f"Bit-Split choices at W4A8 ({model}; defaults: iterative-MSE activations, "
                       f"4,096 rows, 3 rounds, bias correction, N={api.DEFAULT_SAMPLES['bitsplit']}):", "", *_HEADER]
             for label, options, samples in _STUDIES:
                 r = bench.row("bitsplit", 4, options, samples)

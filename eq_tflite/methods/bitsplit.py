@@ -41,20 +41,19 @@ Start: per channel, the best of ``init_steps`` clipped-absmax steps
 same objective with the least-squares alpha; its integers give the planes
 (sign times the binary digits of ``|q|``).
 
-Activations (``bs_activations``): ``mse``, the paper's per-tensor scale by
-iterative MSE: when a weighted op first reads a tensor group, the step size
-alternates ``q = clip(round(x / s) + zp) - zp`` and ``s = <x, q> / <q, q>``
-(Lloyd) from the min/max range, on the values the already-quantized model
-feeds that op; in strict mode the step is then widened until at most
-``bs_clip_budget`` (0.1%, as EasyQuant) of the values lie beyond the levels.
-``easyquant`` runs EasyQuant first and keeps its ranges; ``minmax`` keeps
-min/max. ``auto`` (default) is ``mse`` for 8-bit activations and
-``easyquant`` below, as measured (W4, 10k test images, both examples,
-output cosine ResNet / MobileNetV2): at A8 the three are within 0.00012
-(MSE 0.99955 / 0.99683, EasyQuant 0.99956 / 0.99695, min/max 0.99945 /
-0.99678) and MSE is the cheaper search; at A6 EasyQuant's search led on
-MobileNetV2 (0.99441 vs MSE 0.99278, min/max 0.99045) and tied on ResNet
-(0.99858 vs 0.99871). Tables: BENCHMARKS.md, section "Bit-Split".
+Activations (``bs_activations``): ``mse`` (default), the paper's per-tensor
+scale by iterative MSE: when a weighted op first reads a tensor group, the
+step size alternates ``q = clip(round(x / s) + zp) - zp`` and
+``s = <x, q> / <q, q>`` (Lloyd) from the min/max range, on the values the
+already-quantized model feeds that op; in strict mode the step is then
+widened until at most ``bs_clip_budget`` (0.1%, as EasyQuant) of the values
+lie beyond the levels. ``easyquant`` runs EasyQuant first and keeps its
+ranges; ``minmax`` keeps min/max. Measured (W4, 10k test images, output
+cosine ResNet / MobileNetV2): at A8 MSE 0.99955 / 0.99683, EasyQuant's search
+0.99948 / 0.99678, min/max 0.99945 / 0.99678; at A6 MSE 0.99871 / 0.99278,
+EasyQuant's search 0.99686 / 0.99348, min/max 0.99869 / 0.99045. No
+alternative wins on both models, so the default is the paper's, cheapest
+search. Tables: BENCHMARKS.md, section "Bit-Split".
 
 Composition: :func:`split_weights` is the weight step alone. Given a context,
 any activation ranges (from DFQ, EasyQuant, a method chain) and optionally
@@ -79,7 +78,7 @@ from eq_tflite.methods.easyquant import sample_positions
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.progress import progress_bar
 
-ACTIVATION_CHOICES = ("auto", "mse", "easyquant", "minmax")
+ACTIVATION_CHOICES = ("mse", "easyquant", "minmax")
 
 
 @dataclass(frozen=True)
@@ -89,17 +88,11 @@ class Options:
     rounds: int = 3
     max_rows: int = 4096
     init_steps: int = 20
-    activations: str = "auto"
+    activations: str = "mse"
     mse_iters: int = 20
     clip_budget: float = 0.001
     bias_correction: bool = True
     seed: int = 0
-
-    def activation_method(self, bits: grid.BitWidths) -> str:
-        """The activation choice in effect: ``auto`` is ``mse`` at 8 bits, ``easyquant`` below."""
-        if self.activations != "auto":
-            return self.activations
-        return "mse" if bits.activations >= 8 else "easyquant"
 
     @classmethod
     def parse(cls, options: Mapping[str, Any]) -> "Options":
@@ -502,7 +495,7 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
 def bitsplit(ctx: MethodContext) -> Plan:
     """Bit-Split and Stitching weights; activations by iterative MSE (or EasyQuant/min-max)."""
     opts = Options.parse(ctx.options)
-    choice = opts.activation_method(ctx.bits)
+    choice = opts.activations
     if choice == "easyquant":
         base = methods.get("easyquant")(ctx).activation_ranges
     else:

@@ -181,9 +181,5 @@ def test_matrix_layout_round_trip(op_type, shape):
     np.testing.assert_array_equal(from_matrix(op_type, weight_matrix(op_type, w), shape), w)
 
 
-def test_auto_activation_choice():
-    opts = Options.parse({})
-    assert opts.activations == "auto"
-    assert opts.activation_method(BitWidths(4, 8)) == "mse"
-    assert opts.activation_method(BitWidths(4, 6)) == "easyquant"
-    assert Options.parse({"bs_activations": "minmax"}).activation_method(BitWidths(4, 6)) == "minmax"
+def test_default_activation_choice():
+    assert Options.parse({}).activations == "mse"
