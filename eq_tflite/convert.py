@@ -54,12 +54,26 @@ flags.DEFINE_enum("eq_search", None, ["coarse_to_fine", "exhaustive"],
 flags.DEFINE_float("eq_clip_budget", None,
                    "EasyQuant, strict mode: largest share of a tensor's calibration values a chosen "
                    "range may clip (default 0.001).")
+flags.DEFINE_integer("bs_rounds", None, "Bit-Split: coordinate-descent rounds per layer (default 3).")
+flags.DEFINE_integer("bs_max_rows", None, "Bit-Split: cap on sampled output positions per layer "
+                     "(default 4096, seeded; 0: all).")
+flags.DEFINE_enum("bs_activations", None, ["mse", "easyquant", "minmax"],
+                  "Bit-Split: activation ranges by iterative MSE (default, the paper's), "
+                  "EasyQuant's search or min/max.")
+flags.DEFINE_bool("bs_bias_correction", None,
+                  "Bit-Split: fit a per-channel bias shift with the weights (default true; "
+                  "--nobs_bias_correction gives the paper's form).")
+flags.DEFINE_bool("pack_int4", False,
+                  "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
+                  "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
+                  "the int8 container any TFLite runtime reads.")
 flags.DEFINE_integer("seed", 0, "Seed for sampling and the no-data fallback.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
 _EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
-             "eq_clip_budget", "eq_search", "eq_objective")
+             "eq_clip_budget", "eq_search", "eq_objective", "bs_rounds", "bs_max_rows",
+             "bs_activations", "bs_bias_correction")
 
 
 def _method_options() -> dict:
@@ -137,7 +151,7 @@ def _convert(src: str) -> int:
         method=FLAGS.method,
         method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
         allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
-        mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed)
+        mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed, pack_int4=FLAGS.pack_int4)
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     if FLAGS.report_dir:
         from eq_tflite.report import write_conversion_report
@@ -171,6 +185,9 @@ def _print_summary(result, output: Path, seconds: float) -> None:
     print(f"  method {result.plan.method}, {rep.bits.label}, "
           f"{result.num_calibration} calibration samples, {rep.quantized_ops} int8 ops"
           + (f", float ops kept: {', '.join(sorted(set(rep.float_ops)))}" if rep.float_ops else ""))
+    if result.int4_tensors:
+        print(f"  {result.int4_tensors} weight tensors stored as packed INT4 "
+              "(same outputs as the int8 container, checked)")
     if rep.cosine is not None:
         print(f"  vs float on {held}: output cosine {rep.cosine:.5f}, "
               f"top-1 agreement {100 * rep.agreement:.2f}%")

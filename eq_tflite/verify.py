@@ -23,7 +23,7 @@ from eq_tflite.io.calibration import load_data_for
 from eq_tflite.metrics import mean_cosine
 from eq_tflite.quant_spec import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 from eq_tflite.resolve import Resolved
-from eq_tflite.rewrite.rewriter import RewriteLog, read_metadata
+from eq_tflite.rewrite.rewriter import RewriteLog, read_metadata, unpack_int4_weights
 
 #: Samples used for the run check when the caller gives none.
 SMOKE_SAMPLES = 4
@@ -46,6 +46,7 @@ class VerifyReport:
     agreement: float | None = None
     samples: int = 0
     levels: "LevelsReport | None" = None
+    int4_tensors: int = 0  # packed INT4 weights, checked against their int8-container twin
 
     @property
     def ok(self) -> bool:
@@ -61,6 +62,9 @@ class VerifyReport:
                          f"top-1 agreement {100 * self.agreement:.2f}%")
         if self.levels is not None:
             lines.append(f"  {self.levels.summary()}")
+        if self.int4_tensors:
+            lines.append(f"  {self.int4_tensors} INT4 weight tensors: outputs "
+                         + ("identical to the int8 container" if self.ok else "checked"))
         lines += [f"  warning: {w}" for w in self.warnings]
         lines += [f"  error: {e}" for e in self.errors[:20]]
         if len(self.errors) > 20:
@@ -93,6 +97,9 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         return report
     if not all(np.all(np.isfinite(o)) for o in outs):
         report.errors.append("the model produced NaN/Inf outputs")
+    twin, report.int4_tensors = unpack_int4_weights(model_bytes)
+    if report.int4_tensors:  # packed INT4 weights must run exactly as their int8 container
+        report.errors += same_outputs(model_bytes, twin, data)
     if float_model is not None:
         ref = runtime.run_model(runtime.make_interpreter(float_model), data)
         report.cosine, report.agreement = compare_outputs(ref, outs)
@@ -213,6 +220,19 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     return report
 
 
+def same_outputs(model_bytes: bytes, reference: bytes, samples: Mapping[str, np.ndarray],
+                 what: str = "the packed INT4 model") -> list[str]:
+    """Errors unless both models give identical outputs on ``samples`` (builtin kernels)."""
+    try:
+        got = runtime.run_model(runtime.make_interpreter(model_bytes), dict(samples))
+    except (RuntimeError, ValueError) as err:
+        return [f"LiteRT cannot run {what}: {str(err).splitlines()[0]}"]
+    want = runtime.run_model(runtime.make_interpreter(reference), dict(samples))
+    if len(got) != len(want) or not all(np.array_equal(a, b) for a, b in zip(got, want)):
+        return [f"{what} gives other outputs than its int8-container form"]
+    return []
+
+
 def compare_outputs(ref: list[np.ndarray], out: list[np.ndarray]) -> tuple[float, float]:
     """(mean per-sample cosine of the first output, top-1 agreement of the first output)."""
     a = ref[0].reshape(ref[0].shape[0], -1).astype(np.float64)
@@ -271,7 +291,7 @@ def _check_weighted(model: Any, sg: Any, op: Any, kind: str, qmax: int, report: 
     data_pos, w_pos, b_pos, axis = WEIGHTED[kind]
     w_t = sg.tensors[op.inputs[w_pos]]
     w = fb.buffer_array(model, w_t)
-    if w is None or fb.type_name(w_t.type) != "INT8":
+    if w is None or fb.type_name(w_t.type) not in ("INT8", "INT4"):
         return
     name = fb.tensor_name(w_t)
     q = w_t.quantization

@@ -370,16 +370,75 @@ def type_name(tensor_type: int) -> str:
 
 
 def buffer_array(model: Any, tensor: Any) -> np.ndarray | None:
-    """The constant data of ``tensor`` as a shaped numpy array, or None."""
+    """The constant data of ``tensor`` as a shaped numpy array, or None (INT4: unpacked int8)."""
     buf = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None
     if buf is None or buf.data is None or len(buf.data) == 0:
         return None
+    shape = tuple(int(s) for s in tensor.shape) if tensor.shape is not None else ()
+    if tensor.type == schema.TensorType.INT4:
+        return unpack_int4(np.asarray(buf.data, dtype=np.uint8), shape)
     dtype = numpy_dtype(tensor.type)
     if dtype is None:
         return None
     arr = np.frombuffer(np.asarray(buf.data, dtype=np.uint8).tobytes(), dtype=dtype)
-    shape = tuple(int(s) for s in tensor.shape) if tensor.shape is not None else ()
     return arr.reshape(shape).copy()
+
+
+# INT4 constants (TensorType.INT4): the flattened row-major values, two per
+# byte, element 2i in the low nibble and 2i+1 in the high nibble (two's
+# complement), an odd count padded with a zero nibble. LiteRT's builtin
+# CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED unpack this layout.
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """Packed INT4 bytes (uint8) of integers in [-8, 7]; ValueError outside."""
+    q = np.asarray(values).astype(np.int64).ravel()
+    if q.size and (q.min() < -8 or q.max() > 7):
+        raise ValueError("INT4 values must lie in [-8, 7]")
+    if q.size % 2:
+        q = np.append(q, 0)
+    nib = (q & 0x0F).astype(np.uint8)
+    return (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8)
+
+
+def unpack_int4(data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """int8 values of packed INT4 ``data`` (see ``pack_int4``), shaped ``shape``."""
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    b = np.asarray(data, np.uint8)
+    nib = np.stack([b & 0x0F, b >> 4], axis=1).reshape(-1)[:n].astype(np.int8)
+    return np.where(nib > 7, nib - 16, nib).astype(np.int8).reshape(shape)
+
+
+def set_int4_buffer(model: Any, tensor: Any, values: np.ndarray) -> None:
+    """Makes ``tensor`` an INT4 constant holding ``values`` (packed, in a new buffer)."""
+    buf = schema.BufferT()
+    buf.data = pack_int4(values)
+    model.buffers.append(buf)
+    tensor.buffer = len(model.buffers) - 1
+    tensor.type = schema.TensorType.INT4
+
+
+def drop_unused_buffers(model: Any) -> int:
+    """Removes buffers no tensor or metadata refers to (buffer 0 stays); returns how many."""
+    used = {0}
+    for sg in model.subgraphs:
+        used.update(int(t.buffer) for t in sg.tensors)
+    used.update(int(m.buffer) for m in model.metadata or [])
+    used.update(int(b) for b in (model.metadataBuffer if model.metadataBuffer is not None else []))
+    keep = [i for i in range(len(model.buffers)) if i in used]
+    if len(keep) == len(model.buffers):
+        return 0
+    new_index = {old: new for new, old in enumerate(keep)}
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            t.buffer = new_index[int(t.buffer)]
+    for m in model.metadata or []:
+        m.buffer = new_index[int(m.buffer)]
+    if model.metadataBuffer is not None:
+        model.metadataBuffer = [new_index[int(b)] for b in model.metadataBuffer]
+    dropped = len(model.buffers) - len(keep)
+    model.buffers = [model.buffers[i] for i in keep]
+    return dropped
 
 
 def set_buffer(model: Any, tensor: Any, array: np.ndarray) -> None:

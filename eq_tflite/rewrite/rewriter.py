@@ -7,7 +7,8 @@ those numbers. Tensors the plan leaves out keep TFLite's own calibrated range,
 moved onto the b-bit levels.
 
 Every rewritten constant gets a fresh buffer, so buffers that the converter
-deduplicated are never patched for two tensors at once. Signatures and
+deduplicated are never patched for two tensors at once; the buffers they
+replace are dropped, so the file holds each weight once. Signatures and
 metadata are kept; an ``eq_tflite`` metadata entry records bits, method and
 the activation-range mode.
 """
@@ -61,7 +62,62 @@ def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
     _write_activations(sg, acts, numbers, log)
     _write_weights(model, sg, numbers, log)
     _write_metadata(model, plan, float_model)
+    fb.drop_unused_buffers(model)  # TFLite's replaced weights and biases
     return fb.serialize_model(model), log
+
+
+# --- INT4 packing -----------------------------------------------------------------
+
+#: Weighted ops whose LiteRT builtin kernels take packed INT4 weights, measured
+#: with ai-edge-litert 2.3 (tests/rewrite/test_int4.py): outputs bit-exact with
+#: the int8-container form. TRANSPOSE_CONV was not measured and stays int8.
+INT4_WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
+
+
+def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
+    """The model with every int8 weight of ``INT4_WEIGHT_OPS`` within [-7, 7] stored as INT4.
+
+    Returns (model bytes, number of weight tensors packed). Values, scales
+    and everything else stay as they are; a weight shared by an op that
+    cannot take INT4, or with values beyond 4 bits, stays int8.
+    """
+    model = fb.parse_model(model_bytes)
+    sg = model.subgraphs[0]
+    readers: dict[int, set[str]] = {}
+    for op in sg.operators:
+        for i in op.inputs:
+            readers.setdefault(int(i), set()).add(fb.op_name(model, op))
+    packed = 0
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind not in INT4_WEIGHT_OPS:
+            continue
+        t = sg.tensors[op.inputs[WEIGHTED[kind][1]]]
+        w = fb.buffer_array(model, t)
+        if fb.type_name(t.type) != "INT8" or w is None or np.abs(w.astype(np.int32)).max(initial=0) > 7 \
+                or not readers[int(op.inputs[WEIGHTED[kind][1]])] <= INT4_WEIGHT_OPS:
+            continue
+        fb.set_int4_buffer(model, t, w)
+        packed += 1
+    fb.drop_unused_buffers(model)
+    return fb.serialize_model(model), packed
+
+
+def unpack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
+    """The model with every INT4 constant stored as int8 (its int8-container twin), and how many."""
+    model = fb.parse_model(model_bytes)
+    unpacked = 0
+    for t in model.subgraphs[0].tensors:
+        if t.type == fb.schema.TensorType.INT4:
+            values = fb.buffer_array(model, t)
+            if values is None:
+                continue
+            fb.set_buffer(model, t, values.astype(np.int8))
+            t.type = fb.schema.TensorType.INT8
+            unpacked += 1
+    if unpacked:
+        fb.drop_unused_buffers(model)
+    return fb.serialize_model(model), unpacked
 
 
 # --- tensor mapping ---------------------------------------------------------

@@ -1,0 +1,511 @@
+"""``bitsplit``: Bit-Split and Stitching (Wang et al., ICML 2020 / TPAMI 2023).
+
+Per output channel c, the b-bit integer weight is split into b-1 ternary bit
+planes with power-of-two weights, ``q_c = sum_i 2^i B_i,c`` with
+``B_i,c in {-1, 0, 1}^K``, and the real weight is ``alpha_c * q_c``. For each
+weighted op in topological order, coordinate descent minimizes the layer's
+response error
+
+    sum_c || y_c - X_c (alpha_c q_c) ||^2
+
+on sampled im2col rows: ``y`` is the float layer output before bias (an
+unchanged bias cancels; see bias correction below), ``X`` the input rows from
+the already-quantized model (earlier layers carry their Bit-Split weights and
+every input is on its b-bit activation levels), so each layer also
+compensates the error of everything before it. One descent round is
+
+* the scale step: ``alpha_c = <y_c, X q_c> / ||X q_c||^2`` (exact), rounded
+  to the nearest float32 (the value that ships);
+* a plane step for each plane i (most significant first): every element of
+  ``B_i`` in turn takes the ternary value that minimizes the objective with
+  all else fixed (exact: a 1-D convex quadratic over {-1, 0, 1}).
+
+No step can raise the objective; ``ResponseProblem`` works on
+``H = X^T X`` and ``G = X^T Y`` so a step costs O(K^2 C) whatever the row
+count. The planes are then stitched back into one ordinary integer
+``q_c in [-(2^(b-1)-1), 2^(b-1)-1]``, which the plan ships as
+``int_weights`` with ``weight_scales = alpha``. Widths 2..8; CONV_2D,
+DEPTHWISE_CONV_2D (any multiplier), FULLY_CONNECTED and TRANSPOSE_CONV.
+
+Bias correction (``bs_bias_correction``, default on; an addition to the
+paper): where the op has a bias, a per-channel shift ``d_c`` joins the fit,
+``||y_c - X_c alpha_c q_c - d_c||^2``. Minimizing over ``d`` first is the
+same descent on centered rows and targets, so every guarantee above holds,
+and the corrected float bias ships through ``Plan.float_weights``. Measured
+(W4A8/W3A8, 10k test images, both examples): agreement +0.06 to +0.50 pp and
+output cosine up in all four cases (W4A8: 0.99955 / 0.99683 vs 0.99943 /
+0.99680; BENCHMARKS.md); off gives the paper's form.
+
+Start: per channel, the best of ``init_steps`` clipped-absmax steps
+(``absmax * m / qmax``, m in [0.5, 1]) with plain rounding, scored on the
+same objective with the least-squares alpha; its integers give the planes
+(sign times the binary digits of ``|q|``).
+
+Activations (``bs_activations``): ``mse`` (default), the paper's per-tensor
+scale by iterative MSE: when a weighted op first reads a tensor group, the
+step size alternates ``q = clip(round(x / s) + zp) - zp`` and
+``s = <x, q> / <q, q>`` (Lloyd) from the min/max range, on the values the
+already-quantized model feeds that op; in strict mode the step is then
+widened until at most ``bs_clip_budget`` (0.1%, as EasyQuant) of the values
+lie beyond the levels. ``easyquant`` runs EasyQuant first and keeps its
+ranges; ``minmax`` keeps min/max. Measured (W4, 10k test images, output
+cosine ResNet / MobileNetV2): at A8 MSE 0.99955 / 0.99683, EasyQuant's search
+0.99948 / 0.99678, min/max 0.99945 / 0.99678; at A6 MSE 0.99871 / 0.99278,
+EasyQuant's search 0.99686 / 0.99348, min/max 0.99869 / 0.99045. No
+alternative wins on both models, so the default is the paper's, cheapest
+search. Tables: BENCHMARKS.md, section "Bit-Split".
+
+Composition: :func:`split_weights` is the weight step alone. Given a context,
+any activation ranges (from DFQ, EasyQuant, a method chain) and optionally
+another method's edited float weights, it returns ``int_weights``,
+``weight_scales`` and corrected biases (``float_weights``) for them;
+``bitsplit`` itself is that step plus an activation choice.
+"""
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from eq_tflite import grid, methods, resolve, simulate
+from eq_tflite.errors import EqTfliteError
+from eq_tflite.graph import Graph, Op
+from eq_tflite.methods import register
+from eq_tflite.methods.easyquant import sample_positions
+from eq_tflite.plan import MethodContext, Plan
+from eq_tflite.progress import progress_bar
+
+ACTIVATION_CHOICES = ("mse", "easyquant", "minmax")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Bit-Split options (``ctx.options`` keys ``bs_*`` and ``seed``)."""
+
+    rounds: int = 3
+    max_rows: int = 4096
+    init_steps: int = 20
+    activations: str = "mse"
+    mse_iters: int = 20
+    clip_budget: float = 0.001
+    bias_correction: bool = True
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any]) -> "Options":
+        """Reads and validates ``bs_*`` options; missing keys take the defaults."""
+        d = cls()
+
+        def get(key: str, kind: type, default: Any) -> Any:
+            try:
+                return kind(options.get(key, default))
+            except (TypeError, ValueError):
+                raise EqTfliteError(f"bitsplit option {key} must be "
+                                    f"{'bool' if kind is _boolean else kind.__name__}, "
+                                    f"got {options.get(key)!r}") from None
+
+        o = cls(rounds=get("bs_rounds", int, d.rounds),
+                max_rows=get("bs_max_rows", int, d.max_rows),
+                init_steps=get("bs_init_steps", int, d.init_steps),
+                activations=get("bs_activations", str, d.activations),
+                mse_iters=get("bs_mse_iters", int, d.mse_iters),
+                clip_budget=get("bs_clip_budget", float, d.clip_budget),
+                bias_correction=get("bs_bias_correction", _boolean, d.bias_correction),
+                seed=get("seed", int, d.seed))
+        checks = [(o.rounds >= 0, "bs_rounds must be >= 0"),
+                  (o.max_rows >= 0, "bs_max_rows must be >= 0 (0: all rows)"),
+                  (o.init_steps >= 1, "bs_init_steps must be >= 1"),
+                  (o.activations in ACTIVATION_CHOICES,
+                   f"bs_activations must be one of {', '.join(ACTIVATION_CHOICES)}"),
+                  (o.mse_iters >= 0, "bs_mse_iters must be >= 0"),
+                  (0 <= o.clip_budget <= 1, "bs_clip_budget must be in [0, 1]")]
+        for ok, msg in checks:
+            if not ok:
+                raise EqTfliteError(msg)
+        return o
+
+
+def _boolean(value: Any) -> bool:
+    """A bool option from a bool or a string (true/false, 1/0, yes/no)."""
+    if isinstance(value, str):
+        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(value)
+        return value.lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+# --------------------------------------------------------------------------
+# One layer: the response objective and its coordinate descent
+
+
+class ResponseProblem:
+    """``sum_c ||y_c - alpha_c X_c q_c||^2`` through ``H = X^T X``, ``G = X^T Y``.
+
+    ``x`` is (R, K) rows shared by all channels, or (R, K, C) rows per output
+    channel (depthwise); ``y`` is (R, C). Everything is float64. With
+    ``with_bias`` a per-channel bias shift ``d_c`` joins the fit,
+    ``||y_c - alpha_c X_c q_c - d_c||^2``: minimizing over ``d`` first leaves
+    the same problem on centered rows and targets, and ``bias_shift`` gives
+    the optimal ``d`` for any ``q``, ``alpha``.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, with_bias: bool = False):
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        self.x_mean = x.mean(axis=0) if with_bias else np.zeros(x.shape[1:])
+        self.y_mean = y.mean(axis=0) if with_bias else np.zeros(y.shape[1:])
+        x, y = x - self.x_mean, y - self.y_mean
+        self.per_channel = x.ndim == 3
+        if self.per_channel:
+            self.h = np.einsum("rkc,rjc->kjc", x, x)          # (K, K, C)
+            self.g = np.einsum("rkc,rc->kc", x, y)            # (K, C)
+            self.diag = np.einsum("kkc->kc", self.h)          # (K, C)
+        else:
+            self.h = x.T @ x                                   # (K, K)
+            self.g = x.T @ y                                   # (K, C)
+            self.diag = np.diag(self.h)[:, None]               # (K, 1)
+        self.yy = np.einsum("rc,rc->c", y, y)                  # (C,)
+
+    def bias_shift(self, q: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """Optimal per-channel bias shift ``mean(y) - mean(x) . (alpha q)`` (0 without bias)."""
+        w = np.asarray(q, np.float64) * alpha
+        xw = np.einsum("kc,kc->c", self.x_mean, w) if self.per_channel else self.x_mean @ w
+        return self.y_mean - xw
+
+    def hq(self, q: np.ndarray) -> np.ndarray:
+        """``H q`` per channel, (K, C)."""
+        q = np.asarray(q, np.float64)
+        return np.einsum("kjc,jc->kc", self.h, q) if self.per_channel else self.h @ q
+
+    def column(self, k: int) -> np.ndarray:
+        """Column k of H: (K, C) per channel, (K, 1) shared."""
+        return self.h[:, k] if self.per_channel else self.h[:, k:k + 1]
+
+    def objective(self, q: np.ndarray, alpha: np.ndarray, hq: np.ndarray | None = None
+                  ) -> np.ndarray:
+        """Per-channel squared response error of weights ``alpha * q``."""
+        hq = self.hq(q) if hq is None else hq
+        q = np.asarray(q, np.float64)
+        return (self.yy - 2 * alpha * np.einsum("kc,kc->c", self.g, q)
+                + alpha * alpha * np.einsum("kc,kc->c", q, hq))
+
+    def best_alpha(self, q: np.ndarray, hq: np.ndarray | None = None,
+                   current: np.ndarray | None = None) -> np.ndarray:
+        """Least-squares scale per channel for fixed ``q``, nearest float32, positive.
+
+        Channels with ``X q = 0`` keep ``current`` (0 without one). Where the
+        optimum is not positive (the objective grows with alpha > 0) the
+        scale halves, which cannot raise the objective either.
+        """
+        hq = self.hq(q) if hq is None else hq
+        q = np.asarray(q, np.float64)
+        num = np.einsum("kc,kc->c", self.g, q)
+        den = np.einsum("kc,kc->c", q, hq)
+        cur = np.zeros(q.shape[1]) if current is None else current
+        with np.errstate(divide="ignore", invalid="ignore"):
+            best = np.where(den > 0, num / den, cur)
+        best = np.where(best > 0, best, cur / 2)
+        return best.astype(np.float32).astype(np.float64)
+
+
+def to_planes(q: np.ndarray, bits: int) -> np.ndarray:
+    """Ternary planes (b-1, K, C) with ``q = sum_i 2^i planes[i]`` (sign times binary digits)."""
+    mag, sign = np.abs(q.astype(np.int64)), np.sign(q.astype(np.int64))
+    return np.stack([sign * ((mag >> i) & 1) for i in range(bits - 1)]).astype(np.int8)
+
+
+def stitch(planes: np.ndarray) -> np.ndarray:
+    """One integer per weight from ternary planes: ``sum_i 2^i planes[i]``."""
+    weights = (1 << np.arange(len(planes), dtype=np.int64)).reshape(-1, *([1] * (planes.ndim - 1)))
+    return (planes.astype(np.int64) * weights).sum(axis=0)
+
+
+@dataclass
+class SplitResult:
+    """Stitched integers (K, C), scales (C,), and the objective after each step.
+
+    ``history[0]`` is the start, then one entry per scale or plane step;
+    ``absmax_objective`` is plain rounding with absmax steps, for reference.
+    """
+
+    q: np.ndarray
+    alpha: np.ndarray
+    history: list[float] = field(default_factory=list)
+    absmax_objective: float = 0.0
+    steps: int = 0
+
+
+def initial_split(problem: ResponseProblem, w: np.ndarray, bits: int, steps: int,
+                  ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per channel, the best clipped-absmax rounding (with its least-squares alpha).
+
+    Returns (q (K, C) int64, alpha (C,), objective of plain absmax rounding).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    absmax = np.abs(w).max(axis=0)
+    live = absmax > 0
+    best_q = np.zeros(w.shape, np.int64)
+    best_a = np.zeros(w.shape[1])
+    best_f = np.full(w.shape[1], np.inf)
+    absmax_f = 0.0
+    for m in np.linspace(1.0, 0.5, steps):
+        step = np.where(live, absmax * m / qmax, 1.0)
+        q = np.where(live, np.clip(np.round(w / step), -qmax, qmax), 0).astype(np.int64)
+        hq = problem.hq(q)
+        if m == 1.0:
+            absmax_f = float(problem.objective(q, np.where(live, step, 0), hq).sum())
+        a = problem.best_alpha(q, hq, np.where(live, step, 0).astype(np.float32).astype(np.float64))
+        f = problem.objective(q, a, hq)
+        better = f < best_f
+        best_q[:, better], best_a[better], best_f[better] = q[:, better], a[better], f[better]
+    return best_q, best_a, absmax_f
+
+
+def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndarray,
+                alpha: np.ndarray) -> int:
+    """Element-wise exact minimization over plane ``i`` (in place); returns elements changed."""
+    p = float(1 << i)
+    hq = problem.hq(q)
+    a2 = alpha * alpha
+    plane = planes[i]
+    changed = 0
+    for k in range(q.shape[0]):
+        curv = a2 * problem.diag[k]                       # (C,) or (1,)->(C,)
+        grad = a2 * hq[k] - alpha * problem.g[k]          # half the derivative in q_k
+        with np.errstate(divide="ignore", invalid="ignore"):
+            target = np.clip(np.round(plane[k] - grad / (curv * p)), -1, 1)
+        d = p * (np.nan_to_num(target, nan=0.0) - plane[k])
+        gain = 2 * d * grad + curv * d * d
+        move = (d != 0) & (curv > 0) & (gain < 0)
+        if not move.any():
+            continue
+        d = np.where(move, d, 0.0)
+        plane[k] += (d / p).astype(np.int8)
+        q[k] += d.astype(np.int64)
+        hq += problem.column(k) * d
+        changed += int(np.count_nonzero(move))
+    return changed
+
+
+def bit_split(problem: ResponseProblem, w: np.ndarray, bits: int, rounds: int = 3,
+              init_steps: int = 20) -> SplitResult:
+    """Bit-Split coordinate descent on one layer; ``w`` is the (K, C) float weight matrix."""
+    q, alpha, absmax_f = initial_split(problem, np.asarray(w, np.float64), bits, init_steps)
+    planes = to_planes(q, bits)
+    result = SplitResult(q, alpha, [float(problem.objective(q, alpha).sum())], absmax_f)
+    for _ in range(rounds):
+        new = problem.best_alpha(q, current=alpha)
+        keep = problem.objective(q, new) > problem.objective(q, alpha)  # float32 rounding guard
+        alpha = np.where(keep, alpha, new)
+        result.history.append(float(problem.objective(q, alpha).sum()))
+        changed = 0
+        for i in reversed(range(bits - 1)):
+            changed += _plane_step(problem, planes, i, q, alpha)
+            result.history.append(float(problem.objective(q, alpha).sum()))
+        result.steps += 1
+        if not changed:
+            break
+    result.q = stitch(planes)
+    result.alpha = alpha
+    return result
+
+
+# --------------------------------------------------------------------------
+# Activations: iterative MSE
+
+
+def clipped_share(sorted_values: np.ndarray, scale: float, zp: int, bits: grid.BitWidths) -> float:
+    """Share of values beyond the b-bit levels of (scale, zp) (they would round outside)."""
+    lo = scale * (bits.act_qmin - zp - 0.5)
+    hi = scale * (bits.act_qmax - zp + 0.5)
+    n = len(sorted_values)
+    out = np.searchsorted(sorted_values, lo) + n - np.searchsorted(sorted_values, hi)
+    return float(out) / max(n, 1)
+
+
+def mse_range(values: np.ndarray, base: tuple[float, float], bits: grid.BitWidths,
+              iters: int = 20, clip_budget: float = 0.001) -> tuple[float, float]:
+    """Per-tensor range by iterative MSE (Lloyd), as a multiple of ``base`` about zero.
+
+    In strict mode the step is then widened (bisection towards the base step)
+    until at most ``clip_budget`` of the values lie beyond the levels.
+    """
+    s0, zp = grid.activation_params(*base, bits.activations)
+    v = np.sort(np.asarray(values, np.float64).ravel())
+    lo_q, hi_q = bits.act_qmin - zp, bits.act_qmax - zp
+    s = s0
+    for _ in range(iters):
+        q = np.clip(np.round(v / s), lo_q, hi_q)
+        den = float(q @ q)
+        if den <= 0:
+            break
+        new = float(v @ q) / den
+        if not new > 0 or abs(new - s) <= 1e-7 * s:
+            break
+        s = new
+    if bits.strict and clipped_share(v, s, zp, bits) > clip_budget:
+        lo_s, hi_s = s, max(s0, s)
+        for _ in range(30):
+            mid = 0.5 * (lo_s + hi_s)
+            lo_s, hi_s = (lo_s, mid) if clipped_share(v, mid, zp, bits) <= clip_budget else (mid, hi_s)
+        s = hi_s
+    m = s / s0
+    return base[0] * m, base[1] * m
+
+
+# --------------------------------------------------------------------------
+# The layer walk
+
+RangeChooser = Callable[[np.ndarray, tuple[float, float]], tuple[float, float]]
+
+
+@dataclass
+class WeightStep:
+    """What :func:`split_weights` decided (plan fields keyed by float-graph names)."""
+
+    int_weights: dict[str, np.ndarray] = field(default_factory=dict)
+    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
+    activation_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    float_weights: dict[str, np.ndarray] = field(default_factory=dict)  # corrected biases
+    layers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def from_matrix(op_type: str, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``simulate.weight_matrix``: (K, C_out) back to the tensor's layout."""
+    if op_type == "FULLY_CONNECTED":
+        return m.T.reshape(shape)
+    if op_type == "DEPTHWISE_CONV_2D":
+        return m.reshape(shape)
+    w = m.T.reshape(shape)
+    return w[:, ::-1, ::-1, :] if op_type == "TRANSPOSE_CONV" else w
+
+
+def _deciders(graph: Graph, groups: Mapping[int, tuple[int, ...]]) -> dict[tuple[int, ...], int]:
+    """Input group of each weighted op -> the first op reading it (no fixed-scale groups)."""
+    fixed = resolve.fixed_output_params(graph)
+    out: dict[tuple[int, ...], int] = {}
+    for op in graph.weighted_ops():
+        g = groups.get(op.data_input, (op.data_input,))
+        if g not in out and not any(t in fixed for t in g):
+            out[g] = op.index
+    return out
+
+
+def _layer_rows(op: Op, fsim: simulate.Executor, qsim: simulate.Executor, max_rows: int,
+                seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(quantized-model input rows, float pre-bias target (R, C), float matrix (K, C))."""
+    lin = fsim.linear(op)
+    x_float = fsim.value(op.data_input)
+    spatial = ((x_float[0].size // lin.weight_shape[1],) if op.type == "FULLY_CONNECTED"
+               else lin.out_spatial)
+    positions, _, _ = sample_positions(x_float.shape[0], spatial, max_rows,
+                                       np.random.default_rng([seed, op.index]))
+    matrix = simulate.weight_matrix(op.type, fsim.value(op.weight_input)).astype(np.float64)
+    target = lin.apply(lin.rows(x_float, positions).astype(np.float64), matrix)
+    rows = lin.rows(qsim.value(op.data_input), positions)
+    if lin.multiplier > 1:
+        rows = np.repeat(rows, lin.multiplier, axis=2)
+    return rows, target, matrix
+
+
+def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[float, float]],
+                  options: Options | None = None, choose_range: RangeChooser | None = None,
+                  float_weights: Mapping[str, np.ndarray] | None = None) -> WeightStep:
+    """Bit-Split weights for the given activation ranges (the composable weight step).
+
+    ``activation_ranges`` (float-graph names) fix the activation levels the
+    quantized model uses; with ``choose_range`` the input group of each
+    weighted op is instead decided when the walk reaches its first reader,
+    from the values the quantized model feeds it and the group's given range.
+    ``float_weights`` are another method's edited float constants (e.g. DFQ's
+    equalized weights and biases): targets, weights and biases start from them.
+    Returned ``activation_ranges`` are the given ones with those decisions;
+    returned ``float_weights`` hold every bias the step corrected (put them in
+    the plan together with the given edits).
+    """
+    opts = options or Options.parse(ctx.options)
+    graph, bits = ctx.graph, ctx.bits
+    simulate.check_supported(graph)
+    idx = graph.by_name
+    ranges = {idx[n]: r for n, r in activation_ranges.items() if n in idx}
+    groups = resolve.tied_groups(graph)
+    decider = _deciders(graph, groups) if choose_range is not None else {}
+    pending = {t for g in decider for t in g}
+    act_params = resolve.activation_params(graph, ranges, bits.activations, groups)
+    quant = simulate.QuantParams(bits, {t: p for t, p in act_params.items() if t not in pending})
+    edits = {idx[n]: np.asarray(v, np.float32) for n, v in (float_weights or {}).items() if n in idx}
+    fsim = simulate.Executor(graph, ctx.calibration, weights=edits)
+    qsim = simulate.Executor(graph, ctx.calibration, quant, weights=edits)
+    out = WeightStep(activation_ranges={graph.tensors[t].name: r for t, r in ranges.items()})
+    start, done = time.perf_counter(), 0
+    for op in progress_bar(graph.weighted_ops(), desc="bitsplit", enable=ctx.progress):
+        for prev in graph.ops[done:op.index]:
+            fsim.step(prev)
+            qsim.step(prev)
+        t0 = time.perf_counter()
+        group = groups.get(op.data_input, (op.data_input,))
+        if decider.get(group) == op.index:
+            base = (min(ranges[t][0] for t in group if t in ranges),
+                    max(ranges[t][1] for t in group if t in ranges))
+            chosen = choose_range(qsim.value(op.data_input), base)
+            params = grid.activation_params(*chosen, bits.activations)
+            for t in group:
+                out.activation_ranges[graph.tensors[t].name] = chosen
+                act_params[t] = params
+                qsim.set_activation(t, params)
+        if op.data_input not in act_params:
+            raise EqTfliteError(f"bitsplit: no activation range for the input of "
+                                f"{op.type} {graph.tensors[op.outputs[0]].name}")
+        rows, target, matrix = _layer_rows(op, fsim, qsim, opts.max_rows, opts.seed)
+        bias = graph.tensors[op.bias_input] if op.bias_input >= 0 else None
+        b_values = None if bias is None else edits.get(bias.index, bias.data)
+        correct = opts.bias_correction and b_values is not None
+        problem = ResponseProblem(rows, target, with_bias=correct)
+        res = bit_split(problem, matrix, bits.weights, opts.rounds, opts.init_steps)
+        w_t = graph.tensors[op.weight_input]
+        q = from_matrix(op.type, res.q, w_t.shape).astype(np.int8)
+        out.int_weights[w_t.name] = q
+        out.weight_scales[w_t.name] = res.alpha
+        if correct:
+            b_values = (b_values.astype(np.float64)
+                        + problem.bias_shift(res.q, res.alpha)).astype(np.float32)
+            out.float_weights[bias.name] = b_values
+        qsim.quant.layers[op.weight_input] = resolve.layer_numbers(
+            op, w_t.name, fsim.value(op.weight_input), b_values, None if bias is None else bias.name,
+            act_params[op.data_input][0], res.alpha, bits, q)
+        qsim.step(op)
+        fsim.step(op)
+        done = op.index + 1
+        norm = max(float(problem.yy.sum()), 1e-30)
+        out.layers.append({
+            "op_index": op.index, "op_type": op.type, "weight": w_t.name,
+            "weight_shape": "x".join(str(d) for d in w_t.shape), "rows": int(rows.shape[0]),
+            "rel_err_absmax": res.absmax_objective / norm, "rel_err_init": res.history[0] / norm,
+            "rel_err_bitsplit": res.history[-1] / norm, "rounds": res.steps,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "elapsed_s": round(time.perf_counter() - start, 3),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
+    return out
+
+
+@register("bitsplit")
+def bitsplit(ctx: MethodContext) -> Plan:
+    """Bit-Split and Stitching weights; activations by iterative MSE (or EasyQuant/min-max)."""
+    opts = Options.parse(ctx.options)
+    choice = opts.activations
+    if choice == "easyquant":
+        base = methods.get("easyquant")(ctx).activation_ranges
+    else:
+        base = methods.get("minmax")(ctx).activation_ranges
+    chooser = None
+    if choice == "mse":
+        def chooser(values: np.ndarray, rng: tuple[float, float]) -> tuple[float, float]:
+            return mse_range(values, rng, ctx.bits, opts.mse_iters, opts.clip_budget)
+    step = split_weights(ctx, base, opts, chooser)
+    return Plan("bitsplit", ctx.bits, activation_ranges=step.activation_ranges,
+                weight_scales=step.weight_scales, int_weights=step.int_weights,
+                float_weights=step.float_weights,
+                layers=step.layers)
