@@ -34,6 +34,7 @@ DEFAULT_WITH_DATA = "easyquant"
 DEFAULT_WITHOUT_DATA = "dfq"
 #: CLE's RELU6 policy (see eq_tflite.transforms.chains); chosen on the evidence in README.
 DEFAULT_RELU6 = "skip"
+_BC_MODES = bias_correction.MODES  # (build_chain's argument of the same name shadows the module)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,6 @@ def build_chain(method: str | None, has_data: bool, *, cross_layer_equalization:
                             "(data_free needs none)")
     return Chain(method, cle_on, absorb, method == "spiq", bc, bool(per_tensor_weights))
 
-
-_BC_MODES = bias_correction.MODES
 
 
 @dataclass
