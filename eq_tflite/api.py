@@ -43,7 +43,12 @@ MAX_HOLDOUT = 256
 
 @dataclass
 class Conversion:
-    """Everything one conversion produced (``model`` is the file to ship)."""
+    """Everything one conversion produced (``model`` is the file to ship).
+
+    ``tflite_int8`` is TFLite's own calibrated int8 model, or, for a data-free
+    conversion, the int8 structure built from the plan's ranges.
+    ``float_model`` is the user's float model (before any transform).
+    """
 
     model: bytes
     tflite_int8: bytes

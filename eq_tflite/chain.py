@@ -161,7 +161,10 @@ def run_corrections(plan: Plan, prepared: Prepared, chain: Chain,
         corrected, no_bias = bias_correction.correct_biases(graph, plan, means)
         plan.float_weights.update(corrected)
         plan.steps.append(f"bias_correction:{chain.bias_correction}")
+        skipped = len(graph.weighted_ops()) - len(corrected) - no_bias
         plan.notes.append(f"bias correction ({chain.bias_correction.replace('_', '-')}): "
                           f"{len(corrected)} biases corrected"
-                          + (f", {no_bias} ops without a bias left as they are" if no_bias else ""))
+                          + (f", {no_bias} ops without a bias left as they are" if no_bias else "")
+                          + (f", {skipped} ops left uncorrected (their input has no BatchNorm "
+                             "statistics, only a range)" if skipped else ""))
     return plan

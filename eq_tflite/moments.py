@@ -47,6 +47,7 @@ class ChannelStats:
     var: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+    bn_backed: bool = False   # derived from BatchNorm statistics (not only from an input range)
 
     @property
     def range(self) -> tuple[float, float]:
@@ -58,7 +59,7 @@ class ChannelStats:
         mean = float(np.mean(self.mean))
         var = float(np.mean(self.var + self.mean ** 2) - mean ** 2)
         return ChannelStats(np.array([mean]), np.array([max(var, 0.0)]),
-                            np.array([np.min(self.lo)]), np.array([np.max(self.hi)]))
+                            np.array([np.min(self.lo)]), np.array([np.max(self.hi)]), self.bn_backed)
 
 
 def _phi(x: np.ndarray) -> np.ndarray:
@@ -115,9 +116,10 @@ def _broadcast(stats: ChannelStats, n: int) -> ChannelStats:
     if k == n:
         return stats
     if n % k == 0:
-        return ChannelStats(*(np.tile(a, n // k) for a in (stats.mean, stats.var, stats.lo, stats.hi)))
+        return ChannelStats(*(np.tile(a, n // k) for a in (stats.mean, stats.var, stats.lo, stats.hi)),
+                            stats.bn_backed)
     m = stats.merged()
-    return ChannelStats(*(np.full(n, a[0]) for a in (m.mean, m.var, m.lo, m.hi)))
+    return ChannelStats(*(np.full(n, a[0]) for a in (m.mean, m.var, m.lo, m.hi)), m.bn_backed)
 
 
 def weighted_moments(op: Op, w: np.ndarray, bias: np.ndarray | None, x: ChannelStats,
@@ -170,20 +172,25 @@ def _op_stats(graph: Graph, op: Op, stats: dict[int, ChannelStats], bn: BnStats 
         if op.activation not in ACTIVATION_CLIP:
             raise EqTfliteError(f"data-free statistics: unsupported fused activation {op.activation}")
         if bn is not None and name in bn:
-            mean, var = bn.beta[name], bn.gamma[name] ** 2
-        else:
-            w = graph.tensors[op.weight_input].data
-            b = graph.tensors[op.bias_input].data if op.bias_input >= 0 else None
-            mean, var = weighted_moments(op, w, b, stats[op.data_input])
+            st = normal_stats(bn.beta[name], bn.gamma[name] ** 2, op.activation, sigmas)
+            st.bn_backed = True
+            return st
+        w = graph.tensors[op.weight_input].data
+        b = graph.tensors[op.bias_input].data if op.bias_input >= 0 else None
+        mean, var = weighted_moments(op, w, b, stats[op.data_input])
         return normal_stats(mean, var, op.activation, sigmas)
     if op.type in ("ADD", "SUB") and len(data) == 2:
         n = max(len(data[0].mean), len(data[1].mean))
         a, b = _broadcast(data[0], n), _broadcast(data[1], n)
         sign = 1.0 if op.type == "ADD" else -1.0
-        return normal_stats(a.mean + sign * b.mean, a.var + b.var, op.activation, sigmas)
+        st = normal_stats(a.mean + sign * b.mean, a.var + b.var, op.activation, sigmas)
+        st.bn_backed = a.bn_backed and b.bn_backed
+        return st
     if op.type in _STANDALONE_ACT and data:
         x = data[0]
-        return normal_stats(x.mean, x.var, _STANDALONE_ACT[op.type], sigmas)
+        st = normal_stats(x.mean, x.var, _STANDALONE_ACT[op.type], sigmas)
+        st.bn_backed = x.bn_backed
+        return st
     if op.type in _FIXED_RANGE:
         lo, hi = _FIXED_RANGE[op.type]
         n = graph.tensors[op.outputs[0]].shape[-1]
@@ -195,10 +202,12 @@ def _op_stats(graph: Graph, op: Op, stats: dict[int, ChannelStats], bn: BnStats 
         shape = graph.tensors[op.outputs[0]].shape
         n = shape[-1] if shape else 1
         if op.type in ("PAD", "PADV2"):
-            x = ChannelStats(x.mean, x.var, np.minimum(x.lo, 0.0), np.maximum(x.hi, 0.0))
+            x = ChannelStats(x.mean, x.var, np.minimum(x.lo, 0.0), np.maximum(x.hi, 0.0),
+                             x.bn_backed)
         return x if len(x.mean) == n else _broadcast(x, n)
     if op.type == "CONCATENATION":
         return ChannelStats(*(np.concatenate([getattr(d, f) for d in data])
-                              for f in ("mean", "var", "lo", "hi")))
+                              for f in ("mean", "var", "lo", "hi")),
+                            all(d.bn_backed for d in data))
     raise EqTfliteError(f"data-free statistics cannot pass op {op.type} "
                         f"({name}); give --calibration_data")
