@@ -47,14 +47,10 @@ def _delegate_extension() -> list[Extension]:
     if os.environ.get("EQ_TFLITE_NO_DELEGATE") == "1":
         return []
     sources = sorted(glob.glob(os.path.join(DELEGATE_DIR, "src", "*.c")))
-    extra_compile_args = [
-        "-std=c11",
-        "-O3",
-        "-fvisibility=hidden",
-        "-fno-strict-aliasing",
-        "-Wall",
-        "-pthread",
-    ]
+    # One list of flags for every build of the delegate (this one, the
+    # aarch64 cross build of tests/delegate/aarch64.py, the NDK recipe).
+    with open(os.path.join(DELEGATE_DIR, "cflags.txt"), encoding="utf-8") as f:
+        extra_compile_args = f.read().split()
     extra_link_args: list[str] = ["-pthread"]
     if sys.platform.startswith("linux"):
         extra_link_args.append("-Wl,--as-needed")

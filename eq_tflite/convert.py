@@ -65,6 +65,12 @@ flags.DEFINE_enum("eq_init", None, ["max", "kl"], "EasyQuant: initial activation
 flags.DEFINE_enum("eq_inputs", None, ["quantized", "float"],
                   "EasyQuant: layer inputs from the already-quantized model (paper) or from float.")
 flags.DEFINE_integer("eq_max_rows", None, "EasyQuant: cap on sampled output positions per layer (seeded).")
+flags.DEFINE_enum("eq_objective", None, ["linear", "activation"],
+                  "EasyQuant: layer cosine before the fused activation (default) or after it "
+                  "(its weight search then scores the 8 best linear candidates per channel exactly).")
+flags.DEFINE_enum("eq_search", None, ["coarse_to_fine", "exhaustive"],
+                  "EasyQuant: input-scale search over every 10th candidate, then around the best "
+                  "(default), or over all candidates.")
 flags.DEFINE_float("eq_clip_budget", None,
                    "EasyQuant, strict mode: largest share of a tensor's calibration values a chosen "
                    "range may clip (default 0.001).")
@@ -73,7 +79,8 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
 _EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
-             "eq_clip_budget", "dfq_sigmas", "cle_relu6", "absorb_padded")
+             "eq_clip_budget", "eq_search", "eq_objective", "dfq_sigmas", "cle_relu6",
+             "absorb_padded")
 
 
 def _method_options() -> dict:

@@ -175,10 +175,14 @@ def _call_json(delegate: Any, name: str) -> dict[str, Any] | None:
 def delegate_stats(delegate: Any) -> dict[str, Any]:
     """Per-node statistics of a loaded delegate.
 
-    Returns a dict with the selected ``isa``, the options, the number of
-    CONV_2D nodes ``considered`` and ``claimed``, and ``nodes``: one entry per
-    claimed node with its shape and ``paths``, the number of invokes that ran
-    each kernel path (``winograd_avx2``, ``direct_avx2_i16x8``, ...).
+    Returns a dict with the CPU features the kernels may use (``isa``:
+    ``avx2``, ``neon``, ``neon-dotprod`` or ``scalar``), the options
+    (``rounding`` names the requantization rule in force), the number of
+    CONV_2D / DEPTHWISE_CONV_2D nodes ``considered`` and ``claimed``, and
+    ``nodes``: one entry per claimed node with its shape, the kernel variant
+    chosen for it (``kernel``, ``kernel_isa``) and ``paths``, the number of
+    invokes that ran each of that kernel's paths (``winograd_avx2``,
+    ``direct_avx2_i16x8``, ``direct_neon_r8``, ...).
     """
     stats = _call_json(delegate, "eqd_stats_json")
     if stats is None:

@@ -200,6 +200,19 @@ class Linear:
             return np.einsum("rkc,kcm->rcm", rows, matrix.reshape(k, c, m)).reshape(r, c * m)
         return rows @ matrix
 
+    def _depthwise(self, x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """Depthwise output (N, Ho, Wo, C·M) tap by tap on the window view (no im2col copy)."""
+        v = self.windows(x)
+        kh, kw, c = v.shape[3], v.shape[4], v.shape[5]
+        m = self.multiplier
+        w = matrix.reshape(kh * kw, c, m).astype(np.float32)
+        out = np.zeros((*v.shape[:3], c, m), np.float32)
+        tmp = np.empty_like(out)
+        for k in range(kh * kw):
+            np.multiply(v[:, :, :, k // kw, k % kw, :, None], w[k], out=tmp)
+            out += tmp
+        return out.reshape(*v.shape[:3], c * m)
+
     def run(self, x: np.ndarray, matrix: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Whole-layer output before the fused activation, chunked over samples."""
         positions = max(int(np.prod(self.out_spatial, dtype=np.int64)), 1)
@@ -208,7 +221,7 @@ class Linear:
         outs = []
         for s in range(0, x.shape[0], chunk):
             xs = x[s:s + chunk]
-            y = self.apply(self.rows(xs), matrix)
+            y = self._depthwise(xs, matrix) if self.multiplier else self.apply(self.rows(xs), matrix)
             if bias is not None:
                 y = y + bias
             if self.op.type == "FULLY_CONNECTED":

@@ -1,6 +1,6 @@
 /*
  * conv_params.c -- quantization parameters, shapes and kernel dispatch for
- * one int8 CONV_2D node.
+ * one int8 CONV_2D node; running it with the node's kernel (eqd_kernel.h).
  *
  * The requantization parameters are derived exactly as TFLite derives them
  * for its per-channel int8 convolution, so that the fixed-point arithmetic
@@ -17,13 +17,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
-const char* const eqd_path_names[EQD_PATH_COUNT] = {
-    "direct_scalar",     "winograd_scalar",   "direct_avx2_i16x8",
-    "direct_avx2_i16x4", "direct_avx2_i16x2", "winograd_avx2",
-    "dwconv_scalar",     "dwconv_avx2",
-};
+const char* const eqd_rounding_names[EQD_ROUND_COUNT] = {
+    "reference", "builtin-x86", "builtin-arm64", "tflite-runtime-2.14"};
 
 void* eqd_aligned_alloc(size_t bytes) {
   void* p = NULL;
@@ -97,7 +94,7 @@ void eqd_activation_range(int act, float out_scale, int32_t out_zp,
 }
 
 int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
-                          int n_w_scales, float out_scale, int rounding_reference) {
+                          int n_w_scales, float out_scale, eqd_rounding rounding) {
   const int cp = c->cout_pad;
   c->rq_mult = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
   c->rq_lshift = (int32_t*)calloc((size_t)cp, sizeof(int32_t));
@@ -108,10 +105,23 @@ int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
   if (!c->rq_mult || !c->rq_lshift || !c->rq_rshift || !c->rq_rmask ||
       !c->rq_rthresh || !c->rq_away)
     return -1;
-  /* Tie rule per channel (see eqd_conv.rq_away). */
-  const int simd_channels = c->depthwise ? c->cout / 8 * 8 : c->cout;
+  /* Rules per channel (see eqd_conv.rq_away and rq_single).  Measured
+   * against LiteRT 2.3 (tests/delegate/rounding_probe.py, natively and
+   * under qemu-aarch64 for cortex-a72 and neoverse-n1).
+   *   x86-64 CONV_2D: ruy's AVX2 kernel, double rounding, ties up;
+   *   aarch64 CONV_2D: ruy's NEON kernel, single rounding (SQDMULH+SRSHL);
+   *   DEPTHWISE_CONV_2D on both: double rounding, ties up in the channels
+   *   the optimized kernel handles 8 at a time, away from zero in the last
+   *   C % 8.
+   * and against tflite-runtime 2.14 on x86: CONV_2D as LiteRT 2.3 on x86,
+   * DEPTHWISE_CONV_2D ties away from zero in every channel. */
+  int simd_channels = c->depthwise ? c->cout / 8 * 8 : c->cout;
+  if (rounding == EQD_ROUND_TFLITE214 && c->depthwise) simd_channels = 0;
+  c->rq_single = rounding == EQD_ROUND_ARM64 && !c->depthwise;
   for (int ch = 0; ch < c->cout; ++ch)
-    c->rq_away[ch] = (rounding_reference || ch >= simd_channels) ? -1 : 0;
+    c->rq_away[ch] = (rounding == EQD_ROUND_REFERENCE || ch >= simd_channels) ? -1 : 0;
+  if (c->rq_single)
+    for (int ch = 0; ch < c->cout; ++ch) c->rq_away[ch] = 0;
   for (int ch = 0; ch < c->cout; ++ch) {
     const double ws = (double)w_scales[n_w_scales == 1 ? 0 : ch];
     const double eff = (double)in_scale * ws / (double)out_scale;
@@ -122,8 +132,13 @@ int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
      * scale (> 2^31) is rejected when claiming the node. */
     if (shift > 31) return -1;
     c->rq_mult[ch] = q;
-    c->rq_lshift[ch] = shift > 0 ? shift : 0;
-    c->rq_rshift[ch] = shift > 0 ? 0 : -shift; /* <= 31 by construction */
+    if (c->rq_single) { /* ruy aarch64: right shift at least 1 */
+      c->rq_lshift[ch] = shift >= 0 ? shift + 1 : 0;
+      c->rq_rshift[ch] = shift >= 0 ? 1 : -shift;
+    } else {
+      c->rq_lshift[ch] = shift > 0 ? shift : 0;
+      c->rq_rshift[ch] = shift > 0 ? 0 : -shift; /* <= 31 by construction */
+    }
     c->rq_rmask[ch] = (int32_t)((1LL << c->rq_rshift[ch]) - 1);
     c->rq_rthresh[ch] = c->rq_rmask[ch] >> 1;
   }
@@ -189,82 +204,80 @@ int eqd_conv_setup_shape(eqd_conv* c, int batch, int in_h, int in_w, int nthread
   c->w_wp = 2 * c->tiles_w + 2;
   if (same_shape) return 0;
 
-  /* Byte offsets of the direct kernels' k-groups: group j of kernel row ky
-   * starts at ky * (row stride) + 4 j inside the padded input.  Layout:
-   * [0, G) one entry per group; [G, 3G) each group twice (split path). */
-  free(c->d_aoff);
-  c->d_aoff = NULL;
-  if (c->d_groups > 0) {
-    const int G = c->d_groups;
-    c->d_aoff = (int32_t*)calloc((size_t)G * 3, sizeof(int32_t));
-    if (!c->d_aoff) return -1;
-    const int seg = c->kw * c->cin;
-    const int gps = (seg + 3) / 4; /* groups per kernel row */
-    for (int g = 0; g < G; ++g) {
-      int32_t off = 0; /* padding groups: zero weights, any valid address */
-      if (g < c->kh * gps) {
-        const int ky = g / gps, j = g % gps;
-        off = (int32_t)((size_t)ky * c->d_wp * c->cin + 4 * (size_t)j);
-      }
-      c->d_aoff[g] = off;
-      c->d_aoff[G + 2 * g] = off;
-      c->d_aoff[G + 2 * g + 1] = off;
-    }
-  }
-  free(c->d_poff);
-  c->d_poff = NULL;
-  if (c->d_groups > 0) {
-    c->d_poff = (size_t*)malloc((size_t)oh * ow * sizeof(size_t));
-    if (!c->d_poff) return -1;
-    for (int oy = 0; oy < oh; ++oy)
-      for (int ox = 0; ox < ow; ++ox)
-        c->d_poff[(size_t)oy * ow + ox] =
-            ((size_t)oy * c->stride_h * c->d_wp + (size_t)ox * c->stride_w) * c->cin;
-  }
-  size_t need = (size_t)c->d_hp * c->d_wp * c->cin + 64;
-  size_t need2 = eqd_direct_avx2_scratch_bytes(c);
-  if (need2 > need) need = need2;
-  if (c->winograd) {
-    size_t nw = eqd_winograd_scratch_bytes(c);
-    if (nw > need) need = nw;
-  }
+  if (c->kernel->reshape && c->kernel->reshape(c) != 0) return -1;
+  const size_t need = c->kernel->scratch_bytes(c);
   eqd_aligned_free(c->scratch);
   c->scratch = eqd_aligned_alloc(need);
   c->scratch_bytes = need;
   return c->scratch ? 0 : -1;
 }
 
-eqd_path eqd_conv_run(eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool) {
+int eqd_conv_run(eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool) {
   if (eqd_pool_threads(pool) > c->nthreads) pool = NULL; /* scratch too small */
-#if defined(__x86_64__) || defined(__i386__)
-  if (c->isa == EQD_ISA_AVX2) {
-    if (c->depthwise) {
-      eqd_dwconv_avx2(c, in, out, pool);
-      return EQD_PATH_DWCONV_AVX2;
+  return c->kernel->run(c, in, out, pool);
+}
+
+size_t eqd_direct_padded_bytes(const eqd_conv* c) {
+  return (((size_t)c->d_hp * c->d_wp * c->cin + 64 + 63) & ~(size_t)63);
+}
+
+int eqd_conv_init_weights(eqd_conv* c, const int32_t* bias) {
+  c->cout_pad = (c->cout + 15) & ~15;
+  c->cin2 = (c->cin + 1) & ~1;
+  c->bias = (int32_t*)calloc((size_t)c->cout_pad, sizeof(int32_t));
+  c->wsum = (int32_t*)calloc((size_t)c->cout_pad, sizeof(int32_t));
+  c->bias_eff = (int32_t*)calloc((size_t)c->cout_pad, sizeof(int32_t));
+  if (!c->bias || !c->wsum || !c->bias_eff) return -1;
+  if (bias)
+    for (int i = 0; i < c->cout; ++i) c->bias[i] = bias[i];
+  int wmax = 0;
+  if (c->depthwise) { /* w is [kh][kw][c] */
+    const size_t taps = (size_t)c->kh * c->kw;
+    for (size_t t = 0; t < taps; ++t)
+      for (int ch = 0; ch < c->cout; ++ch) {
+        const int v = c->w[t * c->cout + ch];
+        c->wsum[ch] += v; /* |sum| <= 64 * 128: no overflow */
+        const int a = v < 0 ? -v : v;
+        if (a > wmax) wmax = a;
+      }
+  } else {
+    const size_t k = (size_t)c->kh * c->kw * c->cin;
+    for (int co = 0; co < c->cout; ++co) {
+      int32_t s = 0; /* |s| <= 128 * k: fits int32 for any real filter */
+      for (size_t i = 0; i < k; ++i) {
+        const int v = c->w[(size_t)co * k + i];
+        s += v;
+        const int a = v < 0 ? -v : v;
+        if (a > wmax) wmax = a;
+      }
+      c->wsum[co] = s;
     }
-    if (c->winograd) {
-      eqd_winograd_avx2(c, in, out, pool);
-      return EQD_PATH_WINOGRAD_AVX2;
-    }
-    return eqd_direct_avx2(c, in, out, pool);
   }
-#else
-  (void)pool;
-#endif
-  if (c->depthwise) {
-    eqd_dwconv_scalar(c, in, out);
-    return EQD_PATH_DWCONV_SCALAR;
-  }
-  if (c->winograd) {
-    eqd_winograd_scalar(c, in, out);
-    return EQD_PATH_WINOGRAD_SCALAR;
-  }
-  eqd_direct_scalar(c, in, out);
-  return EQD_PATH_DIRECT_SCALAR;
+  c->wabs_max = wmax;
+  for (int co = 0; co < c->cout; ++co) /* modulo 2^32 */
+    c->bias_eff[co] =
+        (int32_t)((uint32_t)c->bias[co] - (uint32_t)c->in_zp * (uint32_t)c->wsum[co]);
+  return 0;
+}
+
+eqd_family eqd_conv_family(const eqd_conv* c, int winograd_allowed) {
+  if (c->depthwise) return EQD_FAMILY_DWCONV;
+  if (winograd_allowed && c->kh == 3 && c->kw == 3 && c->stride_h == 1 &&
+      c->stride_w == 1 && c->cin >= 8 && c->cout >= 8 && c->cin <= EQD_WINOGRAD_MAX_CIN)
+    return EQD_FAMILY_WINOGRAD;
+  return EQD_FAMILY_DIRECT;
+}
+
+int eqd_conv_use_kernel(eqd_conv* c, const eqd_kernel* k) {
+  if (!k || (k->eligible && !k->eligible(c))) return -1;
+  c->kernel = k;
+  c->winograd = k->family == EQD_FAMILY_WINOGRAD;
+  return k->pack ? k->pack(c) : 0;
 }
 
 void eqd_conv_free(eqd_conv* c) {
   if (!c) return;
+  if (c->kernel && c->kernel->unpack) c->kernel->unpack(c->kdata);
   free(c->bias);
   free(c->wsum);
   free(c->rq_mult);
@@ -273,17 +286,7 @@ void eqd_conv_free(eqd_conv* c) {
   free(c->rq_rmask);
   free(c->rq_rthresh);
   free(c->rq_away);
-  eqd_aligned_free(c->wino_u);
-  eqd_aligned_free(c->wino_u_packed);
   free(c->bias_eff);
-  eqd_aligned_free(c->d_w);
-  eqd_aligned_free(c->d_w_split);
-  eqd_aligned_free(c->d_off_r4);
-  eqd_aligned_free(c->d_off_r2_128);
-  eqd_aligned_free(c->d_off_r2_64);
-  eqd_aligned_free(c->dw_w);
-  free(c->d_aoff);
-  free(c->d_poff);
   eqd_aligned_free(c->scratch);
   memset(c, 0, sizeof(*c));
 }

@@ -24,37 +24,18 @@
 
 #include "eqd_threadpool.h"
 
-/* Which code ran for one invoke of one node; counted per node (debug). */
-typedef enum eqd_path {
-  EQD_PATH_DIRECT_SCALAR = 0,  /* portable int32 reference                    */
-  EQD_PATH_WINOGRAD_SCALAR,    /* portable integer Winograd F(2x2,3x3)        */
-  EQD_PATH_DIRECT_AVX2_I16X8,  /* 7-bit w, 7-bit x: 8 products per int16 run  */
-  EQD_PATH_DIRECT_AVX2_I16X4,  /* one operand 7-bit: 4 products per int16 run */
-  EQD_PATH_DIRECT_AVX2_I16X2,  /* full int8 x and w: split w, 2 per run       */
-  EQD_PATH_WINOGRAD_AVX2,      /* integer Winograd, int16 x int16 -> int32    */
-  EQD_PATH_DWCONV_SCALAR,      /* depthwise, portable int32 reference         */
-  EQD_PATH_DWCONV_AVX2,        /* depthwise, VPMADDWD over pairs of taps      */
-  EQD_PATH_COUNT
-} eqd_path;
-
-extern const char* const eqd_path_names[EQD_PATH_COUNT];
-
-/* Instruction sets (chosen once, in cpu_features.c). */
-enum { EQD_ISA_SCALAR = 0, EQD_ISA_AVX2 = 1 };
-int eqd_detect_isa(void);
-
 /* Winograd F(2x2,3x3) is exact in int32 while 4 * 9 * cin * 128 * 128 < 2^31,
  * i.e. the true value of 4 * sum(q * w) (which is what the output transform
  * produces before the divide by 4) is representable.  See
  * qs8_winograd_f2x3_scalar.c for the derivation. */
 #define EQD_WINOGRAD_MAX_CIN 3640
 
-/* Direct AVX2 micro-kernel tile: MR output pixels x NR output channels. */
-#define EQD_DIRECT_NR 8
-#define EQD_DIRECT_MR 4
-/* Winograd AVX2 micro-kernel tile: MR tiles x NR output channels. */
+/* Winograd tile block geometry shared by the Winograd variants (scratch
+ * layout): MR tiles x NR output channels per micro-kernel call. */
 #define EQD_WINO_NR 16
 #define EQD_WINO_MR 6
+
+struct eqd_kernel;
 
 typedef struct eqd_conv {
   /* ---- constant, from the model (filled at kernel init) ---- */
@@ -80,38 +61,33 @@ typedef struct eqd_conv {
    * it handles 8 at a time toward +inf and the remaining C % 8 channels away
    * from zero).  Option `rounding=builtin|reference`.  [cout_pad] */
   int32_t* rq_away;
+  /* 1: single rounding (ruy's aarch64 kernels, TFLite CONV_2D on arm64):
+   * h = floor(x * M / 2^31) with x = acc << (shift >= 0 ? shift + 1 : 0),
+   * then a rounding right shift by (shift >= 0 ? 1 : -shift), ties toward
+   * +inf; this equals floor((acc * M * 2^shift + 2^(30 - shift)) / 2^(31 -
+   * shift)) whenever acc << lshift does not wrap.  rq_lshift / rq_rshift
+   * hold these shifts and rq_away is 0.  0: double rounding (srdhm, then
+   * the rounding shift with the per-channel tie rule of rq_away). */
+  int rq_single;
 
   /* ---- algorithm choice and prepacked weights ---- */
-  int isa;            /* EQD_ISA_*                                          */
   int allow_7bit;     /* option bits=7: use the 7-bit input fast paths      */
   int depthwise;      /* 1: DEPTHWISE_CONV_2D (multiplier 1), cin == cout,
                          w is [kh][kw][c] (the filter's leading 1 dropped) */
-  int winograd;       /* 1 if this node runs Winograd                       */
-  int16_t* wino_u;    /* scalar layout [16][cout][cin], U' = G' g G'^T      */
-  int16_t* wino_u_packed; /* AVX2 layout, see qs8_winograd_f2x3_avx2.c      */
-  int cin2;           /* cin rounded up to even (AVX2 Winograd pairs)       */
-  int32_t* bias_eff;  /* [cout_pad] bias - z_in * sum(w) (mod 2^32), Winograd */
-  /* Direct AVX2 packing (see qs8_conv_direct_avx2.c). */
-  int d_groups;       /* groups of 4 k values, padded to a multiple of 4    */
-  int8_t* d_w;        /* [cout_pad/8][d_groups][8][4]                       */
-  int8_t* d_w_split;  /* [cout_pad/8][2*d_groups][8][4] (only if |w| > 63)  */
-  int16_t* d_off_r4;  /* [cout_pad/8][d_groups/4][16]: -64 * run sums      */
-  int16_t* d_off_r2_128; /* [cout_pad/8][d_groups/2][16]: -128 * run sums  */
-  int16_t* d_off_r2_64;  /* [cout_pad/8][d_groups/2][16]: -64 * run sums   */
-  /* Depthwise AVX2 packing (see qs8_dwconv_avx2.c). */
-  int16_t* dw_w;      /* [cout_pad/16][taps/2 rounded up][2][16] int16     */
+  int winograd;       /* 1 if this node runs the Winograd family            */
+  int cin2;           /* cin rounded up to even                             */
+  int32_t* bias_eff;  /* [cout_pad] bias - z_in * sum(w) (mod 2^32)         */
+  const struct eqd_kernel* kernel; /* the variant that runs (eqd_kernel.h) */
+  void* kdata;        /* its packed constant data (opaque, owned)           */
 
   /* ---- shape dependent (filled at kernel prepare) ---- */
   int batch, in_h, in_w, out_h, out_w, pad_top, pad_left;
-  int nthreads;       /* threads the AVX2 kernels may use (scratch per thread) */
+  int nthreads;       /* threads the SIMD kernels may use (scratch per thread) */
   int d_hp, d_wp;     /* padded input for the direct kernels               */
   int tiles_h, tiles_w, w_hp, w_wp; /* Winograd tiling and padded input   */
   int wino_tb;        /* tiles per block (multiple of EQD_WINO_MR)          */
   int wino_cstride;   /* int16 stride of one tile's channels in V (cin->16) */
-  int32_t* d_aoff;    /* [3*d_groups] byte offsets of the groups (direct)  */
-  size_t* d_poff;     /* [out_h*out_w] byte offset of each output pixel's
-                         window in the padded input (direct AVX2)          */
-  void* scratch;      /* one aligned block, sized in eqd_conv_setup_shape   */
+  void* scratch;      /* one aligned block, sized by kernel->scratch_bytes  */
   size_t scratch_bytes;
 } eqd_conv;
 
@@ -119,16 +95,35 @@ typedef struct eqd_conv {
 void eqd_quantize_multiplier(double m, int32_t* q, int* shift);
 void eqd_activation_range(int act, float out_scale, int32_t out_zp,
                           int32_t* act_min, int32_t* act_max);
-/* rounding_reference: 1 = ties away from zero everywhere; 0 = as TFLite's
- * optimized kernels (see rq_away). */
+/* Requantization rules (option `rounding`). */
+typedef enum eqd_rounding {
+  EQD_ROUND_REFERENCE = 0, /* TFLite's reference kernels: double rounding,
+                              ties away from zero everywhere              */
+  EQD_ROUND_X86 = 1,       /* LiteRT's builtin kernels on x86-64          */
+  EQD_ROUND_ARM64 = 2,     /* LiteRT's builtin kernels on aarch64         */
+  EQD_ROUND_TFLITE214 = 3, /* tflite-runtime 2.14's builtin kernels on x86:
+                              CONV_2D as X86, DEPTHWISE_CONV_2D ties away
+                              from zero in every channel (measured)      */
+  EQD_ROUND_COUNT
+} eqd_rounding;
+extern const char* const eqd_rounding_names[EQD_ROUND_COUNT];
+#if defined(__aarch64__)
+#define EQD_ROUND_NATIVE EQD_ROUND_ARM64
+#else
+#define EQD_ROUND_NATIVE EQD_ROUND_X86
+#endif
 int eqd_conv_init_requant(eqd_conv* c, float in_scale, const float* w_scales,
-                          int n_w_scales, float out_scale, int rounding_reference);
+                          int n_w_scales, float out_scale, eqd_rounding rounding);
 /* Sets the shape and thread count and (re)allocates scratch memory. */
 int eqd_conv_setup_shape(eqd_conv* c, int batch, int in_h, int in_w, int nthreads);
+/* After the geometry, zero points, depthwise and w are set: cout_pad,
+ * cin2, bias (copied; NULL = zeros), wsum, wabs_max and bias_eff. */
+int eqd_conv_init_weights(eqd_conv* c, const int32_t* bias);
 void eqd_conv_free(eqd_conv* c);
-/* Runs one convolution; returns the path that ran.  `pool` (may be NULL)
- * must have at most c->nthreads threads; the scalar kernels ignore it. */
-eqd_path eqd_conv_run(eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool);
+/* Runs one convolution with c->kernel; returns the index of the path that
+ * ran (kernel->paths).  `pool` (may be NULL) must have at most c->nthreads
+ * threads; the scalar kernels ignore it. */
+int eqd_conv_run(eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool);
 
 void* eqd_aligned_alloc(size_t bytes);
 void eqd_aligned_free(void* p);
@@ -137,27 +132,19 @@ void eqd_aligned_free(void* p);
 void eqd_pad_input_s8(const int8_t* src, int h, int w, int ch, int pt, int pl,
                       int hp, int wp, int8_t fill, int8_t* dst);
 
-/* Kernels. The *_scalar ones are the portable references. */
-void eqd_direct_scalar(const eqd_conv* c, const int8_t* in, int8_t* out);
-void eqd_winograd_prepare_weights(eqd_conv* c); /* fills c->wino_u */
-void eqd_winograd_scalar(const eqd_conv* c, const int8_t* in, int8_t* out);
-#if defined(__x86_64__) || defined(__i386__)
-int eqd_direct_avx2_pack(eqd_conv* c);
-eqd_path eqd_direct_avx2(const eqd_conv* c, const int8_t* in, int8_t* out,
-                         eqd_pool* pool);
-int eqd_winograd_avx2_pack(eqd_conv* c);
-void eqd_winograd_avx2(const eqd_conv* c, const int8_t* in, int8_t* out,
-                       eqd_pool* pool);
-#endif
-size_t eqd_direct_avx2_scratch_bytes(const eqd_conv* c);
-void eqd_dwconv_scalar(const eqd_conv* c, const int8_t* in, int8_t* out);
-#if defined(__x86_64__) || defined(__i386__)
-int eqd_dwconv_avx2_pack(eqd_conv* c);
-void eqd_dwconv_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool);
-#endif
+/* Shared by every Winograd variant (qs8_winograd_f2x3_scalar.c): the scalar
+ * transformed kernel U' = G' g G'^T, [16][cout][cin] int16 (|U'| <= 1152). */
+int16_t* eqd_winograd_transform_weights(const eqd_conv* c);
 size_t eqd_winograd_scratch_bytes(eqd_conv* c); /* also sets wino_tb */
 size_t eqd_winograd_padded_bytes(const eqd_conv* c);
 size_t eqd_winograd_thread_bytes(const eqd_conv* c); /* V + M of one thread */
+/* Padded input of the direct and depthwise kernels, + 64 bytes slack. */
+size_t eqd_direct_padded_bytes(const eqd_conv* c);
+
+/* The scalar references of the three families (bit-exact with TFLite). */
+void eqd_direct_scalar(const eqd_conv* c, const int8_t* in, int8_t* out);
+void eqd_winograd_scalar(const eqd_conv* c, const int8_t* in, int8_t* out);
+void eqd_dwconv_scalar(const eqd_conv* c, const int8_t* in, int8_t* out);
 
 /* ---- TFLite's fixed-point requantization, scalar, bit for bit ----------- */
 
@@ -169,6 +156,14 @@ static inline int32_t eqd_srdhm(int32_t a, int32_t b) {
   const int64_t ab = (int64_t)a * (int64_t)b; /* |ab| <= 2^62: no overflow */
   const int64_t nudge = ab >= 0 ? (1LL << 30) : (1 - (1LL << 30));
   return (int32_t)((ab + nudge) / (1LL << 31)); /* C division truncates */
+}
+
+/* floor(a * b / 2^31) for 0 <= b < 2^31: AArch64's SQDMULH (which
+ * saturates only for a == b == INT32_MIN, excluded here). */
+static inline int32_t eqd_floor_mulhi(int32_t a, int32_t b) {
+  const int64_t ab = (int64_t)a * (int64_t)b;
+  const int64_t q = ab / (1LL << 31); /* truncates toward zero */
+  return (int32_t)(q * (1LL << 31) > ab ? q - 1 : q);
 }
 
 /* Rounding divide by 2^e (0 <= e <= 31), to nearest.
@@ -188,9 +183,13 @@ static inline int32_t eqd_rdbpot(int32_t x, int e, int away) {
 /* TFLite's MultiplyByQuantizedMultiplier followed by +zp and the clamp.
  * x * 2^left_shift wraps like TFLite's int32 multiply (done in uint32). */
 static inline int8_t eqd_requant_scalar(const eqd_conv* c, int ch, int32_t acc) {
-  const int32_t x = (int32_t)((uint32_t)acc << c->rq_lshift[ch]);
-  int32_t v = eqd_rdbpot(eqd_srdhm(x, c->rq_mult[ch]), c->rq_rshift[ch],
-                         c->rq_away[ch] != 0);
+  /* A shift of 32 (single rounding with shift 31) gives 0, as SSHL and
+   * VPSLLVD do; C's << would be undefined there. */
+  const int ls = c->rq_lshift[ch];
+  const int32_t x = ls >= 32 ? 0 : (int32_t)((uint32_t)acc << ls);
+  const int32_t h = c->rq_single ? eqd_floor_mulhi(x, c->rq_mult[ch])
+                                 : eqd_srdhm(x, c->rq_mult[ch]);
+  int32_t v = eqd_rdbpot(h, c->rq_rshift[ch], c->rq_away[ch] != 0);
   v = (int32_t)((uint32_t)v + (uint32_t)c->out_zp);
   if (v < c->act_min) v = c->act_min;
   if (v > c->act_max) v = c->act_max;

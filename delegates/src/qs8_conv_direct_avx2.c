@@ -48,7 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -59,12 +59,81 @@
 
 #include "qs8_requant_avx2.h"
 
-size_t eqd_direct_avx2_scratch_bytes(const eqd_conv* c) {
-  if (c->isa != EQD_ISA_AVX2 || c->winograd) return 0;
+#define EQD_DIRECT_MR 4 /* output pixels per micro-kernel call */
+
+/* Packed weights (pack) and shape tables (reshape) of this variant. */
+typedef struct direct_avx2_data {
+  int d_groups;       /* groups of 4 k values, padded to a multiple of 4    */
+  int8_t* d_w;        /* [cout_pad/8][d_groups][8][4]                       */
+  int8_t* d_w_split;  /* [cout_pad/8][2*d_groups][8][4] (only if |w| > 63)  */
+  int16_t* d_off_r4;  /* [cout_pad/8][d_groups/4][16]: -64 * run sums      */
+  int16_t* d_off_r2_128; /* [cout_pad/8][d_groups/2][16]: -128 * run sums  */
+  int16_t* d_off_r2_64;  /* [cout_pad/8][d_groups/2][16]: -64 * run sums   */
+  int32_t* d_aoff;    /* [3*d_groups] byte offsets of the groups            */
+  size_t* d_poff;     /* [out_h*out_w] byte offset of each output pixel's
+                         window in the padded input                        */
+} direct_avx2_data;
+
+static inline direct_avx2_data* dd(const eqd_conv* c) {
+  return (direct_avx2_data*)c->kdata;
+}
+
+static size_t direct_avx2_scratch(eqd_conv* c) {
   /* padded u8 input + 64 slack (groups read up to 3 bytes past a row) +
    * per-invoke folded bias */
-  return (((size_t)c->d_hp * c->d_wp * c->cin + 64 + 63) & ~(size_t)63) +
-         (size_t)c->cout_pad * sizeof(int32_t) + 64;
+  return eqd_direct_padded_bytes(c) + (size_t)c->cout_pad * sizeof(int32_t) + 64;
+}
+
+static void direct_avx2_unpack(void* kdata) {
+  direct_avx2_data* p = (direct_avx2_data*)kdata;
+  if (!p) return;
+  eqd_aligned_free(p->d_w);
+  eqd_aligned_free(p->d_w_split);
+  eqd_aligned_free(p->d_off_r4);
+  eqd_aligned_free(p->d_off_r2_128);
+  eqd_aligned_free(p->d_off_r2_64);
+  free(p->d_aoff);
+  free(p->d_poff);
+  free(p);
+}
+
+/* Shape tables: group offsets and output-pixel window offsets. */
+static int direct_avx2_reshape(eqd_conv* c) {
+  const int oh = c->out_h, ow = c->out_w;
+  direct_avx2_data* p = dd(c);
+  /* Byte offsets of the direct kernels' k-groups: group j of kernel row ky
+   * starts at ky * (row stride) + 4 j inside the padded input.  Layout:
+   * [0, G) one entry per group; [G, 3G) each group twice (split path). */
+  free(p->d_aoff);
+  p->d_aoff = NULL;
+  if (p->d_groups > 0) {
+    const int G = p->d_groups;
+    p->d_aoff = (int32_t*)calloc((size_t)G * 3, sizeof(int32_t));
+    if (!p->d_aoff) return -1;
+    const int seg = c->kw * c->cin;
+    const int gps = (seg + 3) / 4; /* groups per kernel row */
+    for (int g = 0; g < G; ++g) {
+      int32_t off = 0; /* padding groups: zero weights, any valid address */
+      if (g < c->kh * gps) {
+        const int ky = g / gps, j = g % gps;
+        off = (int32_t)((size_t)ky * c->d_wp * c->cin + 4 * (size_t)j);
+      }
+      p->d_aoff[g] = off;
+      p->d_aoff[G + 2 * g] = off;
+      p->d_aoff[G + 2 * g + 1] = off;
+    }
+  }
+  free(p->d_poff);
+  p->d_poff = NULL;
+  if (p->d_groups > 0) {
+    p->d_poff = (size_t*)malloc((size_t)oh * ow * sizeof(size_t));
+    if (!p->d_poff) return -1;
+    for (int oy = 0; oy < oh; ++oy)
+      for (int ox = 0; ox < ow; ++ox)
+        p->d_poff[(size_t)oy * ow + ox] =
+            ((size_t)oy * c->stride_h * c->d_wp + (size_t)ox * c->stride_w) * c->cin;
+  }
+  return 0;
 }
 
 static int8_t wk(const eqd_conv* c, int co, int g, int kk) {
@@ -75,33 +144,35 @@ static int8_t wk(const eqd_conv* c, int co, int g, int kk) {
   return c->w[((size_t)co * c->kh + ky) * seg + k];
 }
 
-int eqd_direct_avx2_pack(eqd_conv* c) {
+static int direct_avx2_pack(eqd_conv* c) {
+  c->kdata = calloc(1, sizeof(direct_avx2_data));
+  if (!c->kdata) return -1;
   const int seg = c->kw * c->cin, gps = (seg + 3) / 4;
   const int G = (c->kh * gps + 3) / 4 * 4;
   const int ncb = c->cout_pad / 8;
-  c->d_groups = G;
-  c->d_w = (int8_t*)eqd_aligned_alloc((size_t)ncb * G * 32);
-  if (!c->d_w) return -1;
+  dd(c)->d_groups = G;
+  dd(c)->d_w = (int8_t*)eqd_aligned_alloc((size_t)ncb * G * 32);
+  if (!dd(c)->d_w) return -1;
   for (int cb = 0; cb < ncb; ++cb)
     for (int g = 0; g < G; ++g)
       for (int l = 0; l < 8; ++l)
         for (int kk = 0; kk < 4; ++kk)
-          c->d_w[(((size_t)cb * G + g) * 8 + l) * 4 + kk] = wk(c, cb * 8 + l, g, kk);
+          dd(c)->d_w[(((size_t)cb * G + g) * 8 + l) * 4 + kk] = wk(c, cb * 8 + l, g, kk);
   if (c->wabs_max > 63) {
-    c->d_w_split = (int8_t*)eqd_aligned_alloc((size_t)ncb * 2 * G * 32);
-    if (!c->d_w_split) return -1;
+    dd(c)->d_w_split = (int8_t*)eqd_aligned_alloc((size_t)ncb * 2 * G * 32);
+    if (!dd(c)->d_w_split) return -1;
     for (int cb = 0; cb < ncb; ++cb)
       for (int g = 0; g < G; ++g)
         for (int i = 0; i < 32; ++i) {
-          const int w = c->d_w[((size_t)cb * G + g) * 32 + i];
+          const int w = dd(c)->d_w[((size_t)cb * G + g) * 32 + i];
           const int wa = w >= 0 ? w / 2 : -((-w + 1) / 2); /* floor(w / 2) */
-          c->d_w_split[((size_t)cb * 2 * G + 2 * g) * 32 + i] = (int8_t)wa;
-          c->d_w_split[((size_t)cb * 2 * G + 2 * g + 1) * 32 + i] = (int8_t)(w - wa);
+          dd(c)->d_w_split[((size_t)cb * 2 * G + 2 * g) * 32 + i] = (int8_t)wa;
+          dd(c)->d_w_split[((size_t)cb * 2 * G + 2 * g + 1) * 32 + i] = (int8_t)(w - wa);
         }
   }
   /* Run offsets: lane (co, h) of a run = -off * sum over the run's groups of
    * w[co][2h] + w[co][2h+1] (the two bytes that VPMADDUBSW pairs). */
-  int16_t** dst[3] = {&c->d_off_r4, &c->d_off_r2_128, &c->d_off_r2_64};
+  int16_t** dst[3] = {&dd(c)->d_off_r4, &dd(c)->d_off_r2_128, &dd(c)->d_off_r2_64};
   const int runs[3] = {4, 2, 2}, offs[3] = {64, 128, 64};
   const int needed[3] = {c->wabs_max <= 63, c->wabs_max <= 63, c->wabs_max <= 127};
   for (int v = 0; v < 3; ++v) {
@@ -116,7 +187,7 @@ int eqd_direct_avx2_pack(eqd_conv* c) {
           const int l = lane / 2, h = lane % 2;
           int32_t s = 0;
           for (int j = 0; j < R; ++j) {
-            const int8_t* wg = c->d_w + (((size_t)cb * G + r * R + j) * 8 + l) * 4;
+            const int8_t* wg = dd(c)->d_w + (((size_t)cb * G + r * R + j) * 8 + l) * 4;
             s += wg[2 * h] + wg[2 * h + 1];
           }
           /* |off * s| <= 32512 (see the header): fits int16 */
@@ -258,7 +329,7 @@ static void direct_task(void* ctx, int task, int thread) {
       const uint8_t* a[EQD_DIRECT_MR];
       for (int m = 0; m < EQD_DIRECT_MR; ++m) {
         const int p = p0 + m < pend ? p0 + m : pend - 1; /* tail: repeat */
-        a[m] = j->pad + c->d_poff[p];
+        a[m] = j->pad + dd(c)->d_poff[p];
       }
       __m256i acc[4];
       if (R == 4)
@@ -274,7 +345,8 @@ static void direct_task(void* ctx, int task, int thread) {
   }
 }
 
-eqd_path eqd_direct_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool) {
+static int direct_avx2_run(const eqd_conv* c, const int8_t* in, int8_t* out,
+                           eqd_pool* pool) {
   const size_t in_img = (size_t)c->in_h * c->in_w * c->cin;
   const size_t out_img = (size_t)c->out_h * c->out_w * c->cout;
   /* Range check over the whole batch (and the padding value z). */
@@ -283,31 +355,30 @@ eqd_path eqd_direct_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_p
   if (c->in_zp < qmin) qmin = c->in_zp;
   if (c->in_zp > qmax) qmax = c->in_zp;
   const int in7 = c->allow_7bit && qmax - qmin <= 127;
-  eqd_path path;
+  int path;
   int base, off;
   direct_job j;
   memset(&j, 0, sizeof(j));
   j.c = c;
-  j.w = c->d_w;
-  j.ao = c->d_aoff; /* [0, G) one per group, [G, 3G) split path */
-  j.groups = c->d_groups;
+  j.w = dd(c)->d_w;
+  j.ao = dd(c)->d_aoff; /* [0, G) one per group, [G, 3G) split path */
+  j.groups = dd(c)->d_groups;
   if (c->wabs_max <= 63 && in7) {
-    path = EQD_PATH_DIRECT_AVX2_I16X8;
-    base = qmin, off = 64, j.R = 4, j.offs = c->d_off_r4;
+    path = 0;
+    base = qmin, off = 64, j.R = 4, j.offs = dd(c)->d_off_r4;
   } else if (c->wabs_max <= 63) {
-    path = EQD_PATH_DIRECT_AVX2_I16X4;
-    base = -128, off = 128, j.R = 2, j.offs = c->d_off_r2_128;
+    path = 1;
+    base = -128, off = 128, j.R = 2, j.offs = dd(c)->d_off_r2_128;
   } else if (c->wabs_max <= 127 && in7) {
-    path = EQD_PATH_DIRECT_AVX2_I16X4;
-    base = qmin, off = 64, j.R = 2, j.offs = c->d_off_r2_64;
+    path = 1;
+    base = qmin, off = 64, j.R = 2, j.offs = dd(c)->d_off_r2_64;
   } else {
-    path = EQD_PATH_DIRECT_AVX2_I16X2;
-    base = -128, off = 0, j.R = 1, j.w = c->d_w_split, j.groups = 2 * c->d_groups;
-    j.ao = c->d_aoff + c->d_groups;
+    path = 2;
+    base = -128, off = 0, j.R = 1, j.w = dd(c)->d_w_split, j.groups = 2 * dd(c)->d_groups;
+    j.ao = dd(c)->d_aoff + dd(c)->d_groups;
   }
   uint8_t* pad = (uint8_t*)c->scratch;
-  int32_t* beff = (int32_t*)((char*)c->scratch +
-                             (((size_t)c->d_hp * c->d_wp * c->cin + 64 + 63) & ~(size_t)63));
+  int32_t* beff = (int32_t*)((char*)c->scratch + eqd_direct_padded_bytes(c));
   /* bias + (base + off - z) * sum w, modulo 2^32 */
   const uint32_t corr = (uint32_t)(base + off - c->in_zp);
   for (int co = 0; co < c->cout_pad; ++co)
@@ -334,11 +405,11 @@ eqd_path eqd_direct_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_p
 
 #pragma GCC pop_options
 
-#else /* not x86 */
+const eqd_kernel eqd_kernel_direct_avx2 = {
+    .name = "direct_avx2", .isa = "avx2", .family = EQD_FAMILY_DIRECT,
+    .cpu_features = EQD_CPU_AVX2, .pack = direct_avx2_pack,
+    .unpack = direct_avx2_unpack, .reshape = direct_avx2_reshape,
+    .scratch_bytes = direct_avx2_scratch, .run = direct_avx2_run,
+    .paths = {"direct_avx2_i16x8", "direct_avx2_i16x4", "direct_avx2_i16x2"}};
 
-size_t eqd_direct_avx2_scratch_bytes(const eqd_conv* c) {
-  (void)c;
-  return 0;
-}
-
-#endif
+#endif /* x86 */

@@ -14,7 +14,7 @@
  * not overflow (|acc| < 2^31, i.e. up to 2^31 / 2^14 = 131072 taps even in
  * the worst case).
  */
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
 void eqd_direct_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
   const int cin = c->cin, cout = c->cout, kh = c->kh, kw = c->kw;
@@ -47,3 +47,17 @@ void eqd_direct_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
     }
   }
 }
+
+static size_t direct_scalar_scratch(eqd_conv* c) { return eqd_direct_padded_bytes(c); }
+
+static int direct_scalar_run(const eqd_conv* c, const int8_t* in, int8_t* out,
+                             eqd_pool* pool) {
+  (void)pool;
+  eqd_direct_scalar(c, in, out);
+  return 0;
+}
+
+const eqd_kernel eqd_kernel_direct_scalar = {
+    .name = "direct_scalar", .isa = "scalar", .family = EQD_FAMILY_DIRECT,
+    .scratch_bytes = direct_scalar_scratch, .run = direct_scalar_run,
+    .paths = {"direct_scalar"}};

@@ -17,7 +17,7 @@
  */
 #include <string.h>
 
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -30,13 +30,14 @@
 
 #define EQD_DW_MAX_TAPS 64
 
-int eqd_dwconv_avx2_pack(eqd_conv* c) {
+/* Packed weights: [cout_pad/16][taps/2 rounded up][2][16] int16 (kdata). */
+static int dwconv_avx2_pack(eqd_conv* c) {
   const int C = c->cout, T = c->kh * c->kw, T2 = (T + 1) / 2;
   const int ncb = c->cout_pad / 16;
   const size_t n = (size_t)ncb * T2 * 2 * 16;
-  c->dw_w = (int16_t*)eqd_aligned_alloc(n * sizeof(int16_t));
-  c->bias_eff = (int32_t*)calloc((size_t)c->cout_pad, sizeof(int32_t));
-  if (!c->dw_w || !c->bias_eff) return -1;
+  int16_t* dw_w = (int16_t*)eqd_aligned_alloc(n * sizeof(int16_t));
+  c->kdata = dw_w;
+  if (!dw_w) return -1;
   for (int cb = 0; cb < ncb; ++cb)
     for (int tp = 0; tp < T2; ++tp)
       for (int half = 0; half < 2; ++half)
@@ -46,11 +47,8 @@ int eqd_dwconv_avx2_pack(eqd_conv* c) {
           const int t = 2 * tp + (pos % 2);
           int16_t v = 0;
           if (ch < C && t < T) v = c->w[(size_t)t * C + ch];
-          c->dw_w[(((size_t)cb * T2 + tp) * 2 + half) * 16 + i] = v;
+          dw_w[(((size_t)cb * T2 + tp) * 2 + half) * 16 + i] = v;
         }
-  for (int ch = 0; ch < C; ++ch) /* modulo 2^32 */
-    c->bias_eff[ch] =
-        (int32_t)((uint32_t)c->bias[ch] - (uint32_t)c->in_zp * (uint32_t)c->wsum[ch]);
   return 0;
 }
 
@@ -113,7 +111,7 @@ static void dw_row(void* ctx, int oy, int thread) {
     const eqd_rq8 rq0 = eqd_rq8_load(c, c0), rq1 = eqd_rq8_load(c, c0 + 8);
     const __m256i b0 = _mm256_loadu_si256((const __m256i*)(c->bias_eff + c0));
     const __m256i b1 = _mm256_loadu_si256((const __m256i*)(c->bias_eff + c0 + 8));
-    const int16_t* wcb = c->dw_w + (size_t)cb * T2 * 32;
+    const int16_t* wcb = (const int16_t*)c->kdata + (size_t)cb * T2 * 32;
     for (int ox = 0; ox < c->out_w; ox += 2) {
       const int np = c->out_w - ox >= 2 ? 2 : 1;
       const int8_t* a0 = rowbase + (size_t)ox * pix_step + c0;
@@ -138,7 +136,10 @@ static void dw_row(void* ctx, int oy, int thread) {
   }
 }
 
-void eqd_dwconv_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool) {
+static size_t dwconv_avx2_scratch(eqd_conv* c) { return eqd_direct_padded_bytes(c); }
+
+static int dwconv_avx2_run(const eqd_conv* c, const int8_t* in, int8_t* out,
+                           eqd_pool* pool) {
   const size_t in_img = (size_t)c->in_h * c->in_w * c->cin;
   const size_t out_img = (size_t)c->out_h * c->out_w * c->cout;
   int8_t* pad = (int8_t*)c->scratch;
@@ -148,8 +149,15 @@ void eqd_dwconv_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool*
     dw_job job = {c, pad, out + b * out_img};
     eqd_pool_run(pool, dw_row, &job, c->out_h);
   }
+  return 0;
 }
 
 #pragma GCC pop_options
+
+const eqd_kernel eqd_kernel_dwconv_avx2 = {
+    .name = "dwconv_avx2", .isa = "avx2", .family = EQD_FAMILY_DWCONV,
+    .cpu_features = EQD_CPU_AVX2, .pack = dwconv_avx2_pack, .unpack = eqd_aligned_free,
+    .scratch_bytes = dwconv_avx2_scratch, .run = dwconv_avx2_run,
+    .paths = {"dwconv_avx2"}};
 
 #endif /* x86 */

@@ -6,7 +6,7 @@
  * bias.  |q * w| <= 2^14 per tap, summed modulo 2^32 (exact whenever
  * TFLite's int32 accumulator is).
  */
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
 void eqd_dwconv_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
   const int ch = c->cout, kh = c->kh, kw = c->kw;
@@ -34,3 +34,17 @@ void eqd_dwconv_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
       }
   }
 }
+
+static size_t dwconv_scalar_scratch(eqd_conv* c) { return eqd_direct_padded_bytes(c); }
+
+static int dwconv_scalar_run(const eqd_conv* c, const int8_t* in, int8_t* out,
+                             eqd_pool* pool) {
+  (void)pool;
+  eqd_dwconv_scalar(c, in, out);
+  return 0;
+}
+
+const eqd_kernel eqd_kernel_dwconv_scalar = {
+    .name = "dwconv_scalar", .isa = "scalar", .family = EQD_FAMILY_DWCONV,
+    .scratch_bytes = dwconv_scalar_scratch, .run = dwconv_scalar_run,
+    .paths = {"dwconv_scalar"}};

@@ -12,7 +12,7 @@
 #include "eqd_conv.h"
 
 typedef struct eqd_rq_consts {
-  __m256i zp, vmin, vmax;
+  __m256i zp, vmin, vmax, nudge;
 } eqd_rq_consts;
 
 static inline eqd_rq_consts eqd_rq_consts_init(const eqd_conv* c) {
@@ -20,6 +20,8 @@ static inline eqd_rq_consts eqd_rq_consts_init(const eqd_conv* c) {
   k.zp = _mm256_set1_epi32(c->out_zp);
   k.vmin = _mm256_set1_epi32(c->act_min);
   k.vmax = _mm256_set1_epi32(c->act_max);
+  /* single rounding (aarch64 rule): floor, no nudge; see eqd_conv.rq_single */
+  k.nudge = _mm256_set1_epi64x(c->rq_single ? 0 : (1LL << 30));
   return k;
 }
 
@@ -49,10 +51,11 @@ static inline __m256i eqd_requant8_avx2(__m256i acc, const eqd_rq8* r,
   const __m256i x = _mm256_sllv_epi32(acc, r->ls);
   /* SaturatingRoundingDoublingHighMul(x, m) = floor((x*m + 2^30) / 2^31)
    * (identical to the nudge-and-truncate form for both signs; the saturating
-   * case x == m == INT32_MIN cannot occur because 0 <= m < 2^31).
+   * case x == m == INT32_MIN cannot occur because 0 <= m < 2^31); with a
+   * zero nudge (rq_single) it is floor(x*m / 2^31), AArch64's SQDMULH.
    * |x*m| < 2^62, so the 64-bit sums cannot overflow, and the result fits in
    * 32 bits, so the low half of a logical shift equals the arithmetic one. */
-  const __m256i nudge = _mm256_set1_epi64x(1LL << 30);
+  const __m256i nudge = k->nudge;
   const __m256i p_even = _mm256_add_epi64(_mm256_mul_epi32(x, r->m), nudge);
   const __m256i p_odd = _mm256_add_epi64(
       _mm256_mul_epi32(_mm256_srli_epi64(x, 32), _mm256_srli_epi64(r->m, 32)), nudge);

@@ -22,7 +22,7 @@
  */
 #include <string.h>
 
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 
@@ -35,25 +35,27 @@
 
 /* U' packed as [t][cb][cp][16 co][2 ci] int16 (cb: block of 16 output
  * channels, cp: pair of input channels), zero in the padding. */
-int eqd_winograd_avx2_pack(eqd_conv* c) {
+static int winograd_avx2_pack(eqd_conv* c) {
   const int cin = c->cin, cout = c->cout;
   const int ncb = c->cout_pad / EQD_WINO_NR, ncp = c->cin2 / 2;
   const size_t n = (size_t)16 * ncb * ncp * EQD_WINO_NR * 2;
-  c->wino_u_packed = (int16_t*)eqd_aligned_alloc(n * sizeof(int16_t));
-  c->bias_eff = (int32_t*)calloc((size_t)c->cout_pad, sizeof(int32_t));
-  if (!c->wino_u_packed || !c->bias_eff) return -1;
-  memset(c->wino_u_packed, 0, n * sizeof(int16_t));
+  int16_t* packed = (int16_t*)eqd_aligned_alloc(n * sizeof(int16_t));
+  int16_t* wino_u = eqd_winograd_transform_weights(c); /* [16][cout][cin] */
+  c->kdata = packed;
+  if (!packed || !wino_u) {
+    eqd_aligned_free(wino_u);
+    return -1;
+  }
+  memset(packed, 0, n * sizeof(int16_t));
   for (int t = 0; t < 16; ++t)
     for (int co = 0; co < cout; ++co)
       for (int ci = 0; ci < cin; ++ci) {
         const int cb = co / EQD_WINO_NR, cl = co % EQD_WINO_NR;
         const size_t idx =
             ((((size_t)t * ncb + cb) * ncp + ci / 2) * EQD_WINO_NR + cl) * 2 + (ci & 1);
-        c->wino_u_packed[idx] = c->wino_u[((size_t)t * cout + co) * cin + ci];
+        packed[idx] = wino_u[((size_t)t * cout + co) * cin + ci];
       }
-  for (int co = 0; co < cout; ++co) /* modulo 2^32 */
-    c->bias_eff[co] =
-        (int32_t)((uint32_t)c->bias[co] - (uint32_t)c->in_zp * (uint32_t)c->wsum[co]);
+  eqd_aligned_free(wino_u);
   return 0;
 }
 
@@ -220,7 +222,7 @@ static void wino_block(void* ctx, int task, int thread) {
         const int i = i0 + m < nt ? i0 + m : nt - 1; /* tail: repeat last */
         toff[m] = i * cstride;
       }
-      gemm_mr_x16(v, t_stride, toff, c->wino_u_packed + (size_t)cb * ncp * 32, u_t_stride,
+      gemm_mr_x16(v, t_stride, toff, (const int16_t*)c->kdata + (size_t)cb * ncp * 32, u_t_stride,
                   ncp, mbuf);
       for (int m = 0; m < EQD_WINO_MR && i0 + m < nt; ++m) {
         const int ty = (t0 + i0 + m) / ntw, tx = (t0 + i0 + m) % ntw;
@@ -234,7 +236,8 @@ static void wino_block(void* ctx, int task, int thread) {
   }
 }
 
-void eqd_winograd_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_pool* pool) {
+static int winograd_avx2_run(const eqd_conv* c, const int8_t* in, int8_t* out,
+                             eqd_pool* pool) {
   const int cin = c->cin;
   const int ntiles = c->tiles_h * c->tiles_w;
   const int nblocks = (ntiles + c->wino_tb - 1) / c->wino_tb;
@@ -248,8 +251,15 @@ void eqd_winograd_avx2(const eqd_conv* c, const int8_t* in, int8_t* out, eqd_poo
     wino_job job = {c, pad, out + b * out_img};
     eqd_pool_run(pool, wino_block, &job, nblocks);
   }
+  return 0;
 }
 
 #pragma GCC pop_options
+
+const eqd_kernel eqd_kernel_winograd_avx2 = {
+    .name = "winograd_avx2", .isa = "avx2", .family = EQD_FAMILY_WINOGRAD,
+    .cpu_features = EQD_CPU_AVX2, .pack = winograd_avx2_pack, .unpack = eqd_aligned_free,
+    .scratch_bytes = eqd_winograd_scratch_bytes, .run = winograd_avx2_run,
+    .paths = {"winograd_avx2"}};
 
 #endif /* x86 */

@@ -27,11 +27,12 @@
  */
 #include <string.h>
 
-#include "eqd_conv.h"
+#include "eqd_kernel.h"
 
-void eqd_winograd_prepare_weights(eqd_conv* c) {
+int16_t* eqd_winograd_transform_weights(const eqd_conv* c) {
   const int cin = c->cin, cout = c->cout;
-  int16_t* u = c->wino_u; /* [16][cout][cin] */
+  int16_t* u = (int16_t*)eqd_aligned_alloc((size_t)16 * cout * cin * sizeof(int16_t));
+  if (!u) return NULL; /* [16][cout][cin] */
   for (int co = 0; co < cout; ++co) {
     for (int ci = 0; ci < cin; ++ci) {
       int32_t g[3][3], t[4][3];
@@ -52,6 +53,7 @@ void eqd_winograd_prepare_weights(eqd_conv* c) {
       }
     }
   }
+  return u;
 }
 
 /* V = B^T d B for one channel; d[4][4] raw q. |V| <= 512. */
@@ -106,6 +108,7 @@ size_t eqd_winograd_scratch_bytes(eqd_conv* c) {
 }
 
 void eqd_winograd_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
+  const int16_t* wino_u = (const int16_t*)c->kdata; /* [16][cout][cin] */
   const int cin = c->cin, cout = c->cout;
   const int hp = c->w_hp, wp = c->w_wp;
   int8_t* pad = (int8_t*)c->scratch;
@@ -125,7 +128,7 @@ void eqd_winograd_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
         for (int co = 0; co < cout; ++co) {
           uint32_t m[16];
           for (int t = 0; t < 16; ++t) {
-            const int16_t* u = c->wino_u + ((size_t)t * cout + co) * cin;
+            const int16_t* u = wino_u + ((size_t)t * cout + co) * cin;
             uint32_t acc = 0; /* modulo 2^32, see the header comment */
             for (int ci = 0; ci < cin; ++ci)
               acc += (uint32_t)((int32_t)u[ci] * (int32_t)v[(size_t)ci * 16 + t]);
@@ -159,3 +162,21 @@ void eqd_winograd_scalar(const eqd_conv* c, const int8_t* in, int8_t* out) {
     }
   }
 }
+
+static int winograd_scalar_pack(eqd_conv* c) {
+  c->kdata = eqd_winograd_transform_weights(c);
+  return c->kdata ? 0 : -1;
+}
+
+static int winograd_scalar_run(const eqd_conv* c, const int8_t* in, int8_t* out,
+                               eqd_pool* pool) {
+  (void)pool;
+  eqd_winograd_scalar(c, in, out);
+  return 0;
+}
+
+const eqd_kernel eqd_kernel_winograd_scalar = {
+    .name = "winograd_scalar", .isa = "scalar", .family = EQD_FAMILY_WINOGRAD,
+    .pack = winograd_scalar_pack, .unpack = eqd_aligned_free,
+    .scratch_bytes = eqd_winograd_scratch_bytes, .run = winograd_scalar_run,
+    .paths = {"winograd_scalar"}};

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 from typing import Any
@@ -37,6 +38,7 @@ class SuiteResult:
     mismatches: list = dataclasses.field(default_factory=list)
     paths: dict = dataclasses.field(default_factory=dict)
     unclaimed: list = dataclasses.field(default_factory=list)
+    isa: str = ""
 
 
 def random_case(rng: np.random.Generator, kind: str = "any") -> dict[str, Any]:
@@ -138,6 +140,7 @@ def run_suite(n_cases: int, seed: int, options: dict[str, Any] | None = None,
         got = run_model(model, xs, experimental_delegates=[delegate],
                         experimental_op_resolver_type=RESOLVERS["builtin"])
         stats = delegate_stats(delegate)
+        result.isa = stats["isa"]
         result.cases += 1
         if stats["claimed"] != 1:
             result.unclaimed.append((i, case))
@@ -168,8 +171,12 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--against", choices=sorted(RESOLVERS), default="builtin")
     ap.add_argument("--options", nargs="*", default=[])
+    ap.add_argument("--json", action="store_true",
+                    help="also print the result as one JSON line (for the qemu tests)")
     args = ap.parse_args()
     res = run_suite(args.cases, args.seed, _parse_options(args.options), args.against)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(res)))
     for m in res.mismatches[:10]:
         print("MISMATCH", m)
     print(f"cases={res.cases} invokes={res.invokes} mismatches={len(res.mismatches)} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import platform
 import subprocess
 import sys
 
@@ -140,6 +141,43 @@ def test_missing_bias_equals_zero_bias(delegate_library):
 def test_bad_options_raise_value_error(delegate_library, options, match):
     with pytest.raises(ValueError, match=match):
         load_delegate(options)
+
+
+@pytest.mark.parametrize("key", ["num_threads", "bits", "debug", "winograd"])
+@pytest.mark.parametrize("pad", [" {}", "{} ", "\t{}", "+{}", "{}\n", "0{}x"])
+def test_numbers_with_whitespace_or_sign_are_rejected(delegate_library, key, pad):
+    """Every numeric option reads exactly -?[0-9]+: leading and trailing
+    whitespace (once accepted on one side only, by strtol) and '+' are
+    errors, alike for every option."""
+    good = {"num_threads": "2", "bits": "8", "debug": "1", "winograd": "0"}[key]
+    load_delegate({key: good})  # the bare value is fine
+    with pytest.raises(ValueError, match=f"option '{key}'"):
+        load_delegate({key: pad.format(good)})
+
+
+@pytest.mark.parametrize("value", ["-1", "1", "64"])
+def test_num_threads_accepts_its_range(delegate_library, value):
+    assert delegate_stats(load_delegate({"num_threads": value}))["num_threads"] == int(value)
+
+
+@pytest.mark.parametrize("value", ["65", "-2", "99999999999999999999"])
+def test_num_threads_rejects_out_of_range(delegate_library, value):
+    with pytest.raises(ValueError, match="option 'num_threads'"):
+        load_delegate({"num_threads": value})
+
+
+@pytest.mark.parametrize("rounding", ["builtin", "reference", "builtin-x86", "builtin-arm64",
+                                      "tflite-runtime-2.14"])
+def test_rounding_values(delegate_library, rounding):
+    st = delegate_stats(load_delegate({"rounding": rounding}))
+    native = "builtin-arm64" if platform.machine() in ("aarch64", "arm64") else "builtin-x86"
+    assert st["rounding"] == (native if rounding == "builtin" else rounding)
+
+
+def test_isa_of_another_architecture_is_an_error(delegate_library):
+    other = "neon" if platform.machine() == "x86_64" else "avx2"
+    with pytest.raises(ValueError, match=f"isa={other}: this CPU lacks it"):
+        load_delegate({"isa": other})
 
 
 def test_good_options_are_accepted(delegate_library):

@@ -4,7 +4,6 @@ claims every CONV_2D and takes the 7-bit fast paths."""
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -12,36 +11,9 @@ import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from eq_tflite.delegate import delegate_stats, load_delegate
+from examples_7bit import EXAMPLE_MODELS, calibration, quantized
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXAMPLES = os.path.join(REPO, "examples")
 BUILTIN = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-
-
-def _examples() -> list[tuple[str, str]]:
-    """(SavedModel dir, calibration .npy) pairs: <prefix>_calib.npy whose
-    prefix occurs in the model directory's name."""
-    pairs = []
-    calibs = glob.glob(os.path.join(EXAMPLES, "*_calib.npy"))
-    for pb in sorted(glob.glob(os.path.join(EXAMPLES, "*", "saved_model.pb"))):
-        d = os.path.dirname(pb)
-        for c in calibs:
-            prefix = os.path.basename(c)[: -len("_calib.npy")]
-            if prefix in os.path.basename(d):
-                pairs.append((d, c))
-                break
-    return pairs
-
-
-EXAMPLE_MODELS = _examples()
-
-
-def _quantize():
-    try:
-        from eq_tflite import quantize
-    except ImportError:
-        return None
-    return quantize
 
 
 @pytest.mark.skipif(not EXAMPLE_MODELS, reason="no example SavedModels in examples/")
@@ -49,19 +21,18 @@ def _quantize():
 @pytest.mark.parametrize("saved_model,calib", EXAMPLE_MODELS,
                          ids=[os.path.basename(p[0]) for p in EXAMPLE_MODELS])
 def test_example_model_7bit_bitexact(delegate_library, saved_model, calib, method):
-    quantize = _quantize()
-    if quantize is None:
-        pytest.skip("eq_tflite.quantize is not available")
     try:
         from eq_tflite.methods import available
         if method not in available():
             pytest.skip(f"method {method!r} is not registered")
     except ImportError:
         pass
-    data = np.load(calib).astype(np.float32)
-    # minmax keeps the test fast; the delegate does not care how scales were
-    # chosen, only that the model is a 7-bit int8 model.
-    model = quantize(saved_model, data[:64], bits=7, method=method)
+    data = calibration(calib)
+    # The delegate does not care how scales were chosen, only that the
+    # model is a 7-bit int8 model.
+    model = quantized(saved_model, calib, method)
+    if model is None:
+        pytest.skip("eq_tflite.quantize is not available")
     ref = Interpreter(model_content=model, experimental_op_resolver_type=BUILTIN)
     d = load_delegate()
     got = Interpreter(model_content=model, experimental_delegates=[d],

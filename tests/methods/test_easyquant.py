@@ -107,3 +107,90 @@ def test_fast_fake_quant_is_the_grids_bit_for_bit():
 def test_bad_option_is_a_clear_error(small_float_tflite, small_calibration):
     with pytest.raises(EqTfliteError, match="eq_init"):
         _run(small_float_tflite, small_calibration, eq_init="entropy")
+
+
+def _problem(op_type: str, rng: np.random.Generator, k: int = 12, c: int = 6, r: int = 400,
+             bits: int = 6) -> "LayerProblem":
+    """A random linear-objective layer: rows (R, K) or depthwise (R, K, C), target, bias."""
+    from eq_tflite.graph import Op
+    from eq_tflite.methods.easyquant import LayerProblem
+    lin = simulate.Linear(Op(0, op_type, [0, 1, 2], [3]), (c, k) if op_type == "FULLY_CONNECTED"
+                          else (1, 3, 3, c), c if op_type == "DEPTHWISE_CONV_2D" else k)
+    shape = (r, 9, c) if op_type == "DEPTHWISE_CONV_2D" else (r, k)
+    rows = rng.normal(size=shape).astype(np.float32)
+    matrix = rng.normal(size=(shape[1], c)).astype(np.float32)
+    bias = rng.normal(size=c).astype(np.float32)
+    exact = lin.apply(rows, matrix) + bias
+    target = (exact + 0.05 * rng.normal(size=exact.shape)).astype(np.float32).reshape(r, 1, c)
+    return LayerProblem(lin, rows, target, matrix, bias, "NONE", BitWidths(bits, bits))
+
+
+@pytest.mark.parametrize("op_type", ["FULLY_CONNECTED", "DEPTHWISE_CONV_2D"])
+def test_gram_scores_equal_the_direct_computation(op_type):
+    """The fast weight search (XᵀX, XᵀY) gives the direct cosines to 1e-6 and the same choice."""
+    from eq_tflite.methods.easyquant import GramScorer, _float32
+    rng = np.random.default_rng(3)
+    p = _problem(op_type, rng)
+    assert p.uses_gram()
+    act = grid.activation_params(-3.0, 3.0, 6)
+    xq = grid.fake_quant_activation(p.rows, *act, clip=p.bits.act_clip)
+    initial = _float32(grid.weight_scales(p.matrix, 1, 6))
+    mults = np.linspace(0.5, 2.0, 25)
+    cands = _float32(initial[None] / mults[:, None])
+    wq = p.weight_candidates(cands)
+    bias = np.stack([p._bias(act[0], sc) for sc in cands])
+    fast = GramScorer(xq, p.target.reshape(len(xq), -1)).cosines(wq, bias)
+    direct = np.empty_like(fast)
+    for j in range(len(cands)):
+        out = p.lin.apply(xq.astype(np.float64), wq[:, j].astype(np.float64)) + bias[j]
+        t = p.target.reshape(len(xq), -1).astype(np.float64)
+        direct[j] = (out * t).sum(0) / np.sqrt((out * out).sum(0) * (t * t).sum(0))
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-6)
+    chosen = p.search_weights(act, initial, initial, mults)
+    all_scales = np.concatenate([initial[None], cands])
+    all_cos = np.concatenate([_direct_cosines(p, act, initial)[None], direct])
+    picked = np.array([np.flatnonzero(all_scales[:, c] == chosen[c])[0] for c in range(6)])
+    assert np.all(all_cos[picked, np.arange(6)] >= all_cos.max(axis=0) - 1e-6)
+
+
+def _direct_cosines(p, act, scales) -> np.ndarray:
+    """Per-channel cosine of the current scales (the first candidate), computed directly."""
+    xq = grid.fake_quant_activation(p.rows, *act, clip=p.bits.act_clip).astype(np.float64)
+    w = grid.fake_quant_weights(p.matrix, scales, 1, p.bits.weights).astype(np.float64)
+    out = p.lin.apply(xq, w) + p._bias(act[0], scales)
+    t = p.target.reshape(len(xq), -1).astype(np.float64)
+    return (out * t).sum(0) / np.sqrt((out * out).sum(0) * (t * t).sum(0))
+
+
+def test_small_k_layer_scores_equal_the_direct_computation():
+    """Input search with K < C (norms from W Wᵀ) gives the directly computed layer cosines."""
+    rng = np.random.default_rng(4)
+    p = _problem("FULLY_CONNECTED", rng, k=4, c=12, r=300)
+    cands = [grid.activation_params(-m, m, 6) for m in (1.0, 1.5, 2.0, 3.0)]
+    scales = grid.weight_scales(p.matrix, 1, 6)
+    fast = p.layer_scores(cands, scales)
+    direct = []
+    t = p.target.reshape(len(p.rows), -1).astype(np.float64)
+    w = grid.fake_quant_weights(p.matrix, scales, 1, 6).astype(np.float64)
+    for a in cands:
+        xq = grid.fake_quant_activation(p.rows, *a, clip=p.bits.act_clip).astype(np.float64)
+        out = xq @ w + p._bias(a[0], scales)
+        direct.append(np.mean((out * t).sum(1) / np.sqrt((out * out).sum(1) * (t * t).sum(1))))
+    np.testing.assert_allclose(fast, direct, rtol=0, atol=1e-6)
+    assert np.ptp(direct) > 1e-3  # the candidates really differ
+
+
+def test_coarse_to_fine_input_search_scores_like_the_exhaustive_one():
+    """Coarse-to-fine evaluates ~30 of 101 candidates, with the exhaustive scores, at full resolution."""
+    from eq_tflite.methods.easyquant import _input_scores
+    rng = np.random.default_rng(5)
+    p = _problem("FULLY_CONNECTED", rng, k=16, c=8, r=500)
+    cands = [grid.activation_params(-m, m, 5) for m in np.linspace(0.5, 6.0, 101)]
+    scales = grid.weight_scales(p.matrix, 1, 5)
+    full = _input_scores(p, cands, scales, "exhaustive")
+    fast = _input_scores(p, cands, scales, "coarse_to_fine")
+    seen = ~np.isnan(fast)
+    assert 20 <= seen.sum() <= 35 and seen[0]
+    np.testing.assert_allclose(fast[seen], full[seen], rtol=0, atol=1e-9)
+    best = int(np.nanargmax(fast))
+    assert fast[best] >= full.max() - 1e-4  # this smooth layer: the exhaustive optimum's cosine
