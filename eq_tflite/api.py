@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 
+import numpy as np
+
 from eq_tflite import methods
+from eq_tflite.bn_stats import bn_stats_of
+from eq_tflite.chain import build_chain, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
@@ -25,8 +29,10 @@ from eq_tflite.io.tflite_int8 import tflite_int8
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.quiet import quiet
 from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan, pack_int4_weights
+from eq_tflite.rewrite.skeleton import int8_from_ranges
 from eq_tflite.verify import VerifyReport, verify
 
+#: Default method with calibration data (without data: the DFQ chain, ``eq_tflite.chain``).
 DEFAULT_METHOD = "easyquant"
 #: Default number of calibration samples per method (EasyQuant: the paper's 50;
 #: Bit-Split: 256, measured better than 50 at W4A8 on both examples, see BENCHMARKS.md).
@@ -38,7 +44,12 @@ MAX_HOLDOUT = 256
 
 @dataclass
 class Conversion:
-    """Everything one conversion produced (``model`` is the file to ship)."""
+    """Everything one conversion produced (``model`` is the file to ship).
+
+    ``tflite_int8`` is TFLite's own calibrated int8 model, or, for a data-free
+    conversion, the int8 structure built from the plan's ranges.
+    ``float_model`` is the user's float model (before any transform).
+    """
 
     model: bytes
     tflite_int8: bytes
@@ -67,63 +78,138 @@ def resolve_bits(bits: int = 7, weight_bits: int | None = None,
         raise EqTfliteError(str(err)) from None
 
 
+def parse_input_ranges(ranges: Any, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """{input name: (lo, hi)} from ``(lo, hi)``, a list of them (one per input, in order),
+    ``"LO,HI"`` strings, or a mapping; one range applies to every input."""
+    if ranges is None:
+        return {}
+    if isinstance(ranges, Mapping):
+        items = [ranges[n] if n in ranges else None for n in names]
+        if None in items:
+            raise EqTfliteError(f"--input_range: no range for input "
+                                f"{names[items.index(None)]!r}")
+    else:
+        seq = [ranges] if isinstance(ranges, str) or (
+            len(ranges) == 2 and all(isinstance(v, (int, float)) for v in ranges)) else list(ranges)
+        if len(seq) == 1:
+            seq = seq * len(names)
+        if len(seq) != len(names):
+            raise EqTfliteError(f"--input_range given {len(seq)} times, but the model has "
+                                f"{len(names)} inputs: give one LO,HI per input (or one for all)")
+        items = seq
+    out = {}
+    for name, item in zip(names, items):
+        try:
+            lo, hi = (float(v) for v in (item.split(",") if isinstance(item, str) else item))
+        except (TypeError, ValueError):
+            raise EqTfliteError(f"--input_range must be LO,HI (two numbers), got {item!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+            raise EqTfliteError(f"--input_range must have finite LO < HI, got {lo:g},{hi:g}")
+        out[name] = (lo, hi)
+    return out
+
+
 def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int = 7,
                   weight_bits: int | None = None, activation_bits: int | None = None,
-                  activation_range: str = "strict", method: str = DEFAULT_METHOD, method_options: Mapping[str, Any] | None = None,
+                  activation_range: str = "strict", method: str | None = None,
+                  method_options: Mapping[str, Any] | None = None,
                   num_calibration_samples: int | None = None, allow_float: bool = False,
                   int8_io: bool = False, image_size: tuple[int, int] | None = None,
                   mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
-                  progress: bool = False, seed: int = 0, pack_int4: bool = False) -> Conversion:
+                  progress: bool = False, seed: int = 0,
+                  cross_layer_equalization: bool | None = None,
+                  bias_absorption: bool | None = None, bias_correction: str | None = None,
+                  per_tensor_weights: bool = False, input_range: Any = None,
+                  pack_int4: bool = False) -> Conversion:
     """Runs the whole pipeline and returns every artifact (see :class:`Conversion`).
 
-    ``pack_int4`` (weights of at most 4 bits) stores CONV_2D, DEPTHWISE_CONV_2D
-    and FULLY_CONNECTED weights as packed INT4; verify checks that the file
-    holds the resolved integers and gives the same outputs as its
-    int8-container form.
+    ``method`` None: ``easyquant`` with calibration data, the data-free DFQ
+    chain without (which needs ``input_range``). ``cross_layer_equalization``,
+    ``bias_absorption``, ``bias_correction`` ("off", "empirical", "data_free")
+    and ``per_tensor_weights`` add chain steps to any method (see
+    ``eq_tflite.chain``); None keeps the method's default. ``pack_int4``
+    (weights of at most 4 bits) stores CONV_2D, DEPTHWISE_CONV_2D and
+    FULLY_CONNECTED weights as packed INT4; verify checks that the file holds
+    the resolved integers and gives the same outputs as its int8-container form.
     """
     widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
     if pack_int4 and widths.weights > 4:
         raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
-    method_fn = _get_method(method)
+    has_data = calibration_data is not None
+    chain = build_chain(method, has_data, cross_layer_equalization=cross_layer_equalization,
+                        bias_absorption=bias_absorption, bias_correction=bias_correction,
+                        per_tensor_weights=per_tensor_weights)
+    method_fn = _get_method(chain.method)
+    options = dict(method_options or {}, seed=seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     float_model = float_model_of(model)
     graph = Graph.from_tflite(float_model)
+    specs = calib.input_specs(graph, signature_input_names(float_model))
+    ranges = parse_input_ranges(input_range, [s.name for s in specs])
+    if not has_data and not ranges:
+        raise EqTfliteError("a data-free conversion needs the input's real range: pass "
+                            "--input_range LO,HI (e.g. --input_range 0,1), or --calibration_data")
+    bn, bn_note = bn_stats_of(model, graph) if chain.needs_bn else (None, "")
     timings["load"] = time.perf_counter() - t0
 
-    specs = calib.input_specs(graph, signature_input_names(float_model))
-    data = calib.load_calibration(calibration_data, specs, image_size=image_size, mean=mean,
-                                  std=std, seed=seed)
-    total = calib.num_samples(data)
-    n = num_calibration_samples or DEFAULT_SAMPLES.get(method, total)
-    if n <= 0:
-        raise EqTfliteError(f"num_calibration_samples must be positive, got {n}")
-    n = min(n, total)
-    cal = calib.take(data, 0, n)
-    holdout_is_cal = n >= total
-    holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
+    if has_data:
+        data = calib.load_calibration(calibration_data, specs, image_size=image_size, mean=mean,
+                                      std=std, seed=seed)
+        total = calib.num_samples(data)
+        n = num_calibration_samples or DEFAULT_SAMPLES.get(chain.method, total)
+        if n <= 0:
+            raise EqTfliteError(f"num_calibration_samples must be positive, got {n}")
+        n = min(n, total)
+        cal = calib.take(data, 0, n)
+        holdout_is_cal = n >= total
+        holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
+        if not ranges:  # data-free steps in a calibrated run: the data gives the input range
+            ranges = {k: (float(v.min()), float(v.max())) for k, v in cal.items()}
+    else:
+        n, cal, holdout, holdout_is_cal = 0, {}, None, False
 
     t0 = time.perf_counter()
-    with quiet():
-        int8_model = tflite_int8(float_model, cal, [s.name for s in specs],
-                                 allow_float=allow_float, int8_io=int8_io)
-    timings["tflite_int8"] = time.perf_counter() - t0
+    prepared = run_transforms(float_model, graph, chain, bn, bn_note, ranges, options)
+    timings["transforms"] = time.perf_counter() - t0
+
+    int8_model = None
+    if has_data:
+        t0 = time.perf_counter()
+        with quiet():
+            int8_model = tflite_int8(prepared.float_model, cal, [s.name for s in specs],
+                                     allow_float=allow_float, int8_io=int8_io)
+        timings["tflite_int8"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ctx = MethodContext(graph, float_model, cal, widths, dict(method_options or {}, seed=seed),
-                        progress=progress)
+    ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
+                        progress=progress, bn=prepared.bn, input_ranges=ranges)
     plan = method_fn(ctx)
     timings["method"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    out, log = apply_plan(int8_model, graph, plan, float_model)
+    plan = run_corrections(plan, prepared, chain, cal, ranges, options, progress)
+    timings["corrections"] = time.perf_counter() - t0
+
+    if int8_model is None:  # data-free: the int8 structure from the plan's own ranges
+        t0 = time.perf_counter()
+        with quiet():
+            int8_model = int8_from_ranges(prepared.float_model, prepared.graph,
+                                          plan.activation_ranges, allow_float=allow_float,
+                                          int8_io=int8_io)
+        timings["int8_structure"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out, log = apply_plan(int8_model, prepared.graph, plan, float_model)
     int4_tensors = 0
     if pack_int4:  # verify checks the packed file against its int8-container twin
         out, int4_tensors = pack_int4_weights(out)
     timings["rewrite"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    report = verify(out, float_model=float_model, samples=holdout, bits=widths, written=log)
+    run_inputs = None if has_data else constant_inputs(graph, ranges)
+    report = verify(out, float_model=float_model if has_data else None, samples=holdout,
+                    bits=widths, written=log, run_inputs=run_inputs)
     timings["verify"] = time.perf_counter() - t0
     if not report.ok:
         raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
@@ -131,19 +217,31 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                       int4_tensors)
 
 
+def constant_inputs(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> dict[str, np.ndarray]:
+    """Three constant samples per input (lo, middle, hi of its range): the data-free run check."""
+    out = {}
+    for t in graph.inputs:
+        name = graph.tensors[t].name
+        lo, hi = ranges[name]
+        shape = graph.tensors[t].shape[1:]
+        out[name] = np.stack([np.full(shape, v, np.float32) for v in (lo, (lo + hi) / 2, hi)])
+    return out
+
+
 def quantize(model_or_path: ModelLike, calibration_data: Any = None, *, bits: int = 7,
-             method: str = DEFAULT_METHOD, **kwargs: Any) -> bytes:
+             method: str | None = None, **kwargs: Any) -> bytes:
     """Quantizes a model to a fully-integer .tflite with b-bit values; returns its bytes.
 
     Args:
       model_or_path: SavedModel directory, ``.keras``/``.h5`` file, float
         ``.tflite`` path or bytes, or an in-memory Keras model.
       calibration_data: ``.npy``/``.npz`` path, image directory, an array
-        (single input), a mapping input name -> array, or None (random data,
-        with a loud warning).
+        (single input), a mapping input name -> array, or None: the data-free
+        DFQ chain, which needs ``input_range=(lo, hi)``; no random data is used.
       bits: weight and activation bit width (2..8); ``weight_bits`` /
         ``activation_bits`` keyword arguments override each.
-      method: scale method, one of ``eq_tflite.methods.available()``.
+      method: scale method, one of ``eq_tflite.methods.available()``; None:
+        ``easyquant`` with data, ``dfq`` without.
       **kwargs: any other :func:`convert_model` argument.
 
     Raises:

@@ -27,7 +27,30 @@ flags.DEFINE_enum("activation_range", "strict", ["strict", "container"],
                   "strict: the b-bit levels are the activations' working range (default). "
                   "container: a b-bit step over an 8-bit range (values may use the int8 headroom); "
                   "labelled as such everywhere.")
-flags.DEFINE_string("method", "easyquant", "Scale method: easyquant, minmax, kl (and any registered).")
+flags.DEFINE_enum("method", None, ["dfq", "spiq", "minmax", "kl", "easyquant", "bitsplit"],
+                  "Scale method. Default: easyquant with --calibration_data; without it the "
+                  "data-free DFQ chain (CLE, bias absorption, BN-derived ranges, data-free bias "
+                  "correction), which needs --input_range. dfq and spiq need no data; bitsplit "
+                  "(2-4-bit weights) needs data.")
+flags.DEFINE_bool("cross_layer_equalization", None,
+                  "Cross-layer equalization before any method (default: on for dfq, off otherwise).")
+flags.DEFINE_bool("bias_absorption", None,
+                  "DFQ bias absorption (needs BatchNorm statistics; default: with CLE under dfq).")
+flags.DEFINE_enum("bias_correction", None, ["off", "empirical", "data_free"],
+                  "Bias correction after any method (default: data_free for dfq, off otherwise). "
+                  "empirical needs --calibration_data.")
+flags.DEFINE_bool("per_tensor_weights", False,
+                  "One weight scale per tensor (accelerators and NNAPI drivers without "
+                  "per-channel support).")
+flags.DEFINE_multi_string("input_range", None,
+                          "LO,HI: the real range of a model input (repeat once per input, in "
+                          "order; one applies to all). Required without --calibration_data.")
+flags.DEFINE_float("dfq_sigmas", None, "dfq/spiq: k in the BN ranges beta +- k*gamma (default 8).")
+flags.DEFINE_enum("cle_relu6", None, ["relu", "skip"],
+                  "CLE/SPIQ: skip layer pairs with a fused RELU6 between them (default) or treat "
+                  "it as RELU (the DFQ paper; changes the float function above 6).")
+flags.DEFINE_bool("absorb_padded", None,
+                  "Bias absorption also into consumers that zero-pad (the paper's approximation).")
 flags.DEFINE_integer("num_calibration_samples", None,
                      "Cap on calibration samples (default: 50 for easyquant, all for others). "
                      "Samples beyond it (up to 256) are held back for the agreement check.")
@@ -67,13 +90,13 @@ flags.DEFINE_bool("pack_int4", False,
                   "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
                   "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
                   "the int8 container any TFLite runtime reads.")
-flags.DEFINE_integer("seed", 0, "Seed for sampling and the no-data fallback.")
+flags.DEFINE_integer("seed", 0, "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
 _EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
              "eq_clip_budget", "eq_search", "eq_objective", "bs_rounds", "bs_max_rows",
-             "bs_activations", "bs_bias_correction")
+             "bs_activations", "bs_bias_correction", "dfq_sigmas", "cle_relu6", "absorb_padded")
 
 
 def _method_options() -> dict:
@@ -151,7 +174,10 @@ def _convert(src: str) -> int:
         method=FLAGS.method,
         method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
         allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
-        mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed, pack_int4=FLAGS.pack_int4)
+        mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed, pack_int4=FLAGS.pack_int4,
+        cross_layer_equalization=FLAGS.cross_layer_equalization,
+        bias_absorption=FLAGS.bias_absorption, bias_correction=FLAGS.bias_correction,
+        per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range)
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     if FLAGS.report_dir:
         from eq_tflite.report import write_conversion_report
@@ -182,12 +208,20 @@ def _print_summary(result, output: Path, seconds: float) -> None:
     held = ("the calibration samples (no samples were held back)" if result.holdout_is_calibration
             else f"{rep.samples} held-back samples")
     print(f"wrote {output} ({len(result.model) / 1024:.1f} KiB) in {seconds:.1f}s")
-    print(f"  method {result.plan.method}, {rep.bits.label}, "
-          f"{result.num_calibration} calibration samples, {rep.quantized_ops} int8 ops"
+    print(f"  chain {' -> '.join(result.plan.steps)}, {rep.bits.label}"
+          + (", per-tensor weights" if result.plan.per_tensor_weights else "")
+          + (f", {result.num_calibration} calibration samples" if result.num_calibration
+             else ", no data (data-free)")
+          + f", {rep.quantized_ops} int8 ops"
           + (f", float ops kept: {', '.join(sorted(set(rep.float_ops)))}" if rep.float_ops else ""))
     if result.int4_tensors:
         print(f"  {result.int4_tensors} weight tensors stored as packed INT4 "
               "(same outputs as the int8 container, checked)")
+    for note in result.plan.notes:
+        print(f"  {note}")
+    if rep.cosine is None and not result.num_calibration:
+        print("  no data: agreement with float not measured (pass --calibration_data or run "
+              "python -m eq_tflite.verify MODEL --float_model SRC --data x.npy)")
     if rep.cosine is not None:
         print(f"  vs float on {held}: output cosine {rep.cosine:.5f}, "
               f"top-1 agreement {100 * rep.agreement:.2f}%")

@@ -22,6 +22,20 @@ Contract (every method, present and future):
 * ``int_weights[name]``: integer weight values chosen directly (Bit-Split);
   must lie in the symmetric b-bit range and come with ``weight_scales``.
 * ``layers``: optional per-layer report rows (dicts) for ``--report_dir``.
+* ``steps``: the chain that made the plan, in order (``eq_tflite.chain``):
+  weight-editing transforms (``cross_layer_equalization``, ``bias_absorption``,
+  ``spiq``), the scale method, then corrections (``bias_correction:empirical``
+  or ``bias_correction:data_free``). Transforms run before the method on the
+  float model, so the method sees (and ``float_weights`` holds) the edited
+  weights; corrections edit ``float_weights`` after it.
+* ``notes``: one line per decision a user should know about (what a step did,
+  which data-free step could not run and what was done instead).
+* ``per_tensor_weights``: one weight step per tensor (the resolve stage takes
+  the largest per-channel step; the rewriter writes a single scale).
+
+Methods that need no data (``dfq``, ``spiq``) read ``MethodContext.bn``
+(BatchNorm statistics, or None) and ``MethodContext.input_ranges``; their
+``calibration`` is empty.
 """
 from __future__ import annotations
 
@@ -45,6 +59,9 @@ class Plan:
     float_weights: dict[str, np.ndarray] = field(default_factory=dict)
     int_weights: dict[str, np.ndarray] = field(default_factory=dict)
     layers: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    per_tensor_weights: bool = False
 
 
 @dataclass
@@ -57,6 +74,8 @@ class MethodContext:
     bits: BitWidths
     options: dict[str, Any] = field(default_factory=dict)
     progress: bool = True
+    bn: Any = None                     # eq_tflite.bn_stats.BnStats or None
+    input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 Method = Callable[[MethodContext], Plan]

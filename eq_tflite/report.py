@@ -166,6 +166,8 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
     summary = ["", "## Conversion", "",
                f"Method {plan.method}, {plan.bits.label}, "
                f"{conversion.num_calibration} calibration samples.",
+               *([f"Chain: {' -> '.join(plan.steps)}."] if plan.steps else []),
+               *[f"- {note}" for note in plan.notes], *([""] if plan.notes else []),
                "Time: " + ", ".join(f"{k} {v:.2f} s" for k, v in conversion.timings.items()) + "."]
     if rep.cosine is not None:
         summary.append(f"Output vs float on {rep.samples} samples: cosine {rep.cosine:.6f}, "

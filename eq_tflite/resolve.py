@@ -45,6 +45,19 @@ class LayerNumbers:
     bias_values: np.ndarray | None = None   # int32
     dead_channels: int = 0
     overflow_channels: int = 0
+    per_tensor: bool = False           # one step for the whole tensor (all ``scales`` equal)
+
+    @property
+    def file_scales(self) -> np.ndarray:
+        """Weight scales as written: one value when per-tensor."""
+        return self.scales[:1] if self.per_tensor else self.scales
+
+    @property
+    def file_bias_scales(self) -> np.ndarray | None:
+        """Bias scales as written: one value when per-tensor."""
+        if self.bias_scales is None:
+            return None
+        return self.bias_scales[:1] if self.per_tensor else self.bias_scales
 
     def real_weights(self) -> np.ndarray:
         """Dequantized weights (float32), as the int8 kernel sees them."""
@@ -153,21 +166,26 @@ def bias_numbers(bias: np.ndarray, input_scale: float, weight_scales: np.ndarray
 def layer_numbers(op: Op, weight_name: str, w: np.ndarray, bias: np.ndarray | None,
                   bias_name: str | None, input_scale: float | None,
                   scales: np.ndarray | None, bits: BitWidths,
-                  int_weights: np.ndarray | None = None) -> LayerNumbers:
+                  int_weights: np.ndarray | None = None, per_tensor: bool = False) -> LayerNumbers:
     """The shipped numbers of one weighted op.
 
     ``w``/``bias`` are float values (the plan's edits applied); ``scales`` the
     plan's per-channel steps (None: absmax); ``input_scale`` the data input's
     activation scale (None: the input stays float, so the bias does too).
+    ``per_tensor``: every channel takes the largest step (one scale per tensor).
     """
     axis = op.channel_axis
     w = np.asarray(w, np.float64)
     if scales is None:
         scales = grid.weight_scales(w, axis, bits.weights)
     scales, dead = fix_dead_channels(scales)
+    if per_tensor:
+        scales, dead = np.full_like(scales, float(np.max(scales))), 0
     grown = 0
     if bias is not None and input_scale is not None and int_weights is None:
         need = np.abs(np.asarray(bias, np.float64)) / (np.float64(input_scale) * (INT32_MAX - 1))
+        if per_tensor:
+            need = np.full_like(need, float(np.max(need)))
         grow = need > scales
         grown = int(np.count_nonzero(grow))
         scales = np.where(grow, need * (1 + 1e-6), scales)
@@ -181,7 +199,7 @@ def layer_numbers(op: Op, weight_name: str, w: np.ndarray, bias: np.ndarray | No
     else:
         q = grid.quantize_weights(w, s32.astype(np.float64), axis, bits.weights)
     numbers = LayerNumbers(weight_name, axis, s32, q, bias_name, dead_channels=dead,
-                           overflow_channels=grown)
+                           overflow_channels=grown, per_tensor=per_tensor)
     if bias is not None and input_scale is not None:
         numbers.bias_values, numbers.bias_scales = bias_numbers(bias, input_scale, s32)
     return numbers
@@ -222,5 +240,6 @@ def resolve(graph: Graph, plan: Plan, defaults: Mapping[str, ActParams] | None =
         in_params = params.get(op.data_input)
         out.layers[w_name] = layer_numbers(
             op, w_name, w, bias, b_name, None if in_params is None else in_params[0],
-            plan.weight_scales.get(w_name), bits, plan.int_weights.get(w_name))
+            plan.weight_scales.get(w_name), bits, plan.int_weights.get(w_name),
+            plan.per_tensor_weights)
     return out

@@ -74,12 +74,15 @@ class VerifyReport:
 
 def verify(model_bytes: bytes, *, float_model: bytes | None = None,
            samples: Mapping[str, np.ndarray] | None = None, bits: BitWidths | None = None,
-           builtin_kernels: bool = True, written: RewriteLog | None = None) -> VerifyReport:
+           builtin_kernels: bool = True, written: RewriteLog | None = None,
+           run_inputs: Mapping[str, np.ndarray] | None = None) -> VerifyReport:
     """Checks ``model_bytes``; bits default to the model's eq_tflite metadata (else 8/8).
 
     With ``samples`` it also measures the share of activations outside the
     b-bit levels; with ``written`` (the rewriter's log) it checks that the file
-    holds exactly the resolved numbers.
+    holds exactly the resolved numbers. Without samples, the run check feeds
+    ``run_inputs`` (data-free conversions pass constant inputs from the input
+    range) or, if None, a few seeded random inputs.
     """
     model = fb.parse_model(model_bytes)
     if bits is None:
@@ -90,7 +93,8 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         report.errors += check_numbers(model, written.resolved, written.mapping)
     try:
         interp = runtime.make_interpreter(model_bytes, builtin_kernels=builtin_kernels)
-        data = dict(samples) if samples is not None else _random_inputs(interp)
+        data = dict(samples) if samples is not None else \
+            dict(run_inputs) if run_inputs is not None else _random_inputs(interp)
         outs = runtime.run_model(interp, data)
     except (RuntimeError, ValueError) as err:
         report.errors.append(f"LiteRT cannot run the model: {str(err).splitlines()[0]}")
@@ -141,9 +145,9 @@ def check_numbers(model: Any, resolved: Resolved, mapping: Mapping[int, str]) ->
         layer = resolved.layers.get(mapping.get(op.inputs[w_pos], ""))
         if layer is None:
             continue
-        pairs = [(op.inputs[w_pos], layer.values, layer.scales)]
+        pairs = [(op.inputs[w_pos], layer.values, layer.file_scales)]
         if b_pos < len(op.inputs) and op.inputs[b_pos] >= 0 and layer.bias_values is not None:
-            pairs.append((op.inputs[b_pos], layer.bias_values, layer.bias_scales))
+            pairs.append((op.inputs[b_pos], layer.bias_values, layer.file_bias_scales))
         for i, values, scales in pairs:
             t = sg.tensors[i]
             if not np.array_equal(fb.buffer_array(model, t), values) or \

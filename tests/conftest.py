@@ -92,3 +92,17 @@ def fmnist_subset() -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def fmnist_calib() -> np.ndarray:
     return np.load(EXAMPLES / "fmnist_calib.npy")
+
+
+@pytest.fixture(scope="session")
+def keras_examples() -> dict[str, Path]:
+    """The Keras copies (with BatchNorm layers) of the two example models."""
+    return {"resnet": EXAMPLES / "resnet_fmnist.keras",
+            "mobilenetv2": EXAMPLES / "mobilenetv2_fmnist.keras"}
+
+
+@pytest.fixture(scope="session")
+def keras_floats(keras_examples) -> dict[str, bytes]:
+    """Float .tflite of each Keras example (BatchNorm folded by the converter)."""
+    from eq_tflite import api
+    return {k: api.float_model_of(str(p)) for k, p in keras_examples.items()}

@@ -120,11 +120,34 @@ def test_unsupported_ops_float_fallback(capsys, out, tmp_path, unsupported_model
     assert "float ops kept: CUMSUM, SIN" in text
 
 
-def test_no_calibration_data_warns_loudly(capsys, out, small_float_path):
-    code = run_cli([str(small_float_path), "--method", "minmax", "--output", str(out), "--noprogress"])
-    captured = capsys.readouterr()
+def test_data_methods_without_data_fail(capsys, out, small_float_path):
+    """No random fallback any more: a data method without data is an error naming the flag."""
+    assert_fails(capsys, out, [str(small_float_path)], "method minmax needs --calibration_data")
+
+
+def test_data_free_without_input_range_fails(capsys, out, small_float_path):
+    code = run_cli([str(small_float_path), "--output", str(out), "--noprogress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and "--input_range LO,HI" in err[-1]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["1", "0,x", "1,0"])
+def test_bad_input_range_fails(capsys, out, small_float_path, value):
+    code = run_cli([str(small_float_path), "--input_range", value, "--output", str(out),
+                    "--noprogress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: --input_range") and not out.exists()
+
+
+def test_data_free_cli(capsys, out, small_float_path):
+    code = run_cli([str(small_float_path), "--input_range", "0,1", "--bits", "8",
+                    "--per_tensor_weights", "--output", str(out), "--noprogress"])
+    text = capsys.readouterr().out
     assert code == 0 and out.exists()
-    assert "NO CALIBRATION DATA" in captured.err
+    assert "chain cross_layer_equalization -> dfq -> bias_correction:data_free" in text  # no BN: no absorption
+    assert "per-tensor weights, no data (data-free)" in text
+    assert "no BN statistics" in text and "agreement with float not measured" in text
 
 
 def test_success_summary(capsys, out, small_float_path, small_calibration_path):

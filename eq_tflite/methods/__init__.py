@@ -12,7 +12,7 @@ import importlib
 from eq_tflite.plan import Method
 
 _REGISTRY: dict[str, Method] = {}
-_MODULES = ("minmax", "kl", "easyquant", "bitsplit")
+_MODULES = ("minmax", "kl", "easyquant", "dfq", "bitsplit")
 
 
 def register(name: str):

@@ -204,7 +204,7 @@ def _write_weights(model: Any, sg: Any, numbers: resolve_mod.Resolved, log: Rewr
             raise RuntimeError(f"cannot find the float weights of {kind} {fb.tensor_name(w_t)}")
         w_t = own(op, w_pos)
         fb.set_buffer(model, w_t, layer.values.astype(np.int8))
-        _set_quant(w_t, layer.scales, axis)
+        _set_quant(w_t, layer.file_scales, axis)  # one scale when per-tensor
         log.weights += 1
         log.dead_channels += layer.dead_channels
         log.bias_overflow_channels += layer.overflow_channels
@@ -212,7 +212,7 @@ def _write_weights(model: Any, sg: Any, numbers: resolve_mod.Resolved, log: Rewr
         if b_idx >= 0 and layer.bias_values is not None:
             b_t = own(op, b_pos)
             fb.set_buffer(model, b_t, layer.bias_values.astype(np.int32))
-            _set_quant(b_t, layer.bias_scales, 0)
+            _set_quant(b_t, layer.file_bias_scales, 0)
             log.biases += 1
 
 

@@ -1,0 +1,1 @@
+"""Corrections that run after the scale method (bias correction)."""
