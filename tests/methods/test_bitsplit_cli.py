@@ -24,7 +24,7 @@ def test_cli_bitsplit_w4a8_packed(capsys, tmp_path, small_float_path, small_cali
                  "--output", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
-    assert "method bitsplit, W4A8" in text and "5 weight tensors stored as packed INT4" in text
+    assert "chain bitsplit, W4A8" in text and "5 weight tensors stored as packed INT4" in text
     data = out.read_bytes()
     assert read_metadata(data)["method"] == "bitsplit"
     model = fb.parse_model(data)
