@@ -5,7 +5,10 @@ Each benchmark tool owns the text between ``<!-- BEGIN name -->`` and
 """
 from __future__ import annotations
 
+import os
+import platform
 import re
+import subprocess
 from pathlib import Path
 
 HEADER = ("# Benchmarks\n\nEvery table below was written by the tool named in its section, "
@@ -22,3 +25,13 @@ def update_section(path: str | Path, name: str, markdown: str) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def machine() -> str:
+    """``lscpu`` model name, core count and Python version, for a benchmark header."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
+    except (OSError, StopIteration):
+        model = platform.processor()
+    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"

@@ -15,10 +15,8 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -143,12 +141,8 @@ def _timing_ratio(model_dir: str, calib_path: str, runs: int) -> tuple[float, fl
 
 
 def _machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from bench_doc import machine
+    return machine()
 
 
 def main(argv: list[str]) -> None:

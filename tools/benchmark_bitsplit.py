@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,12 +45,8 @@ flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 
 
 
 def _machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from bench_doc import machine
+    return machine()
 
 
 class Bench:

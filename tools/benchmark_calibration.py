@@ -21,13 +21,10 @@ RSS of each process (``resource.getrusage`` of the children):
 from __future__ import annotations
 
 import os
-import platform
-import resource
 import shlex
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -105,10 +102,8 @@ def measured(cmd: list[str]) -> tuple[float, float]:
 
 
 def _machine() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                  if l.startswith("Model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} cores"
+    from bench_doc import machine
+    return machine()
 
 
 def main(argv: list[str]) -> None:

@@ -158,15 +158,8 @@ def _spiq(model: str, results: dict) -> list[str]:
 
 
 def _machine() -> str:
-    import platform
-    import subprocess
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        model = next(l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                     if l.startswith("Model name"))
-    except (OSError, StopIteration):
-        model = platform.processor()
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from bench_doc import machine
+    return machine()
 
 
 def _lowbit(model: str, results: dict) -> list[str]:

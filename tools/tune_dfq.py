@@ -29,12 +29,8 @@ flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 
 
 
 def _machine() -> str:
-    import platform
-    import subprocess
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                  if l.startswith("Model name")), platform.processor())
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    from bench_doc import machine
+    return machine()
 
 
 def main(argv: list[str]) -> None:
