@@ -326,6 +326,17 @@ def test_long_output_name_within_limit_works(capsys, tmp_path, small_float_path,
     assert out.is_file() and [p.name for p in tmp_path.iterdir()] == [out.name]
 
 
+def test_written_model_gets_ordinary_permissions(tmp_path):
+    """Atomic writes do not leave mkstemp's private 0600 mode on the user's file."""
+    import os
+    old = os.umask(0o022)
+    try:
+        fb.write_atomic(tmp_path / "m.tflite", b"data")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o644
+
+
 def test_write_failure_leaves_no_file(tmp_path):
     target = tmp_path / "sub" / "q.tflite"
     (tmp_path / "sub").write_bytes(b"a file")

@@ -246,6 +246,8 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     The temp file ``.NAME.XXXXXXXX.tmp`` sits next to ``path`` (so the rename
     is atomic); NAME is shortened to keep it within the file system's name limit.
+    The file gets the permissions a plain ``open(path, "w")`` would give
+    (0666 minus the umask), not mkstemp's private 0600.
     """
     path = Path(path)
     try:
@@ -258,12 +260,19 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError):
             raise EqTfliteError(f"cannot write {_short(path)}: {err.strerror or type(err).__name__}") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 #: Characters mkstemp adds to the prefix: 8 random ones plus ".tmp".
