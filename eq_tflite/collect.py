@@ -21,19 +21,10 @@ def iterate_activations(graph: Graph, float_model: bytes, calibration: dict[str,
                         desc: str = "collect", progress: bool = True,
                         ) -> Iterator[dict[int, np.ndarray]]:
     """Yields, per batch of samples, {tensor index: float values} for ``tensors``."""
-    interp = runtime.make_interpreter(float_model, preserve_all_tensors=True)
-    details = interp.get_input_details()
     arrays = [calibration[graph.tensors[i].name] for i in graph.inputs]
-    n = arrays[0].shape[0]
-    batch = runtime.resize_inputs(interp, details, arrays, min(batch_size, n))
-    for start in progress_bar(range(0, n, batch), desc=desc, enable=progress, unit_scale=batch):
-        chunks = [a[start:start + batch] for a in arrays]
-        if chunks[0].shape[0] != batch:
-            runtime.resize_inputs(interp, details, chunks, chunks[0].shape[0])
-        for d, chunk in zip(details, chunks):
-            interp.set_tensor(d["index"], chunk.astype(np.float32))
-        interp.invoke()
-        yield {i: interp.get_tensor(i) for i in tensors}
+    yield from runtime.iterate_tensors(
+        float_model, arrays, tensors, batch_size,
+        lambda starts, batch: progress_bar(starts, desc=desc, enable=progress, unit_scale=batch))
 
 
 @dataclass

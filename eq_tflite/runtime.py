@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -117,6 +117,29 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
         for k, d in enumerate(details):
             outs[k].append(_from_output(d, interp.get_tensor(d["index"])))
     return [np.concatenate(o, axis=0) for o in outs]
+
+
+def iterate_tensors(model: bytes, arrays: Sequence[np.ndarray], tensors: Sequence[int],
+                    batch_size: int = 16,
+                    wrap: Callable[[range, int], Iterable[int]] | None = None,
+                    ) -> Iterator[dict[int, np.ndarray]]:
+    """Runs ``model`` (builtin kernels, every tensor kept) over ``arrays`` (in input order)
+    batch by batch and yields {tensor index: value} for ``tensors`` after each batch.
+
+    ``wrap(starts, batch)`` may wrap the batch starts, e.g. in a progress bar.
+    """
+    interp = make_interpreter(model, preserve_all_tensors=True)
+    details = interp.get_input_details()
+    n = arrays[0].shape[0]
+    batch = resize_inputs(interp, details, arrays, min(batch_size, n))
+    starts = range(0, n, batch)
+    for start in (wrap(starts, batch) if wrap else starts):
+        chunks = [a[start:start + batch] for a in arrays]
+        if chunks[0].shape[0] != batch:
+            resize_inputs(interp, details, chunks, chunks[0].shape[0])
+        set_inputs(interp, chunks)
+        interp.invoke()
+        yield {i: interp.get_tensor(i) for i in tensors}
 
 
 def set_inputs(interp: Any, arrays: Sequence[np.ndarray]) -> None:

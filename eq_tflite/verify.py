@@ -194,27 +194,14 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     model = fb.parse_model(model_bytes)
     sg = model.subgraphs[0]
     fixed = {o for op in sg.operators if fb.op_name(model, op) in FIXED_OUTPUT_OPS for o in op.outputs}
-    watched = {}
-    for i, t in enumerate(sg.tensors):
-        q = t.quantization
-        if (i not in fixed and fb.type_name(t.type) == "INT8" and fb.buffer_array(model, t) is None
-                and q is not None and q.scale is not None and len(q.scale) == 1):
-            watched[i] = fb.tensor_name(t)
+    watched = {i: fb.tensor_name(t) for i, t in enumerate(sg.tensors)
+               if i not in fixed and fb.is_int8_activation(model, t)}
     report = LevelsReport(bits)
-    interp = runtime.make_interpreter(model_bytes, preserve_all_tensors=True)
-    details = interp.get_input_details()
-    arrays = [samples[d["name"]] for d in details] if isinstance(samples, Mapping) else list(samples)
-    n = arrays[0].shape[0]
-    batch = runtime.resize_inputs(interp, details, arrays, min(batch_size, n))
+    arrays = [samples[fb.tensor_name(sg.tensors[i])] for i in sg.inputs] \
+        if isinstance(samples, Mapping) else list(samples)
     counts = {i: [0, 0] for i in watched}
-    for start in range(0, n, batch):
-        chunks = [a[start:start + batch] for a in arrays]
-        if chunks[0].shape[0] != batch:
-            runtime.resize_inputs(interp, details, chunks, chunks[0].shape[0])
-        runtime.set_inputs(interp, chunks)
-        interp.invoke()
-        for i in watched:
-            q = interp.get_tensor(i)
+    for values in runtime.iterate_tensors(model_bytes, arrays, list(watched), batch_size):
+        for i, q in values.items():
             counts[i][0] += grid.outside_levels(q, bits)
             counts[i][1] += q.size
     for i, (out, tot) in counts.items():

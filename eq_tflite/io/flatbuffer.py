@@ -378,6 +378,13 @@ def type_name(tensor_type: int) -> str:
     return _TYPE_NAMES.get(tensor_type, str(tensor_type))
 
 
+def is_int8_activation(model: Any, tensor: Any) -> bool:
+    """True for a non-constant INT8 tensor with per-tensor quantization (an activation)."""
+    q = tensor.quantization
+    return type_name(tensor.type) == "INT8" and buffer_array(model, tensor) is None \
+        and q is not None and q.scale is not None and len(q.scale) == 1
+
+
 def buffer_array(model: Any, tensor: Any) -> np.ndarray | None:
     """The constant data of ``tensor`` as a shaped numpy array, or None (INT4: unpacked int8)."""
     buf = model.buffers[tensor.buffer] if tensor.buffer < len(model.buffers) else None

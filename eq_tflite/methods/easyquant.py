@@ -298,8 +298,7 @@ class LayerProblem:
     def outside_levels(self, act: tuple[float, int]) -> float:
         """Fraction of sampled input values beyond the b-bit levels (before any clip)."""
         q = np.round(self.rows / act[0]) + act[1]
-        bits = self.bits
-        return float(np.mean((q < bits.act_qmin) | (q > bits.act_qmax)))
+        return grid.outside_levels(q, self.bits.activations) / max(q.size, 1)
 
     def weight_candidates(self, scales: np.ndarray) -> np.ndarray:
         """Dequantized weights (K, J, C) on the b-bit grid for candidate step sizes (J, C)."""

@@ -55,7 +55,7 @@ def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
     sg = model.subgraphs[0]
     log = RewriteLog()
     log.mapping = map_to_float(model, graph)
-    acts = [i for i, t in enumerate(sg.tensors) if _is_activation(model, t)]
+    acts = [i for i, t in enumerate(sg.tensors) if fb.is_int8_activation(model, t)]
     defaults = {log.mapping[i]: _params(sg.tensors[i]) for i in acts if i in log.mapping}
     numbers = log.resolved = resolve_mod.resolve(graph, plan, defaults)
     log.tied_groups, log.fixed_outputs = numbers.tied_groups, numbers.fixed_outputs
@@ -149,12 +149,6 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
 
 
 # --- activations ---------------------------------------------------------------
-
-def _is_activation(model: Any, t: Any) -> bool:
-    return fb.type_name(t.type) == "INT8" and fb.buffer_array(model, t) is None \
-        and t.quantization is not None and t.quantization.scale is not None \
-        and len(t.quantization.scale) == 1
-
 
 def _params(t: Any) -> tuple[float, int]:
     return float(t.quantization.scale[0]), int(t.quantization.zeroPoint[0])
