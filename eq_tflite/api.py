@@ -41,6 +41,26 @@ DEFAULT_SAMPLES = {"easyquant": 50, "bitsplit": 256}
 MAX_HOLDOUT = 256
 
 
+def split_calibration(total: int, requested: int | None, default: int | None) -> tuple[int, bool]:
+    """Number of calibration samples, and whether the check runs on them too.
+
+    The summary's agreement check must be on samples the method did not see: a
+    method fitted on 64 faces scored 84% on them and 75% on others (Bit-Split).
+    So when the default count would leave fewer than ``clamp(total // 8, 4, 32)``
+    samples over, the last ones are held back from calibration instead. Only an
+    explicit count that takes every sample (or fewer than 8 samples in all)
+    makes the check run on the calibration samples, and the summary says so.
+    """
+    if requested is not None:
+        n = min(requested, total)
+        return n, n >= total
+    n = min(default if default is not None else total, total)
+    if total < 8:
+        return n, n >= total
+    keep = min(max(total // 8, 4), 32)
+    return min(n, total - keep), False
+
+
 
 @dataclass
 class Conversion:
@@ -157,12 +177,12 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         data = calib.load_calibration(calibration_data, specs, image_size=image_size, mean=mean,
                                       std=std, seed=seed)
         total = calib.num_samples(data)
-        n = num_calibration_samples or DEFAULT_SAMPLES.get(chain.method, total)
-        if n <= 0:
-            raise EqTfliteError(f"num_calibration_samples must be positive, got {n}")
-        n = min(n, total)
+        if num_calibration_samples is not None and num_calibration_samples <= 0:
+            raise EqTfliteError("num_calibration_samples must be a positive integer, got "
+                                f"{num_calibration_samples}")
+        n, holdout_is_cal = split_calibration(total, num_calibration_samples,
+                                              DEFAULT_SAMPLES.get(chain.method))
         cal = calib.take(data, 0, n)
-        holdout_is_cal = n >= total
         holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
         if not ranges:  # data-free steps in a calibrated run: the data gives the input range
             ranges = {k: (float(v.min()), float(v.max())) for k, v in cal.items()}

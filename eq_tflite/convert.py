@@ -52,8 +52,10 @@ flags.DEFINE_enum("cle_relu6", None, ["relu", "skip"],
 flags.DEFINE_bool("absorb_padded", None,
                   "Bias absorption also into consumers that zero-pad (the paper's approximation).")
 flags.DEFINE_integer("num_calibration_samples", None,
-                     "Cap on calibration samples (default: 50 for easyquant, all for others). "
-                     "Samples beyond it (up to 256) are held back for the agreement check.")
+                     "Cap on calibration samples (default: 50 for easyquant, 256 for bitsplit, "
+                     "all for others, always holding back at least 1/8 of the data, 4-32 "
+                     "samples). Samples beyond it (up to 256) are held back for the agreement "
+                     "check; a value that takes every sample makes that check optimistic.")
 flags.DEFINE_list("image_size", None, "H,W for an image-directory calibration set (default: model's).")
 flags.DEFINE_list("mean", ["0"], "Per-channel mean subtracted from images scaled to [0, 1].")
 flags.DEFINE_list("std", ["1"], "Per-channel std dividing images scaled to [0, 1].")
@@ -205,8 +207,11 @@ def _check_report_dir(path: Path) -> None:
 
 def _print_summary(result, output: Path, seconds: float) -> None:
     rep = result.report
-    held = ("the calibration samples (no samples were held back)" if result.holdout_is_calibration
-            else f"{rep.samples} held-back samples")
+    held = (f"the {rep.samples} calibration samples (optimistic: the method fitted these; "
+            "leave --num_calibration_samples unset, or give more data, to hold some back)"
+            if result.holdout_is_calibration
+            else f"{rep.samples} held-back samples (after the {result.num_calibration} "
+            "calibration samples)")
     print(f"wrote {output} ({len(result.model) / 1024:.1f} KiB) in {seconds:.1f}s")
     print(f"  chain {' -> '.join(result.plan.steps)}, {rep.bits.label}"
           + (", per-tensor weights" if result.plan.per_tensor_weights else "")

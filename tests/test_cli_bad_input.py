@@ -158,3 +158,29 @@ def test_success_summary(capsys, out, small_float_path, small_calibration_path):
     assert code == 0 and out.exists()
     assert "W7A7, 32 calibration samples" in text
     assert "16 held-back samples" in text and "top-1 agreement" in text
+
+
+def test_split_calibration_holds_back_by_default():
+    from eq_tflite.api import split_calibration
+    # Bit-Split's default (256) on 64 samples: 8 (1/8) held back, not the fitted ones scored.
+    assert split_calibration(64, None, 256) == (56, False)
+    assert split_calibration(64, None, 50) == (50, False)  # 14 left over already
+    assert split_calibration(52, None, 50) == (46, False)  # at least 52 // 8 = 6 held back
+    assert split_calibration(1000, None, None) == (968, False)  # minmax/kl: all but 32
+    assert split_calibration(20, None, None) == (16, False)  # at least 4
+    assert split_calibration(5, None, None) == (5, True)  # too few to hold back
+    assert split_calibration(64, 64, 256) == (64, True)  # explicit: the user's choice
+    assert split_calibration(64, 100, 256) == (64, True)
+    assert split_calibration(64, 32, 256) == (32, False)
+
+
+def test_summary_says_when_check_is_on_calibration_samples(capsys, out, small_float_path,
+                                                           small_calibration_path):
+    n = int(np.load(small_calibration_path, mmap_mode="r").shape[0])
+    code = run_cli([str(small_float_path), "--calibration_data", str(small_calibration_path),
+                    "--method", "minmax", "--num_calibration_samples", str(n), "--output",
+                    str(out), "--noprogress"])
+    text = capsys.readouterr().out
+    assert code == 0 and out.exists()
+    assert f"the {n} calibration samples (optimistic" in text
+    assert "held-back" not in text
