@@ -1,7 +1,9 @@
 """The TFLite int8 quantization spec as data: per-op constraints of the kernels.
 
 A bottom-level module (imports nothing of the package): ``graph``, ``resolve``,
-``simulate``, ``rewrite`` and ``verify`` all read these rules from here.
+``simulate``, ``rewrite`` and ``verify`` all read these rules from here. The op
+table (``eq_tflite.op_table``: kernels, simulation, data-free rules) reads its
+tie and fixed-range rules from here too.
 """
 from __future__ import annotations
 

@@ -12,9 +12,11 @@ rewriter writes) it models the int8 model:
   scales and the resolved int32 biases times their scales;
 * fused activations are applied before the output is quantized.
 
-Not modelled: fixed-point requantization (each op is within 1 LSB of
-TFLite's int8 kernels given the same inputs, see tests/test_simulate.py) and
-quantization of constant operands of non-weighted ops (e.g. MUL by a
+The other ops run their float kernels from the op table
+(``eq_tflite.op_table``); ops with several outputs (SPLIT, UNPACK) store each.
+Not modelled: fixed-point requantization and lookup tables (each op is within
+1 LSB of LiteRT's int8 kernel given the same inputs, see tests/test_op_table.py)
+and quantization of constant operands of non-weighted ops (e.g. MUL by a
 constant).
 
 Weighted ops are computed as ``rows @ matrix`` on im2col rows (``Linear``),
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
+
 from eq_tflite import grid, kernels, op_table
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
