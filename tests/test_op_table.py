@@ -81,6 +81,16 @@ def test_int8_converter_ops_handled_or_refused_by_name():
     assert op_table.INT8_CONVERTER_OPS - set(op_table.OPS) == {"L2_NORMALIZATION"}
 
 
+def test_float_rows_are_what_tflite_keeps_in_float():
+    """Rows marked "float" are exactly the ops TFLite's int8 converter left in float."""
+    from eq_tflite.io.tflite_int8 import float_ops_left
+    kept = set()
+    for case in CASES:
+        kept |= set(float_ops_left(_load(case)[1]))
+    assert kept == {name for name, rule in op_table.OPS.items() if rule.int8 == "float"}
+    assert op_table.ISLANDS == {"NEG", "ELU", "SQUARE", "POW"}
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_float_matches_litert(case):
     float_model, _ = _load(case)
@@ -160,6 +170,7 @@ def _check_outputs(graph, fop, qop, ex, quant, value) -> None:
     for ft, qt in zip(fop.outputs, qop.outputs):
         ref = value(qt)
         if ft in quant.activations:
+            assert rule.int8 != "float", f"{fop.type} is int8 in TFLite's model"
             lsb = float(np.abs(ex.values[ft] - ref).max()) / quant.activations[ft][0]
             assert lsb <= rule.lsb + 1e-3, (fop.type, graph.tensors[ft].name, lsb)
         elif ref.dtype == np.float32:  # a float island
