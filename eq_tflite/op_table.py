@@ -205,6 +205,22 @@ def fixed_range(kind: str) -> tuple[float, float] | None:
     return (-128 - zp) * scale, (127 - zp) * scale
 
 
+def float_tensors(graph) -> frozenset[int]:
+    """Tensors a deployed model keeps in float: outputs of ``"float"`` rows that only
+    ``"float"`` rows read, or that are model outputs (no QUANTIZE follows them)."""
+    def is_float(kind: str) -> bool:
+        row = OPS.get(kind)
+        return row is not None and row.int8 == "float"
+
+    readers: dict[int, list[str]] = {}
+    for op in graph.ops:
+        for t in op.inputs:
+            readers.setdefault(t, []).append(op.type)
+    return frozenset(t for op in graph.ops if is_float(op.type) for t in op.outputs
+                     if t >= 0 and (t in graph.outputs
+                                    or (readers.get(t) and all(map(is_float, readers[t])))))
+
+
 def unsupported(op_types: "set[str] | frozenset[str]", activations: "set[str]" = frozenset()
                 ) -> list[str]:
     """The op types and fused activations of a model that the table cannot simulate, sorted."""

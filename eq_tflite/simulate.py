@@ -10,7 +10,10 @@ rewriter writes) it models the int8 model:
   to the int8 container (``activation_range="container"``);
 * weighted ops use the resolved b-bit integer weights times their float32
   scales and the resolved int32 biases times their scales;
-* fused activations are applied before the output is quantized.
+* fused activations are applied before the output is quantized;
+* ops TFLite keeps in float (the op table's float islands) compute in float
+  on their dequantized inputs; tensors passed between such ops, and their
+  model outputs, stay float (``op_table.float_tensors``).
 
 The other ops run their float kernels from the op table
 (``eq_tflite.op_table``); ops with several outputs (SPLIT, UNPACK) store each.
@@ -301,6 +304,7 @@ class Executor:
         self.weights = dict(weights or {})
         self.keep = set(keep) | set(graph.outputs)
         self.values: dict[int, np.ndarray] = {}
+        self._float = op_table.float_tensors(graph)  # float islands' inner tensors: never quantized
         self._uses: dict[int, int] = {}
         for op in graph.ops:
             for t in op.inputs:
@@ -313,7 +317,7 @@ class Executor:
             self._store(t, np.asarray(inputs[name], np.float32))
 
     def _store(self, t: int, value: np.ndarray) -> None:
-        params = self.quant.activations.get(t) if self.quant else None
+        params = self.quant.activations.get(t) if self.quant and t not in self._float else None
         self.values[t] = self._fake_quant(value, params) if params else value
 
     def _fake_quant(self, value: np.ndarray, params: tuple[float, int]) -> np.ndarray:

@@ -98,6 +98,23 @@ def test_sin_converts_with_allow_float_under_every_method(method, data):
         assert conv.report.cosine > 0.99
 
 
+def test_float_island_inner_tensors_stay_float_in_simulation():
+    """CONV -> COS -> CUMSUM -> CONV: COS's output never meets QUANTIZE; CUMSUM's does."""
+    from eq_tflite import op_table
+    graph = Graph.from_tflite(_float("cos_cumsum"))
+    cos, cumsum = (next(op for op in graph.ops if op.type == k) for k in ("COS", "CUMSUM"))
+    assert op_table.float_tensors(graph) == {cos.outputs[0]}
+    quant = simulate.QuantParams(api.resolve_bits(8), {t: (0.25, 0) for t in graph.activation_tensors()})
+    x = _data(graph, 2)
+    ex = simulate.Executor(graph, {graph.tensors[graph.inputs[0]].name: x}, quant,
+                           keep=[cos.outputs[0], cumsum.outputs[0]])
+    for op in graph.ops:
+        ex.step(op)
+    assert not np.allclose(ex.values[cos.outputs[0]] / 0.25, np.round(ex.values[cos.outputs[0]] / 0.25))
+    np.testing.assert_allclose(ex.values[cumsum.outputs[0]] / 0.25,
+                               np.round(ex.values[cumsum.outputs[0]] / 0.25), atol=1e-4)
+
+
 def test_sin_without_allow_float_is_refused_by_name():
     with pytest.raises(UnsupportedOpsError, match="SIN"):
         _convert("sin", None)
