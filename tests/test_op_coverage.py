@@ -124,9 +124,8 @@ def test_sin_without_allow_float_is_refused_by_name():
     ("grouped_conv", "easyquant", True), ("grouped_conv", "bitsplit", True),
     ("grouped_conv", None, False), ("space_batch_nd", "easyquant", True),
     ("resize_bilinear_half_pixel", "bitsplit", True), ("swish_se", None, False),
-    ("depth_to_space", "bitsplit", True), ("prelu", "easyquant", True)])
-# SPLIT / SPLIT_V simulate, but their conversions fail verify on a one-ULP tie-scale mismatch in
-# the rewritten file (issue 16, "tie groups get bit-identical scales", fixed on another branch).
+    ("depth_to_space", "bitsplit", True), ("prelu", "easyquant", True),
+    ("split", "easyquant", True), ("split_v", "minmax", True)])
 def test_ops_convert(case, method, data):
     conv = _convert(case, method, data)
     assert conv.report.ok and not conv.report.float_ops
@@ -140,3 +139,18 @@ def test_unsimulated_op_refused_before_conversion():
     with pytest.raises(EqTfliteError, match="easyquant cannot simulate.*L2_NORMALIZATION.*minmax"):
         api._check_ops(graph, "easyquant")
     api._check_ops(graph, "minmax")  # min/max simulates nothing
+
+
+@pytest.mark.parametrize("case", ["split", "split_v", "unpack_pack"])
+def test_renamed_multi_output_tensors_are_mapped(case):
+    """TFLite's quantizer renames SPLIT outputs ("a;b", "a;b1"): the rewriter maps them by op."""
+    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.rewrite.rewriter import map_to_float
+    graph = Graph.from_tflite(_float(case))
+    model = fb.parse_model((FIXTURES / f"{case}.int8.tflite").read_bytes())
+    mapping = map_to_float(model, graph)
+    sg = model.subgraphs[0]
+    kind = {"split": "SPLIT", "split_v": "SPLIT_V", "unpack_pack": "UNPACK"}[case]
+    qop = next(op for op in sg.operators if fb.op_name(model, op) == kind)
+    fop = next(op for op in graph.ops if op.type == kind)
+    assert [mapping.get(int(t)) for t in qop.outputs] == [graph.tensors[t].name for t in fop.outputs]
