@@ -155,18 +155,16 @@ def weighted_moments(op: Op, w: np.ndarray, bias: np.ndarray | None, x: ChannelS
         mean, variance = taps.sum(0) * mu, (taps ** 2).sum(0) * var
     else:
         mat = w.reshape(w.shape[0], -1, w.shape[-1]) if w.ndim == 4 else w[:, None, :]
-        groups = len(x.mean) // mat.shape[-1] if op.type == "CONV_2D" and len(x.mean) > mat.shape[-1] \
-            and len(x.mean) % mat.shape[-1] == 0 and mat.shape[0] % (len(x.mean) // mat.shape[-1]) == 0 \
-            else 1
-        if groups > 1:  # grouped: output channel o reads its group's input channels
-            depth, per = mat.shape[-1], mat.shape[0] // groups
-            xin = x
-            mean = np.concatenate([np.einsum("oki,i->o", mat[g * per:(g + 1) * per],
-                                             xin.mean[g * depth:(g + 1) * depth])
-                                   for g in range(groups)])
+        depth, c_in = mat.shape[-1], len(x.mean)
+        groups = c_in // depth if (op.type == "CONV_2D" and c_in > depth and c_in % depth == 0
+                                   and mat.shape[0] % (c_in // depth) == 0) else 1
+        if groups > 1:  # grouped: output channel o reads only its group's input channels
+            per = mat.shape[0] // groups
+            parts = [slice(g * depth, (g + 1) * depth) for g in range(groups)]
+            mean = np.concatenate([np.einsum("oki,i->o", mat[g * per:(g + 1) * per], x.mean[p])
+                                   for g, p in enumerate(parts)])
             variance = np.concatenate([np.einsum("oki,i->o", mat[g * per:(g + 1) * per] ** 2,
-                                                 xin.var[g * depth:(g + 1) * depth])
-                                       for g in range(groups)])
+                                                 x.var[p]) for g, p in enumerate(parts)])
         else:
             xin = _broadcast(x, mat.shape[-1])
             mean = np.einsum("oki,i->o", mat, xin.mean)
@@ -406,13 +404,14 @@ def _op_stats(graph: Graph, op: Op, stats: dict[int, ChannelStats], bn: BnStats 
                                     np.array([min(m.lo[0] for m in merged)]),
                                     np.array([max(m.hi[0] for m in merged)]),
                                     all(d.bn_backed for d in data)), n)
-    if kind == "sum":
+    if kind == "sum":  # a sum of `count` values per output (SUM's reduced size, CUMSUM's axis)
         shape_in = graph.tensors[op.inputs[0]].shape
-        shape_out = graph.tensors[op.outputs[0]].shape
-        count = max(int(np.prod(shape_in[1:] or (1,))) // max(int(np.prod(shape_out[1:] or (1,))), 1), 1)
-        if op.type == "CUMSUM":
-            axis = int(np.ravel(graph.tensors[op.inputs[1]].data)[0]) if graph.tensors[op.inputs[1]].data is not None else -1
-            count = int(shape_in[axis])
+        count = int(np.prod(shape_in[1:] or (1,))) // max(
+            int(np.prod(graph.tensors[op.outputs[0]].shape[1:] or (1,))), 1)
+        axis = graph.tensors[op.inputs[1]].data if op.type == "CUMSUM" else None
+        if axis is not None:
+            count = int(shape_in[int(np.ravel(axis)[0])])
+        count = max(count, 1)
         m = _merged(x, n)
         lo, hi = np.minimum(m.lo * count, m.lo), np.maximum(m.hi * count, m.hi)
         return ChannelStats(m.mean * count, m.var * count, lo, hi, m.bn_backed)
