@@ -566,7 +566,7 @@ def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
         spatial = lin.out_spatial
     rng = np.random.default_rng([opts.seed, op.index])
     positions, s, p = sample_positions(x_float.shape[0], spatial, opts.max_rows, rng)
-    matrix = simulate.weight_matrix(op.type, fsim.value(op.weight_input)).astype(np.float32)
+    matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float32)
     bias = fsim.value(op.bias_input) if op.bias_input >= 0 else None
     activation = op.activation if opts.objective == "activation" else "NONE"
     target = lin.apply(lin.rows(x_float, positions), matrix)
