@@ -387,3 +387,14 @@ def test_mediapipe_selfie_segmentation_lowered_equals_xnnpack():
                                   _outputs(data, x, builtin=False)[0])
     y = _outputs(out, x)[0]  # LiteRT's builtin kernels run it too
     assert np.abs(y - _outputs(data, x, builtin=False)[0]).max() < 1e-3
+
+
+def test_lowered_transpose_conv_runs_batched_one_sample_at_a_time():
+    """Its output shape is a constant with batch 1: batched runs fall back to single samples."""
+    shipped, _, _ = _transpose_conv_bias_model(4, 4, 2, 2, True)
+    out, _ = normalize_float_tflite(shipped)
+    x = np.random.default_rng(11).normal(size=(5, 4, 4, 3)).astype(np.float32)
+    batched = run_model(make_interpreter(out), [x], batch_size=4)[0]
+    single = np.concatenate([_outputs(out, x[i:i + 1])[0] for i in range(5)])
+    assert batched.shape == (5, 8, 8, 4)
+    np.testing.assert_array_equal(batched, single)
