@@ -128,9 +128,10 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
     sg = model.subgraphs[0]
     names = [fb.tensor_name(t) for t in sg.tensors]
     mapping = {i: n for i, n in enumerate(names) if n in graph.by_name}
+    int8_producer = {int(o): fb.op_name(model, op) for op in sg.operators for o in op.outputs}
     for i, name in enumerate(names):
-        if i not in mapping and ";" in name:
-            fused = _fused_name(graph, name)
+        if i not in mapping and ";" in name and i in int8_producer:
+            fused = _fused_name(graph, name, int8_producer[i])
             if fused is not None:
                 mapping[i] = fused
     producer = {out: op for op in graph.ops for out in op.outputs}
@@ -154,15 +155,33 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
     return mapping
 
 
-def _fused_name(graph: Graph, name: str) -> str | None:
-    """The float tensor an int8 tensor named "a;b;..." stands for, or None.
+#: Activation ops TFLite's quantizer fuses into the op before them.
+_FUSABLE_ACTIVATIONS = frozenset({"RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1"})
+
+
+def _fused_name(graph: Graph, name: str, kind: str) -> str | None:
+    """The float tensor that an int8 output named "a;b;..." of a ``kind`` op stands for, or None.
 
     TFLite's quantizer fuses ops the float file keeps apart (ADD then RELU
     becomes one ADD with a fused RELU) and names the fused output after all of
-    them; it holds the values of the last one, the float tensor among the parts
-    that no other part's producer reads.
+    them. A part qualifies if the float graph makes it with a ``kind`` op, or
+    with a fusable activation applied to a ``kind`` op's output; of those, the
+    fused tensor holds the values of the last one. Anything less certain
+    (names merged from constants, folded PADs) stays unmapped.
     """
-    parts = [p for p in dict.fromkeys(name.split(";")) if p in graph.by_name]
+    producer = {out: op for op in graph.ops for out in op.outputs}
+
+    def made_by_kind(t: int) -> bool:
+        op = producer.get(t)
+        if op is None:
+            return False
+        if op.type == kind:
+            return True
+        before = producer.get(op.inputs[0]) if op.inputs else None
+        return op.type in _FUSABLE_ACTIVATIONS and before is not None and before.type == kind
+
+    parts = [p for p in dict.fromkeys(name.split(";"))
+             if p in graph.by_name and made_by_kind(graph.by_name[p])]
     if len(parts) <= 1:
         return parts[0] if parts else None
     index = {graph.by_name[p]: p for p in parts}
