@@ -398,3 +398,15 @@ def test_lowered_transpose_conv_runs_batched_one_sample_at_a_time():
     single = np.concatenate([_outputs(out, x[i:i + 1])[0] for i in range(5)])
     assert batched.shape == (5, 8, 8, 4)
     np.testing.assert_array_equal(batched, single)
+
+
+@needs_mediapipe
+def test_mediapipe_blazeface_converts_as_shipped():
+    """BlazeFace as shipped (float16, old codes, ADD+RELU fused by the quantizer before
+    MAX_POOL_2D and channel PADs): min/max converts, verifies, and every tie is exact."""
+    path = MEDIAPIPE / "face_detection/face_detection_short_range.tflite"
+    x = np.random.default_rng(12).uniform(-1, 1, (8, 128, 128, 3)).astype(np.float32)
+    conv = api.convert_model(str(path), x, method="minmax", bits=8)
+    assert conv.report.ok and conv.report.float_ops == []
+    assert conv.load_notes and "float16 constants expanded" in conv.load_notes[0]
+    assert conv.rewrite_log.unmapped == []
