@@ -2,8 +2,10 @@
 
 Every conversion already validates TFLite's calibrated model and its int8 model
 (``tflite_int8``); here the float, calibrated and int8 files of several
-architectures are checked one by one, and the YOLO-like head, whose SPLIT_V
-outputs once got scales one float32 step apart, converts and verifies.
+architectures are checked one by one. Tie groups: a YOLO-like head's SPLIT_V
+outputs, and a BlazeFace-like block whose ADD+RELU the quantizer fuses (the
+fused tensor was unmapped and kept TFLite's own, round-tripped scale: one
+float32 step off its group, and a bias scale off s_in * s_w).
 """
 from __future__ import annotations
 
