@@ -410,3 +410,52 @@ def test_mediapipe_blazeface_converts_as_shipped():
     assert conv.report.ok and conv.report.float_ops == []
     assert conv.load_notes and "float16 constants expanded" in conv.load_notes[0]
     assert conv.rewrite_log.unmapped == []
+
+
+def _detection_postprocess_model() -> bytes:
+    """Two 1x1 convs (boxes, class scores) into TFLite_Detection_PostProcess, a custom op
+    that LiteRT's builtin resolver (and so TF's calibrator) has a kernel for."""
+    from flatbuffers import flexbuffers
+    rng = np.random.default_rng(13)
+    b = Builder()
+    b.tensor("x", [1, 4, 4, 3])
+    conv = b.code(S.BuiltinOperator.CONV_2D)
+    opts = S.Conv2DOptionsT()
+    opts.padding, opts.strideW, opts.strideH = S.Padding.SAME, 1, 1
+    reshape = b.code(S.BuiltinOperator.RESHAPE)
+    b.tensor("zero_bias", [4], data=np.zeros(4, np.float32))
+    b.tensor("shape", [3], S.TensorType.INT32, data=np.asarray([1, 16, 4], np.int32))
+    for name in ("boxes", "scores"):
+        b.tensor(f"{name}_w", [4, 1, 1, 3], data=rng.normal(size=(4, 1, 1, 3)).astype(np.float32))
+        b.tensor(f"{name}_map", [1, 4, 4, 4])
+        b.op(conv, ["x", f"{name}_w", "zero_bias"], [f"{name}_map"], S.BuiltinOptions.Conv2DOptions,
+             opts)
+        b.tensor(name, [1, 16, 4])
+        options = S.ReshapeOptionsT()
+        options.newShape = [1, 16, 4]
+        b.op(reshape, [f"{name}_map", "shape"], [name], S.BuiltinOptions.ReshapeOptions, options)
+    grid = np.linspace(0.1, 0.9, 16)
+    b.tensor("anchors", [16, 4], data=np.stack([grid, grid[::-1], np.full(16, 0.2),
+                                                 np.full(16, 0.2)], 1).astype(np.float32))
+    for name, shape in (("det_boxes", [1, 5, 4]), ("det_classes", [1, 5]), ("det_scores", [1, 5]),
+                        ("num_detections", [1])):
+        b.tensor(name, shape)
+    options = flexbuffers.Dumps({
+        "max_detections": 5, "max_classes_per_detection": 1, "detections_per_class": 5,
+        "use_regular_nms": False, "nms_score_threshold": 0.0, "nms_iou_threshold": 0.5,
+        "num_classes": 3, "y_scale": 10.0, "x_scale": 10.0, "h_scale": 5.0, "w_scale": 5.0})
+    b.op(b.code(S.BuiltinOperator.CUSTOM, "TFLite_Detection_PostProcess"),
+         ["boxes", "scores", "anchors"], ["det_boxes", "det_classes", "det_scores", "num_detections"],
+         custom=list(options))
+    return b.io(["x"], ["det_boxes", "det_classes", "det_scores", "num_detections"])
+
+
+def test_custom_op_with_a_litert_kernel_stays_float_with_allow_float():
+    model = _detection_postprocess_model()
+    x = np.random.default_rng(14).random((8, 4, 4, 3), dtype=np.float32)
+    with pytest.raises(EqTfliteError, match="cannot quantize: TFLite_Detection_PostProcess; re-run"):
+        api.convert_model(model, x, method="minmax", bits=8)
+    conv = api.convert_model(model, x, method="minmax", bits=8, allow_float=True)
+    assert conv.report.ok and conv.report.float_ops == ["CUSTOM:TFLite_Detection_PostProcess"]
+    assert conv.load_notes == ["custom ops kept in float (--allow_float): TFLite_Detection_PostProcess"]
+    assert conv.report.quantized_ops >= 2  # the convs are int8
