@@ -24,6 +24,7 @@ from eq_tflite.grid import BitWidths
 from eq_tflite.io import calibration as calib
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
+from eq_tflite.io.normalize import check_custom_ops
 from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names
 from eq_tflite.io.tflite_int8 import float_ops_left, tflite_int8
 from eq_tflite.op_table import ISLANDS
@@ -82,6 +83,7 @@ class Conversion:
     holdout_is_calibration: bool
     timings: dict[str, float] = field(default_factory=dict)
     int4_tensors: int = 0  # weight tensors stored as packed INT4 (``pack_int4``)
+    load_notes: list[str] = field(default_factory=list)  # what loading the file as shipped changed
 
 
 def resolve_bits(bits: int = 7, weight_bits: int | None = None,
@@ -164,7 +166,11 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     options = dict(method_options or {}, seed=seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    float_model = float_model_of(model)
+    load_notes: list[str] = []
+    float_model = float_model_of(model, load_notes)
+    kept_custom = check_custom_ops(float_model, allow_float)
+    if kept_custom:
+        load_notes.append(f"custom ops kept in float (--allow_float): {', '.join(kept_custom)}")
     graph = Graph.from_tflite(float_model)
     specs = calib.input_specs(graph, signature_input_names(float_model))
     ranges = parse_input_ranges(input_range, [s.name for s in specs])
@@ -241,7 +247,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     if not report.ok:
         raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
     return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
-                      int4_tensors)
+                      int4_tensors, load_notes)
 
 
 def constant_inputs(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> dict[str, np.ndarray]:

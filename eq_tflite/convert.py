@@ -164,10 +164,10 @@ def _convert(src: str) -> int:
     # aborting on the rewritten model of a hostile float model) is one error line too. If
     # TensorFlow already ran here (in-process callers, tests), the model is loaded first,
     # here: TF's SavedModel loader can deadlock in a forked child (see io.sources).
-    load_seconds, model = 0.0, src
+    load_seconds, model, load_notes = 0.0, src, []
     if "tensorflow" in sys.modules:
         t0 = time.perf_counter()
-        model = api.float_model_of(src)
+        model = api.float_model_of(src, load_notes)
         load_seconds = time.perf_counter() - t0
     result = run_isolated(
         api.convert_model, model, FLAGS.calibration_data, what="the conversion",
@@ -181,6 +181,7 @@ def _convert(src: str) -> int:
         bias_absorption=FLAGS.bias_absorption, bias_correction=FLAGS.bias_correction,
         per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range)
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
+    result.load_notes[:0] = load_notes
     if FLAGS.report_dir:
         from eq_tflite.report import write_conversion_report
         try:
@@ -222,7 +223,7 @@ def _print_summary(result, output: Path, seconds: float) -> None:
     if result.int4_tensors:
         print(f"  {result.int4_tensors} weight tensors stored as packed INT4 "
               "(same outputs as the int8 container, checked)")
-    for note in result.plan.notes:
+    for note in result.load_notes + result.plan.notes:
         print(f"  {note}")
     if rep.cosine is None and not result.num_calibration:
         print("  no data: agreement with float not measured (pass --calibration_data or run "

@@ -2,8 +2,14 @@
 
 
 def first_line(err: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's text (or its type name)."""
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    """The first non-empty line of an exception's text (or its type name).
+
+    A first line that ends in ":" only announces the reason (TFLite's "Failed
+    to initialize op resolver for calibration:"), so the next line is joined.
+    """
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        lines[0] = f"{lines[0]} {lines[1]}"
     return (lines[0] if lines else type(err).__name__)[:limit]
 
 

@@ -126,14 +126,15 @@ def activation_params(graph: Graph, ranges: Mapping[int, tuple[float, float]], b
     groups = tied_groups(graph) if groups is None else groups
     fixed = fixed_output_params(graph)
     params: dict[int, ActParams] = {}
-    for t in set(ranges) | set(fixed):
+    per_group: dict[tuple[int, ...], ActParams] = {}  # computed once per group, then copied
+    for t in sorted(set(ranges) | set(fixed)):
         members = groups.get(t, (t,))
-        pinned = [fixed[m] for m in members if m in fixed]
-        if pinned:
-            params[t] = pinned[0]
-            continue
-        rs = [ranges[m] for m in members if m in ranges]
-        params[t] = grid.activation_params(min(r[0] for r in rs), max(r[1] for r in rs), bits)
+        if members not in per_group:
+            pinned = [fixed[m] for m in members if m in fixed]
+            rs = [ranges[m] for m in members if m in ranges]
+            per_group[members] = pinned[0] if pinned else grid.activation_params(
+                min(r[0] for r in rs), max(r[1] for r in rs), bits)
+        params[t] = per_group[members]
     return params
 
 

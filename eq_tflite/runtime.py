@@ -155,7 +155,27 @@ def resize_inputs(interp: Any, details: list[dict], arrays: Sequence[np.ndarray]
             for d, a in zip(details, arrays):
                 interp.resize_tensor_input(d["index"], (b, *a.shape[1:]), strict=False)
             interp.allocate_tensors()
-            return b
+            if b == 1 or _batch_follows_inputs(interp):
+                return b
         except (RuntimeError, ValueError):
             continue
     raise LiteRTError("LiteRT cannot allocate the model for one sample")
+
+
+def _batch_follows_inputs(interp: Any) -> bool:
+    """False if an op's output keeps batch 1 after a batch resize.
+
+    TRANSPOSE_CONV takes its output shape from a constant operand (e.g. a
+    lowered MediaPipe Convolution2DTransposeBias): it allocates at any batch
+    but fails when invoked, so such models run one sample at a time.
+    """
+    ops = getattr(interp, "_get_ops_details", None)
+    if ops is None:
+        return True
+    shapes = {d["index"]: d["shape"] for d in interp.get_tensor_details()}
+    for op in ops():
+        if op["op_name"] == "TRANSPOSE_CONV" and len(op["inputs"]) >= 3 and len(op["outputs"]):
+            x, y = shapes.get(op["inputs"][2]), shapes.get(op["outputs"][0])
+            if x is not None and y is not None and len(x) and len(y) and x[0] != y[0]:
+                return False
+    return True

@@ -84,7 +84,7 @@ VERIFY_MUTATIONS = {
     # an op without an input list (TypeError in verify), scales without zero points and
     # empty quantization vectors (IndexError), corrupt eq_tflite metadata (JSONDecodeError,
     # UnicodeDecodeError, TypeError, bits out of range)
-    "op_without_inputs": (lambda m, sg: setattr(sg.operators[2], "inputs", None), "no input or output list"),
+    "op_without_inputs": (lambda m, sg: setattr(sg.operators[2], "inputs", None), "lacks its data or weight input"),
     "scales_without_zero_points": (lambda m, sg: setattr(_int8_activation(m, sg).quantization,
                                                          "zeroPoint", np.zeros(0, np.int64)),
                                    "1 scales but 0 zero points"),
@@ -154,7 +154,7 @@ def test_invalid_utf8_names_and_custom_codes():
     # was TypeError in io/sources.py (a conv without its weights)
     (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs",
                            first_op(m, sg, "CONV_2D").inputs[:1]), "lacks its data or weight"),
-    (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs", None), "no input or output list"),
+    (lambda m, sg: setattr(first_op(m, sg, "CONV_2D"), "inputs", None), "lacks its data or weight input"),
     # a tensor pointing at a buffer that does not exist
     (lambda m, sg: setattr(sg.tensors[0], "buffer", len(m.buffers) + 1), "buffer index"),
     # native code cuts names at control characters; they no longer matched (was KeyError)

@@ -53,8 +53,27 @@ def parse_model(data: bytes, what: str = "model") -> Any:
         raise EqTfliteError(f"{what} is a corrupt .tflite file (nesting too deep)") from None
     except Exception as err:  # flatbuffers raises assorted errors on corruption
         raise EqTfliteError(f"{what} is a corrupt or truncated .tflite file ({type(err).__name__})") from None
+    _absent_vectors_as_empty(model)
     check_model(model, what)
     return model
+
+
+def _absent_vectors_as_empty(model: Any) -> None:
+    """An absent operand list is an empty one, as TFLite's loader reads it.
+
+    FlatBuffers' C++ object API (TFLite's calibrator writes its model with it)
+    omits empty vectors, so an op without inputs or outputs arrives with the
+    field absent; the Python object API then gives None instead of [].
+    """
+    for sg in model.subgraphs or []:
+        for op in sg.operators or []:
+            if op.inputs is None:
+                op.inputs = np.zeros(0, np.int32)
+            if op.outputs is None:
+                op.outputs = np.zeros(0, np.int32)
+        for field_ in ("inputs", "outputs"):
+            if getattr(sg, field_) is None:
+                setattr(sg, field_, np.zeros(0, np.int32))
 
 
 def canonical_bytes(data: bytes, what: str = "model") -> bytes:
@@ -104,8 +123,6 @@ def check_model(model: Any, what: str = "model") -> None:
                 if not 0 <= i < n:
                     raise bad(f"subgraph {g} {kind} tensor index {i} out of range [0, {n})")
         for o, op in enumerate(sg.operators or []):
-            if op.inputs is None or op.outputs is None:  # TFLite's loader refuses these too
-                raise bad(f"subgraph {g} op {o} has no input or output list")
             if not 0 <= op.opcodeIndex < num_codes:
                 raise bad(f"subgraph {g} op {o} opcode index {op.opcodeIndex} out of range "
                           f"[0, {num_codes})")

@@ -8,6 +8,7 @@ from typing import Any
 
 from eq_tflite.errors import EqTfliteError, first_line
 from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io.normalize import normalize_float_tflite
 from eq_tflite.isolation import run_isolated
 from eq_tflite.quiet import quiet
 
@@ -15,12 +16,14 @@ from eq_tflite.quiet import quiet
 _QUANTIZED_WEIGHT_TYPES = {"INT8", "UINT8", "INT4"}
 
 
-def load_float_model(src: str | os.PathLike) -> bytes:
+def load_float_model(src: str | os.PathLike, notes: list[str] | None = None) -> bytes:
     """Returns float .tflite bytes for ``src``; EqTfliteError with one clear line otherwise.
 
-    A .tflite source is checked (``fb.parse_model``) and returned re-encoded by
-    the FlatBuffer builder, so later native code never sees the file's own
-    offsets. SavedModel and Keras sources are converted by TensorFlow in a child
+    A .tflite source is checked (``fb.parse_model``), normalized as shipped
+    (``io.normalize``: float16 and sparse constants expanded, old operator
+    codes filled in, known custom ops lowered; what changed is appended to
+    ``notes``) and returned re-encoded by the FlatBuffer builder, so later
+    native code never sees the file's own offsets. SavedModel and Keras sources are converted by TensorFlow in a child
     process (``run_isolated``) when TensorFlow is not yet loaded here (the CLI):
     a file that crashes TensorFlow then gives an error line.
     """
@@ -41,9 +44,11 @@ def load_float_model(src: str | os.PathLike) -> bytes:
     if suffix in (".keras", ".h5", ".hdf5"):
         return _convert_isolated("keras", path)
     if suffix == ".tflite":
-        data = fb.read_file(path, "model")
+        data, done = normalize_float_tflite(fb.read_file(path, "model"), str(path))
         _check_float_tflite(data, path)
-        return fb.canonical_bytes(data, str(path))
+        if notes is not None and done.changed():
+            notes.append(f"as shipped: {done.summary()}")
+        return data
     raise EqTfliteError(f"unsupported model {path}: give a SavedModel directory, a .keras/.h5 file "
                         "or a float .tflite")
 
@@ -105,15 +110,22 @@ def _check_float_tflite(data: bytes, path: Path) -> None:
 ModelLike = Any
 
 
-def float_model_of(model: ModelLike) -> bytes:
-    """Float .tflite bytes of a path, float .tflite bytes, or an in-memory Keras model."""
+def float_model_of(model: ModelLike, notes: list[str] | None = None) -> bytes:
+    """Float .tflite bytes of a path, float .tflite bytes, or an in-memory Keras model.
+
+    .tflite paths and bytes are normalized as shipped (``io.normalize``); a
+    line saying what changed is appended to ``notes``.
+    """
     if isinstance(model, (bytes, bytearray)):
-        data = bytes(model)
-        fb.parse_model(data, "the given model bytes")
+        data, done = normalize_float_tflite(bytes(model), "the given model bytes")
+        if not done.changed():
+            return bytes(model)
+        if notes is not None:
+            notes.append(f"as shipped: {done.summary()}")
         return data
     if isinstance(model, (str, os.PathLike)):
         with quiet():
-            return load_float_model(model)
+            return load_float_model(model, notes)
     import tensorflow as tf
     try:
         with quiet():

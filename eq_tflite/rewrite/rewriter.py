@@ -25,7 +25,7 @@ from eq_tflite import resolve as resolve_mod
 from eq_tflite.graph import Graph
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.plan import Plan
-from eq_tflite.quant_spec import EDGE_OPS, WEIGHTED
+from eq_tflite.quant_spec import EDGE_OPS, WEIGHTED, tied_tensors
 
 METADATA_NAME = "eq_tflite"
 
@@ -59,7 +59,8 @@ def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
     defaults = {log.mapping[i]: _params(sg.tensors[i]) for i in acts if i in log.mapping}
     numbers = log.resolved = resolve_mod.resolve(graph, plan, defaults)
     log.tied_groups, log.fixed_outputs = numbers.tied_groups, numbers.fixed_outputs
-    _write_activations(sg, acts, numbers, log)
+    unmapped = _write_activations(sg, acts, numbers, log)
+    _copy_tied_params(model, sg, acts, unmapped)
     _write_weights(model, sg, numbers, log)
     _write_metadata(model, plan, float_model)
     fb.drop_unused_buffers(model)  # TFLite's replaced weights and biases
@@ -127,6 +128,15 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
     sg = model.subgraphs[0]
     names = [fb.tensor_name(t) for t in sg.tensors]
     mapping = {i: n for i, n in enumerate(names) if n in graph.by_name}
+    # Single-output ops only: a multi-output op's renamed outputs ("a;b", "a;b1") are
+    # matched by position in _map_renamed_outputs, never by a name part.
+    int8_producer = {int(op.outputs[0]): fb.op_name(model, op) for op in sg.operators
+                     if len(op.outputs) == 1}
+    for i, name in enumerate(names):
+        if i not in mapping and ";" in name and i in int8_producer:
+            fused = _fused_name(graph, name, int8_producer[i])
+            if fused is not None:
+                mapping[i] = fused
     producer = {out: op for op in graph.ops for out in op.outputs}
     for op in sg.operators:
         kind = fb.op_name(model, op)
@@ -174,6 +184,42 @@ def _map_renamed_outputs(model: Any, graph: Graph, mapping: dict[int, str]) -> N
                 mapping.setdefault(q, graph.tensors[f].name)
 
 
+#: Activation ops TFLite's quantizer fuses into the op before them.
+_FUSABLE_ACTIVATIONS = frozenset({"RELU", "RELU6", "RELU_N1_TO_1", "RELU_0_TO_1"})
+
+
+def _fused_name(graph: Graph, name: str, kind: str) -> str | None:
+    """The float tensor that an int8 output named "a;b;..." of a ``kind`` op stands for, or None.
+
+    TFLite's quantizer fuses ops the float file keeps apart (ADD then RELU
+    becomes one ADD with a fused RELU) and names the fused output after all of
+    them. A part qualifies if the float graph makes it with a ``kind`` op, or
+    with a fusable activation applied to a ``kind`` op's output; of those, the
+    fused tensor holds the values of the last one. Anything less certain
+    (names merged from constants, folded PADs) stays unmapped.
+    """
+    producer = {out: op for op in graph.ops for out in op.outputs}
+
+    def made_by_kind(t: int) -> bool:
+        op = producer.get(t)
+        if op is None:
+            return False
+        if op.type == kind:
+            return True
+        before = producer.get(op.inputs[0]) if op.inputs else None
+        return op.type in _FUSABLE_ACTIVATIONS and before is not None and before.type == kind
+
+    parts = [p for p in dict.fromkeys(name.split(";"))
+             if p in graph.by_name and made_by_kind(graph.by_name[p])]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    index = {graph.by_name[p]: p for p in parts}
+    upstream = {t for op in graph.ops for t in op.inputs if t in index
+                and any(o in index and o != t for o in op.outputs)}
+    last = [p for t, p in index.items() if t not in upstream]
+    return last[0] if len(last) == 1 else None
+
+
 # --- activations ---------------------------------------------------------------
 
 def _params(t: Any) -> tuple[float, int]:
@@ -181,17 +227,62 @@ def _params(t: Any) -> tuple[float, int]:
 
 
 def _write_activations(sg: Any, acts: list[int], numbers: resolve_mod.Resolved,
-                       log: RewriteLog) -> None:
+                       log: RewriteLog) -> set[int]:
+    """Writes each int8 activation's plan numbers; returns the tensors without any."""
     bits = numbers.bits.activations
+    unmapped = set()
     for i in acts:
         t = sg.tensors[i]
         params = numbers.activations.get(log.mapping.get(i, ""))
         if params is None:  # not in the float graph: TFLite's range on the b-bit levels
             log.unmapped.append(fb.tensor_name(t))
+            unmapped.add(i)
             params = grid.activation_params(*grid.activation_range(*_params(t), 8), bits)
         q = t.quantization
         q.scale, q.zeroPoint, q.min, q.max = [params[0]], [params[1]], None, None
         log.activations += 1
+    return unmapped
+
+
+def _copy_tied_params(model: Any, sg: Any, acts: list[int], unmapped: set[int]) -> int:
+    """Gives every same-scale group of the int8 model one (scale, zero point); returns changes.
+
+    The plan's numbers already tie the float graph's groups, but a group of the
+    int8 model can also hold tensors the float graph does not have (fused
+    names, converter-made tensors) whose parameters came from TFLite's own
+    range. The group's parameters are decided once, and copied bit for bit:
+    those of its first member with plan numbers (``resolve`` gave them all the
+    same), else of its first member.
+    """
+    act_set = set(acts)
+    parent = {i: i for i in acts}
+
+    def find(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for op in sg.operators:
+        members = [t for t in tied_tensors(fb.op_name(model, op), list(op.inputs), list(op.outputs))
+                   if t in act_set]
+        for t in members[1:]:
+            parent[find(t)] = find(members[0])
+    groups: dict[int, list[int]] = {}
+    for t in acts:
+        groups.setdefault(find(t), []).append(t)
+    changed = 0
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        planned = [t for t in members if t not in unmapped]
+        source = sg.tensors[(planned or members)[0]].quantization
+        for t in members:
+            q = sg.tensors[t].quantization
+            if (list(q.scale), list(q.zeroPoint)) != (list(source.scale), list(source.zeroPoint)):
+                q.scale, q.zeroPoint = list(source.scale), list(source.zeroPoint)
+                changed += 1
+    return changed
 
 
 # --- weights and biases -----------------------------------------------------------
