@@ -7,7 +7,7 @@ XNNPACK style: one single-layer int8 model per realistic layer shape
 kernel variant the delegate has for it (Winograd and direct for a 3x3
 stride-1 convolution; direct; depthwise) runs under the builtin resolver with
 ``policy=all``, side by side with XNNPACK (the default resolver) on the same
-model, interleaved round by round in one process; the speedup is XNNPACK's
+model, interleaved round by round (random order per round) in one process; the speedup is XNNPACK's
 median time over the variant's.
 
 The rows of this machine's CPU class (``cpu_class`` in ``delegate_stats``:
@@ -133,8 +133,11 @@ def time_layer(model: bytes, threads: int, rng: np.random.Generator,
         for _ in range(FLAGS.warmup):
             it.invoke()
     times: dict[str, list[float]] = {k: [] for k in interps}
+    order = list(interps)
     for _ in range(FLAGS.rounds):
-        for name, it in interps.items():
+        rng.shuffle(order)  # a new order each round (thread pools still spinning)
+        for name in order:
+            it = interps[name]
             t0 = time.perf_counter()
             it.invoke()
             times[name].append(time.perf_counter() - t0)
@@ -216,7 +219,7 @@ def main(argv: list[str]) -> None:
     load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
     import ai_edge_litert
     conditions = (f"{machine()}; LiteRT {getattr(ai_edge_litert, '__version__', '?')}; "
-                  f"median of {FLAGS.rounds} invokes per backend, interleaved in one process; "
+                  f"median of {FLAGS.rounds} invokes per backend, interleaved in a random order per round in one process; "
                   f"load average before {load_before}, after {load_after}; "
                   f"{datetime.date.today().isoformat()}.")
     if FLAGS.table:

@@ -137,6 +137,7 @@ def test_missing_bias_equals_zero_bias(delegate_library):
     ({"rounding": "up"}, "option 'rounding'"),
     ({"depthwise": -1}, "option 'depthwise'"),
     ({"bits": ""}, "option 'bits'"),
+    ({"policy": "fast"}, "option 'policy'"),
 ])
 def test_bad_options_raise_value_error(delegate_library, options, match):
     with pytest.raises(ValueError, match=match):
