@@ -30,7 +30,7 @@ import sys
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -187,15 +187,16 @@ def write_table(path: str, rows: list[dict], cpu_class: str, header: str) -> Non
 def main(argv: list[str]) -> None:
     del argv
     from bench_doc import machine, update_section
+    from eq_tflite.errors import EqTfliteError
     from bench_models import build_conv_model
 
     names = FLAGS.layers or list(LAYERS)
     unknown = [n for n in names if n not in LAYERS]
     if unknown:
-        raise app.UsageError(f"unknown layer(s) {unknown}; choose from {sorted(LAYERS)}")
+        raise EqTfliteError(f"unknown layer(s) {unknown}; choose from {sorted(LAYERS)}")
     threads = [int(t) for t in FLAGS.threads]
     if FLAGS.table and sorted(threads) != [1, 2]:
-        raise app.UsageError("--table needs --threads 1,2 (the table's two columns)")
+        raise EqTfliteError("--table needs --threads 1,2 (the table's two columns)")
     rng = np.random.default_rng(FLAGS.seed)
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     results = []  # (name, variant label, kernel, paths, {threads: (xnn ms, ms)})

@@ -11,6 +11,12 @@ round (so they share machine noise), at each thread count of --threads:
                       every supported node in the delegate, bit-exact
   builtin             TFLite's own kernels (BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
+Each measurement is --trials independent trials with fresh interpreters
+(one instance's memory placement alone moved XNNPACK's median by up to 13%
+on the shared development machine), each with --rounds interleaved invokes
+in a new random order per round; a second XNNPACK instance ("xnnpack-2") is
+timed alongside as the noise floor of the ratios.
+
 The table reports medians and the ratios xnnpack / (default+delegate) (the
 issue-19 acceptance: >= 1.0 means loading the delegate did not slow the
 model down) and builtin / (builtin+delegate), whether builtin+delegate is
@@ -41,18 +47,21 @@ import time
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from bench_models import _inputs_for, build_conv_model
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # bench_models, bench_doc (also under runpy)
+from bench_models import _inputs_for, build_conv_model  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 try:  # the installed package (pip install . builds the delegate into it)
     import eq_tflite  # noqa: F401
 except ImportError:  # a plain checkout that was never installed: use it
     sys.path.insert(0, str(REPO))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rounds", 30, "Timed invokes per backend (median; >= 15).")
+flags.DEFINE_integer("rounds", 20, "Timed invokes per backend and trial (median; >= 15).")
+flags.DEFINE_integer("trials", 5, "Independent trials, each with fresh interpreters.")
 flags.DEFINE_integer("warmup", 3, "Untimed invokes per backend first.")
 flags.DEFINE_list("threads", ["1"], "Interpreter num_threads, one table row per value (e.g. 1,2).")
 flags.DEFINE_integer("wbits", 7, "Weight bits of the synthetic models (7: [-63,63], 8: [-127,127]).")
@@ -83,48 +92,58 @@ CASES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
-BACKENDS = ("xnnpack", "default+delegate", "builtin+delegate", "builtin")
+BACKENDS = ("xnnpack", "default+delegate", "builtin+delegate", "builtin", "xnnpack-2")
 
 
-def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
-               threads: int, inputs: list[np.ndarray] | None = None) -> dict[str, Any]:
+def _quantized_inputs(interp, rng: np.random.Generator,
+                      inputs: list[np.ndarray] | None) -> list[np.ndarray]:
+    if inputs is None:
+        return _inputs_for(interp, rng)
+    xs = []  # float samples; quantize them for integer model inputs
+    for det, x in zip(interp.get_input_details(), inputs):
+        if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] > 0:
+            sc, zp = det["quantization"]
+            info = np.iinfo(det["dtype"])
+            x = np.clip(np.round(x / sc) + zp, info.min, info.max)
+        xs.append(np.asarray(x).astype(det["dtype"]))
+    return xs
+
+
+def _trial(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
+           threads: int, inputs: list[np.ndarray] | None) -> dict[str, Any]:
+    """Fresh interpreters (created in a random order), then interleaved rounds."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from eq_tflite.delegate import delegate_stats, load_delegate
+    from eq_tflite.delegate import load_delegate
 
     builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     d_fast = load_delegate({"policy": "fastest", **delegate_options})
     d_all = load_delegate({**delegate_options, "policy": "all"})
-    interps = {
-        "xnnpack": Interpreter(model_content=model, num_threads=threads),
-        "default+delegate": Interpreter(model_content=model, num_threads=threads,
-                                        experimental_delegates=[d_fast]),
-        "builtin+delegate": Interpreter(model_content=model, num_threads=threads,
-                                        experimental_delegates=[d_all],
-                                        experimental_op_resolver_type=builtin),
-        "builtin": Interpreter(model_content=model, num_threads=threads,
-                               experimental_op_resolver_type=builtin),
+    make = {
+        "xnnpack": lambda: Interpreter(model_content=model, num_threads=threads),
+        # the same configuration again: the noise floor of one instance
+        "xnnpack-2": lambda: Interpreter(model_content=model, num_threads=threads),
+        "default+delegate": lambda: Interpreter(model_content=model, num_threads=threads,
+                                                experimental_delegates=[d_fast]),
+        "builtin+delegate": lambda: Interpreter(model_content=model, num_threads=threads,
+                                                experimental_delegates=[d_all],
+                                                experimental_op_resolver_type=builtin),
+        "builtin": lambda: Interpreter(model_content=model, num_threads=threads,
+                                       experimental_op_resolver_type=builtin),
     }
-    first = next(iter(interps.values()))
-    first.allocate_tensors()
-    if inputs is None:
-        xs = _inputs_for(first, rng)
-    else:  # float samples; quantize them for integer model inputs
-        xs = []
-        for det, x in zip(first.get_input_details(), inputs):
-            if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] > 0:
-                sc, zp = det["quantization"]
-                info = np.iinfo(det["dtype"])
-                x = np.clip(np.round(x / sc) + zp, info.min, info.max)
-            xs.append(np.asarray(x).astype(det["dtype"]))
+    order = list(make)
+    rng.shuffle(order)
+    interps = {name: make[name]() for name in order}
+    xs = None
     for it in interps.values():
         it.allocate_tensors()
+        if xs is None:
+            xs = _quantized_inputs(it, rng, inputs)
         for det, x in zip(it.get_input_details(), xs):
             it.set_tensor(det["index"], x)
         for _ in range(FLAGS.warmup):
             it.invoke()
     times: dict[str, list[float]] = {k: [] for k in interps}
-    order = list(interps)
     for _ in range(max(FLAGS.rounds, 15)):
         # Interleaved (shared machine noise), in a new random order each
         # round: a backend's thread pool still spinning after its invoke must
@@ -140,14 +159,39 @@ def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[st
         it = interps[name]
         return it.get_tensor(it.get_output_details()[0]["index"])
 
-    fast, full = delegate_stats(d_fast), delegate_stats(d_all)
+    return {"ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+            "bitexact": bool(np.array_equal(output("builtin+delegate"), output("builtin"))),
+            "fast": d_fast, "all": d_all}
+
+
+def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
+               threads: int, inputs: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """--trials independent trials (fresh interpreters each: one instance's
+    memory placement alone moved XNNPACK's median by up to 13% here); per
+    backend the median of the trial medians, per ratio the median of the
+    trials' ratios and its range."""
+    from eq_tflite.delegate import delegate_stats
+
+    trials = [_trial(model, rng, delegate_options, threads, inputs)
+              for _ in range(max(FLAGS.trials, 1))]
+
+    def ratio(a: str, b: str) -> list[float]:
+        return [t["ms"][a] / t["ms"][b] for t in trials]
+
+    accept = ratio("xnnpack", "default+delegate")
+    fast, full = delegate_stats(trials[-1]["fast"]), delegate_stats(trials[-1]["all"])
     paths: dict[str, int] = {}
     for n in full["nodes"]:
         for p in n["paths"]:
             paths[p] = paths.get(p, 0) + 1
     return {
-        "ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
-        "bitexact": bool(np.array_equal(output("builtin+delegate"), output("builtin"))),
+        "ms": {k: float(np.median([t["ms"][k] for t in trials])) for k in BACKENDS},
+        "accept": float(np.median(accept)),
+        "accept_range": (min(accept), max(accept)),
+        "vs_builtin": float(np.median(ratio("builtin", "builtin+delegate"))),
+        "control": float(np.median(ratio("xnnpack", "xnnpack-2"))),
+        "control_range": (min(ratio("xnnpack", "xnnpack-2")), max(ratio("xnnpack", "xnnpack-2"))),
+        "bitexact": all(t["bitexact"] for t in trials),
         "claimed_fastest": f"{fast['claimed']}/{fast['considered']}",
         "claimed_fastest_kernels": sorted({n["kernel"] for n in fast["nodes"]}),
         "claimed_all": f"{full['claimed']}/{full['considered']}",
@@ -189,7 +233,8 @@ def main(argv: list[str]) -> None:
         names = []
     unknown = [n for n in names if n not in CASES]
     if unknown:
-        raise app.UsageError(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
+        from eq_tflite.errors import EqTfliteError
+        raise EqTfliteError(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
     threads = [int(t) for t in FLAGS.threads]
     jobs: list[tuple[str, bytes, list[np.ndarray] | None]] = []
     for name in names:
@@ -222,8 +267,10 @@ def main(argv: list[str]) -> None:
         "# Delegate latency",
         "",
         f"CPU: {model_name}, {cores} CPU(s); CPU class `{r0['cpu_class']}`, delegate "
-        f"kernels {r0['isa']}; median of {max(FLAGS.rounds, 15)} invokes per backend, "
-        "backends interleaved round by round (in a new random order each round) in one process.",
+        f"kernels {r0['isa']}; {max(FLAGS.trials, 1)} trials, each with fresh interpreters "
+        f"(created in a random order) and {max(FLAGS.rounds, 15)} invokes per backend, "
+        "interleaved round by round in a new random order each round, in one process; ms = "
+        "median of the trial medians; ratios = median of the trials' ratios [min-max].",
         "",
         f"Load average (1/5/15 min) before: {load_before}; after: {_loadavg()} "
         "(other processes share this machine: absolute times are noisy, the ratios "
@@ -234,12 +281,14 @@ def main(argv: list[str]) -> None:
         "XNNPACK = default resolver alone; default+deleg. = default resolver with the "
         "delegate, `policy=fastest` (default); builtin+deleg. = builtin kernels with the "
         "delegate, `policy=all`. XNNPACK / (default+deleg.) >= 1 means loading the delegate "
-        "did not slow the model down.",
+        "did not slow the model down; XNNPACK / XNNPACK is a second XNNPACK instance timed "
+        "alongside, the noise floor of these ratios.",
         "",
         "| model | threads | XNNPACK ms | default+deleg. ms | builtin+deleg. ms | builtin ms | "
-        "XNNPACK / (default+deleg.) | builtin / (builtin+deleg.) | builtin+deleg. bit-exact | "
+        "XNNPACK / (default+deleg.) | XNNPACK / XNNPACK (control) | "
+        "builtin / (builtin+deleg.) | builtin+deleg. bit-exact | "
         "claimed: fastest | claimed: all | kernel paths (policy=all) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
     for label, t, r in rows:
         ms = r["ms"]
@@ -247,8 +296,9 @@ def main(argv: list[str]) -> None:
         lines.append(
             f"| {label} | {t} | {ms['xnnpack']:.3f} | {ms['default+delegate']:.3f} | "
             f"{ms['builtin+delegate']:.3f} | {ms['builtin']:.3f} | "
-            f"{ms['xnnpack'] / ms['default+delegate']:.2f} | "
-            f"{ms['builtin'] / ms['builtin+delegate']:.2f} | "
+            f"{r['accept']:.2f} [{r['accept_range'][0]:.2f}-{r['accept_range'][1]:.2f}] | "
+            f"{r['control']:.2f} [{r['control_range'][0]:.2f}-{r['control_range'][1]:.2f}] | "
+            f"{r['vs_builtin']:.2f} | "
             f"{'yes' if r['bitexact'] else 'NO'} | {r['claimed_fastest']}"
             f"{f' ({kernels})' if kernels else ''} | {r['claimed_all']} | {r['paths']} |")
     report = "\n".join(lines) + "\n"
