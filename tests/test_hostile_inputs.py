@@ -373,6 +373,7 @@ def test_tools_import_the_installed_package(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("INSTALLED_COPY = True\n")
     for tool in ("evaluate.py", "layer_report.py", "benchmark_latency.py", "benchmark_kernels.py",
+                 "benchmark_boundary.py",
                  "benchmark_accuracy.py",
                  "benchmark_calibration.py", "delegate_paths.py",
                  "fuzz.py"):

@@ -1,5 +1,5 @@
-"""Single-layer int8 models and inputs for the latency benchmarks
-(benchmark_latency.py, benchmark_kernels.py)."""
+"""Synthetic int8 models and inputs for the latency benchmarks
+(benchmark_latency.py, benchmark_kernels.py, benchmark_boundary.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ def build_conv_model(h: int, cin: int, cout: int, k: int, stride: int, wbits: in
     """int8 single-conv model from TF's converter, then 7-bit weights.
     cout == 0: a depthwise convolution (depth multiplier 1)."""
     import tensorflow as tf
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
 
     inp = tf.keras.Input((h, h, cin), batch_size=1)
     if cout == 0:
@@ -21,11 +19,22 @@ def build_conv_model(h: int, cin: int, cout: int, k: int, stride: int, wbits: in
     else:
         out = tf.keras.layers.Conv2D(cout, k, strides=stride, padding="same",
                                      activation="relu")(inp)
-    model = tf.keras.Model(inp, out)
+    return quantize_keras(tf.keras.Model(inp, out), wbits, rng)
+
+
+def quantize_keras(model, wbits: int, rng: np.random.Generator) -> bytes:
+    """int8 model (int8 input and output) from TF's converter, calibrated on
+    random inputs; then every CONV_2D / DEPTHWISE_CONV_2D filter gets random
+    weights in [-63, 63] (wbits=7) or [-127, 127], keeping the real range."""
+    import tensorflow as tf
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
 
     def representative():
         for _ in range(4):
-            yield [rng.uniform(-1, 1, size=(1, h, h, cin)).astype(np.float32)]
+            yield [rng.uniform(-1, 1, size=(1, *shape)).astype(np.float32)]
 
     conv = tf.lite.TFLiteConverter.from_keras_model(model)
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
