@@ -74,6 +74,7 @@ flags.DEFINE_list("saved_models", [], "SavedModel dirs to quantize with eq_tflit
 flags.DEFINE_string("calibration", "", ".npy calibration data for --saved_models.")
 flags.DEFINE_string("quantize_method", "easyquant", "eq_tflite method for --saved_models.")
 flags.DEFINE_list("delegate_options", [], "Delegate options as key=value.")
+flags.DEFINE_string("section", "latency", "Name of the BENCHMARKS.md section --output writes.")
 flags.DEFINE_string("output", "", "Write the report as the 'latency' section of this Markdown file (e.g. BENCHMARKS.md).")
 
 # name: (H=W, Cin, Cout, kernel, stride); Cout == 0 means depthwise
@@ -305,7 +306,8 @@ def main(argv: list[str]) -> None:
     print(report)
     if FLAGS.output:
         from bench_doc import update_section
-        update_section(FLAGS.output, "latency", report.replace("# Delegate latency", "## Delegate latency", 1))
+        title = "## Delegate latency" + ("" if FLAGS.section == "latency" else f" ({FLAGS.section})")
+        update_section(FLAGS.output, FLAGS.section, report.replace("# Delegate latency", title, 1))
 
 
 if __name__ == "__main__":
