@@ -41,7 +41,7 @@ except ImportError:
     sys.path.insert(0, REPO)
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rounds", 60, "Timed invokes per backend and thread count (median).")
+flags.DEFINE_integer("rounds", 100, "Timed invokes per backend and thread count (median).")
 flags.DEFINE_integer("warmup", 5, "Untimed invokes per backend first.")
 flags.DEFINE_list("threads", ["1", "2"], "Thread counts (the table holds 1 and 2).")
 flags.DEFINE_list("layers", [], "Subset of the layers by name (default: all).")
