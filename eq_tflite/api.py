@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite import methods
+from eq_tflite import methods, op_table
 from eq_tflite.bn_stats import bn_stats_of
 from eq_tflite.chain import build_chain, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
@@ -25,7 +25,8 @@ from eq_tflite.io import calibration as calib
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
 from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names
-from eq_tflite.io.tflite_int8 import tflite_int8
+from eq_tflite.io.tflite_int8 import float_ops_left, tflite_int8
+from eq_tflite.op_table import ISLANDS
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.quiet import quiet
 from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan, pack_int4_weights
@@ -170,6 +171,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     if not has_data and not ranges:
         raise EqTfliteError("a data-free conversion needs the input's real range: pass "
                             "--input_range LO,HI (e.g. --input_range 0,1), or --calibration_data")
+    _check_ops(graph, chain.method)
     bn, bn_note = bn_stats_of(model, graph) if chain.needs_bn else (None, "")
     timings["load"] = time.perf_counter() - t0
 
@@ -226,6 +228,11 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         out, int4_tensors = pack_int4_weights(out)
     timings["rewrite"] = time.perf_counter() - t0
 
+    islands = sorted(set(float_ops_left(out)) & ISLANDS)
+    if islands and not allow_float:
+        plan.notes.append(f"kept in float as TFLite's own int8 conversion does: {', '.join(islands)} "
+                          "(float islands of standard layers, simulated in float)")
+
     t0 = time.perf_counter()
     run_inputs = None if has_data else constant_inputs(graph, ranges)
     report = verify(out, float_model=float_model if has_data else None, samples=holdout,
@@ -268,6 +275,20 @@ def quantize(model_or_path: ModelLike, calibration_data: Any = None, *, bits: in
       EqTfliteError: with a one-line reason, for bad models, data or options.
     """
     return convert_model(model_or_path, calibration_data, bits=bits, method=method, **kwargs).model
+
+
+#: Methods that simulate the model op by op (``eq_tflite.simulate``).
+_SIMULATING = ("easyquant", "bitsplit")
+
+
+def _check_ops(graph: Graph, method: str) -> None:
+    """Refuses, before any conversion runs, ops the chosen method cannot simulate (by name)."""
+    missing = op_table.unsupported({op.type for op in graph.ops},
+                                   {op.activation for op in graph.ops})
+    if missing and method in _SIMULATING:
+        raise EqTfliteError(f"--method {method} cannot simulate these ops of the float model: "
+                            f"{', '.join(missing)}; --method minmax can convert them "
+                            "(with --allow_float if they have no int8 kernel)")
 
 
 def _get_method(name: str):

@@ -71,8 +71,8 @@ flags.DEFINE_enum("eq_inputs", None, ["quantized", "float"],
                   "EasyQuant: layer inputs from the already-quantized model (paper) or from float.")
 flags.DEFINE_integer("eq_max_rows", None, "EasyQuant: cap on sampled output positions per layer (seeded).")
 flags.DEFINE_enum("eq_objective", None, ["linear", "activation"],
-                  "EasyQuant: layer cosine before the fused activation (default) or after it "
-                  "(its weight search then scores the 8 best linear candidates per channel exactly).")
+                  "EasyQuant: layer cosine after the fused activation (default; the weight "
+                  "search scores the 8 best linear candidates per channel exactly) or before it.")
 flags.DEFINE_enum("eq_search", None, ["coarse_to_fine", "exhaustive"],
                   "EasyQuant: input-scale search over every 10th candidate, then around the best "
                   "(default), or over all candidates.")

@@ -12,31 +12,43 @@ a range [lo, hi]. Sources:
 
 A fused or standalone ReLU/ReLU6 clips the normal N(m, s^2); the mean and
 variance of the clipped normal are exact. The range of channel c is
-[m - k*s, m + k*s] clipped by the activation (``sigmas`` = k). Pooling and
-reshapes keep per-channel statistics; an op without a rule raises
-EqTfliteError naming it, since a range must never be guessed silently.
+[m - k*s, m + k*s] clipped by the activation (``sigmas`` = k).
+
+Every other op passes statistics by its row's ``stats`` rule
+(``eq_tflite.op_table``):
+
+* ``pass`` (pooling, reshapes, resize, slicing, space/batch, ...): unchanged
+  per channel (merged into one channel when the op moves channels around);
+  ``pad`` adds the padding value to the range;
+* ``add`` / ``mul`` / ``div``: by a constant, an exact affine map per channel
+  (Rescaling, Normalization); of two tensors, independent operands (the
+  product's range from its corners; ``x * x`` is a square). Swish and SE
+  gates (x times a sigmoid) are products;
+* ``elementwise`` (EXP, GELU, HARD_SWISH, LEAKY_RELU, SIN, ...): the op's own
+  float kernel on the channel's range (a 257-point grid, for the range) and
+  on Gauss-Hermite nodes of its clipped normal (for mean and variance);
+* ``fixed``: the op's fixed int8 output interval (sigmoid, tanh, softmax);
+* ``sum``, ``sqdiff``, ``matmul``, ``max``/``min``, ``concat``: see ``_RULES``.
+
+An op without a rule (or whose rule gives no finite range) does not stop the
+chain: its output takes the statistics of its first data input, and a note
+names the op (``notes``), since a range must never be guessed silently.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
+from eq_tflite import op_table
 from eq_tflite.bn_stats import BnStats
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
-from eq_tflite.quant_spec import WEIGHTED
 
-#: Clip interval of each fused activation.
-ACTIVATION_CLIP = {"NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0),
-                   "RELU_N1_TO_1": (-1.0, 1.0)}
-#: Ops that pass per-channel statistics through unchanged.
-_PASS_THROUGH = frozenset({"AVERAGE_POOL_2D", "MAX_POOL_2D", "QUANTIZE", "DEQUANTIZE",
-                           "SQUEEZE", "RESHAPE", "EXPAND_DIMS", "PAD", "PADV2"})
-_STANDALONE_ACT = {"RELU": "RELU", "RELU6": "RELU6", "RELU_N1_TO_1": "RELU_N1_TO_1"}
-_FIXED_RANGE = {"SOFTMAX": (0.0, 1.0), "LOGISTIC": (0.0, 1.0), "TANH": (-1.0, 1.0)}
+#: Clip interval of each fused activation that is a clip (``op_table.ACTIVATIONS``).
+ACTIVATION_CLIP = {name: a.clip for name, a in op_table.ACTIVATIONS.items() if a.clip is not None}
 
 
 @dataclass
@@ -98,7 +110,14 @@ def clipped_normal_moments(mean: np.ndarray, std: np.ndarray, lo: float, hi: flo
 
 
 def normal_stats(mean: np.ndarray, var: np.ndarray, activation: str, sigmas: float) -> ChannelStats:
-    """Statistics of act(N(mean, var)) per channel, range mean +- sigmas*std clipped."""
+    """Statistics of act(N(mean, var)) per channel, range mean +- sigmas*std clipped.
+
+    A fused activation that is not a clip (TANH) maps the normal's statistics
+    through its function (``function_stats``).
+    """
+    if activation not in ACTIVATION_CLIP:
+        fn = op_table.ACTIVATIONS[activation].fn
+        return function_stats(normal_stats(mean, var, "NONE", sigmas), lambda x: fn(x))
     lo_clip, hi_clip = ACTIVATION_CLIP[activation]
     std = np.sqrt(np.maximum(var, 0.0))
     if activation == "NONE":
@@ -136,17 +155,162 @@ def weighted_moments(op: Op, w: np.ndarray, bias: np.ndarray | None, x: ChannelS
         mean, variance = taps.sum(0) * mu, (taps ** 2).sum(0) * var
     else:
         mat = w.reshape(w.shape[0], -1, w.shape[-1]) if w.ndim == 4 else w[:, None, :]
-        xin = _broadcast(x, mat.shape[-1])
-        mean = np.einsum("oki,i->o", mat, xin.mean)
-        variance = np.einsum("oki,i->o", mat ** 2, xin.var)
+        depth, c_in = mat.shape[-1], len(x.mean)
+        groups = c_in // depth if (op.type == "CONV_2D" and c_in > depth and c_in % depth == 0
+                                   and mat.shape[0] % (c_in // depth) == 0) else 1
+        if groups > 1:  # grouped: output channel o reads only its group's input channels
+            per = mat.shape[0] // groups
+            parts = [slice(g * depth, (g + 1) * depth) for g in range(groups)]
+            mean = np.concatenate([np.einsum("oki,i->o", mat[g * per:(g + 1) * per], x.mean[p])
+                                   for g, p in enumerate(parts)])
+            variance = np.concatenate([np.einsum("oki,i->o", mat[g * per:(g + 1) * per] ** 2,
+                                                 x.var[p]) for g, p in enumerate(parts)])
+        else:
+            xin = _broadcast(x, mat.shape[-1])
+            mean = np.einsum("oki,i->o", mat, xin.mean)
+            variance = np.einsum("oki,i->o", mat ** 2, xin.var)
     if bias is not None:
         mean = mean + np.asarray(bias, np.float64)
     return mean, variance
 
 
+def function_stats(x: ChannelStats, fn: Callable[[np.ndarray], np.ndarray]) -> ChannelStats:
+    """Statistics of fn(X) per channel, X ~ N(mean, var) clipped to [lo, hi].
+
+    Range: fn on 257 points spanning [lo, hi] (and 0 when inside); mean and
+    variance: 24-node Gauss-Hermite quadrature of the clipped normal. Values
+    fn leaves non-finite (LOG of a range reaching 0) are dropped; a channel
+    with none left gives NaN, which the caller treats as "no rule".
+    """
+    lo, hi = np.asarray(x.lo, np.float64), np.asarray(x.hi, np.float64)
+    grid = lo + (hi - lo) * np.linspace(0.0, 1.0, 257)[:, None]
+    grid = np.concatenate([grid, np.clip(np.zeros_like(lo), lo, hi)[None]])
+    nodes, weights = np.polynomial.hermite_e.hermegauss(24)
+    std = np.sqrt(np.maximum(x.var, 0.0))
+    pts = np.clip(x.mean + std * nodes[:, None], lo, hi)
+    with np.errstate(all="ignore"):
+        g = np.asarray(fn(grid.astype(np.float32)), np.float64).reshape(grid.shape)
+        f = np.asarray(fn(pts.astype(np.float32)), np.float64).reshape(pts.shape)
+    g = np.where(np.isfinite(g), g, np.nan)
+    w = np.where(np.isfinite(f), weights[:, None], 0.0)
+    f = np.where(np.isfinite(f), f, 0.0)
+    total = w.sum(0)
+    with np.errstate(all="ignore"):
+        mean = (w * f).sum(0) / total
+        var = np.maximum((w * f * f).sum(0) / total - mean ** 2, 0.0)
+        out_lo, out_hi = np.nanmin(g, axis=0), np.nanmax(g, axis=0)
+    return ChannelStats(mean, var, out_lo, out_hi, x.bn_backed)
+
+
+def _merged(x: ChannelStats, n: int) -> ChannelStats:
+    """``x`` over ``n`` channels: itself, tiled, or merged (see ``_broadcast``)."""
+    return x if len(x.mean) == n else _broadcast(x, n)
+
+
+def _channels(graph: Graph, t: int) -> int:
+    shape = graph.tensors[t].shape
+    return int(shape[-1]) if shape else 1
+
+
+def _const_per_channel(graph: Graph, t: int, n: int) -> np.ndarray | None:
+    """A constant operand as one value per channel (None: it varies along other axes)."""
+    data = np.asarray(graph.tensors[t].data, np.float64)
+    if data.size == 1:
+        return np.full(n, float(data.reshape(-1)[0]))
+    if data.shape and data.shape[-1] == n and data.size == n:
+        return data.reshape(-1)
+    return None
+
+
+def _affine(x: ChannelStats, a: np.ndarray, b: np.ndarray) -> ChannelStats:
+    """Statistics of a*X + b per channel."""
+    lo, hi = a * x.lo + b, a * x.hi + b
+    return ChannelStats(a * x.mean + b, a * a * x.var, np.minimum(lo, hi), np.maximum(lo, hi),
+                        x.bn_backed)
+
+
+def _product(a: ChannelStats, b: ChannelStats) -> ChannelStats:
+    """Statistics of A*B, A and B independent; range from the corners."""
+    corners = np.stack([a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi])
+    var = a.var * b.var + a.var * b.mean ** 2 + b.var * a.mean ** 2
+    return ChannelStats(a.mean * b.mean, var, corners.min(0), corners.max(0),
+                        a.bn_backed and b.bn_backed)
+
+
+class _NoRule(Exception):
+    """The op's rule does not apply to these operands."""
+
+
+def _binary(graph: Graph, op: Op, stats: dict[int, ChannelStats], sigmas: float) -> ChannelStats:
+    """ADD, SUB, MUL, DIV, MAXIMUM, MINIMUM, SQUARED_DIFFERENCE (rule ``op_table`` names),
+    with the op's fused activation."""
+    act = op.activation
+    if act != "NONE" and not (op_table.OPS[op.type].stats == "add" and act in ACTIVATION_CLIP
+                              and all(t in stats for t in op.inputs[:2])):
+        return _activated(_binary_linear(graph, op, stats, sigmas), act, sigmas)
+    return _binary_linear(graph, op, stats, sigmas)
+
+
+def _binary_linear(graph: Graph, op: Op, stats: dict[int, ChannelStats], sigmas: float
+                   ) -> ChannelStats:
+    kind = op_table.OPS[op.type].stats
+    n = _channels(graph, op.outputs[0])
+    a_t, b_t = op.inputs[0], op.inputs[1]
+    if a_t in stats and b_t in stats:
+        a, b = _merged(stats[a_t], n), _merged(stats[b_t], n)
+        if kind == "add":
+            sign = 1.0 if op.type == "ADD" else -1.0
+            st = normal_stats(a.mean + sign * b.mean, a.var + b.var, op.activation, sigmas)
+            st.bn_backed = a.bn_backed and b.bn_backed
+            return st
+        if kind == "mul":
+            if a_t == b_t:
+                return function_stats(a, np.square)
+            return _product(a, b)
+        if kind == "div" and (np.all(b.lo > 0) or np.all(b.hi < 0)):
+            inv = ChannelStats(1.0 / b.mean, b.var / np.maximum(b.mean ** 4, 1e-30),
+                               1.0 / b.hi, 1.0 / b.lo, b.bn_backed)
+            return _product(a, inv)
+        if kind == "sqdiff":
+            d = normal_stats(a.mean - b.mean, a.var + b.var, "NONE", sigmas)
+            return function_stats(ChannelStats(d.mean, d.var, np.minimum(d.lo, a.lo - b.hi),
+                                               np.maximum(d.hi, a.hi - b.lo)), np.square)
+        if kind in ("max", "min"):
+            pick = np.maximum if kind == "max" else np.minimum
+            return ChannelStats(pick(a.mean, b.mean), np.maximum(a.var, b.var), pick(a.lo, b.lo),
+                                pick(a.hi, b.hi), a.bn_backed and b.bn_backed)
+        raise _NoRule
+    data, const = (a_t, b_t) if a_t in stats else (b_t, a_t)
+    if data not in stats or graph.tensors[const].data is None:
+        raise _NoRule
+    x = _merged(stats[data], n)
+    c = _const_per_channel(graph, const, n)
+    if c is None:
+        raise _NoRule
+    first = data == a_t
+    if kind == "add":
+        if op.type == "SUB" and not first:
+            return _affine(x, -np.ones(n), c)
+        return _affine(x, np.ones(n), c if op.type == "ADD" else -c)
+    if kind == "mul":
+        return _affine(x, c, np.zeros(n))
+    if kind == "div" and first and np.all(c != 0):
+        return _affine(x, 1.0 / c, np.zeros(n))
+    if kind in ("max", "min", "sqdiff", "div"):
+        fn = {"max": np.maximum, "min": np.minimum, "sqdiff": lambda u, v: (u - v) ** 2,
+              "div": lambda u, v: v / u}[kind]
+        return function_stats(x, lambda v: fn(v, c))
+    raise _NoRule
+
+
 def propagate(graph: Graph, input_ranges: Mapping[str, tuple[float, float]],
-              bn: BnStats | None, sigmas: float) -> dict[int, ChannelStats]:
-    """ChannelStats of every activation tensor, in topological order (see module doc)."""
+              bn: BnStats | None, sigmas: float, notes: list[str] | None = None,
+              ) -> dict[int, ChannelStats]:
+    """ChannelStats of every activation tensor, in topological order (see module doc).
+
+    ``notes`` receives one line per op whose output fell back to its input's
+    statistics.
+    """
     stats: dict[int, ChannelStats] = {}
     for t in graph.inputs:
         name = graph.tensors[t].name
@@ -156,21 +320,42 @@ def propagate(graph: Graph, input_ranges: Mapping[str, tuple[float, float]],
         c = graph.tensors[t].shape[-1] if graph.tensors[t].shape else 1
         stats[t] = ChannelStats(np.full(c, (lo + hi) / 2), np.full(c, (hi - lo) ** 2 / 12),
                                 np.full(c, float(lo)), np.full(c, float(hi)))
+    fallbacks: list[str] = []
     for op in graph.ops:
-        out = op.outputs[0]
-        if graph.tensors[out].dtype != np.float32:
+        outs = [t for t in op.outputs if t >= 0 and graph.tensors[t].dtype == np.float32]
+        if not outs:
             continue  # shape arithmetic (SHAPE, STRIDED_SLICE on int32, ...): no activation
-        stats[out] = _op_stats(graph, op, stats, bn, sigmas)
+        try:
+            st = _op_stats(graph, op, stats, bn, sigmas)
+            if not (np.all(np.isfinite(st.lo)) and np.all(np.isfinite(st.hi))):
+                raise _NoRule
+        except _NoRule:
+            data = [stats[i] for i in op.inputs if i >= 0 and i in stats]
+            if not data:
+                raise EqTfliteError(f"data-free statistics cannot pass op {op.type} "
+                                    f"({graph.tensors[outs[0]].name}): it reads no activation; "
+                                    "give --calibration_data") from None
+            st = data[0]
+            fallbacks.append(op.type)
+        for t in outs:
+            stats[t] = _merged(st, _channels(graph, t))
+    if fallbacks and notes is not None:
+        kinds = sorted(set(fallbacks))
+        notes.append(f"data-free statistics: no rule for {', '.join(kinds)} ({len(fallbacks)} "
+                     "ops); each such output took its input's statistics")
     return stats
 
 
 def _op_stats(graph: Graph, op: Op, stats: dict[int, ChannelStats], bn: BnStats | None,
               sigmas: float) -> ChannelStats:
     name = graph.tensors[op.outputs[0]].name
+    row = op_table.rule(op.type)
+    kind = row.stats if row is not None else None
     data = [stats[i] for i in op.inputs if i >= 0 and i in stats]
-    if op.type in WEIGHTED:
-        if op.activation not in ACTIVATION_CLIP:
-            raise EqTfliteError(f"data-free statistics: unsupported fused activation {op.activation}")
+    n = _channels(graph, op.outputs[0])
+    if kind == "weighted":
+        if op.activation not in op_table.ACTIVATIONS:
+            raise _NoRule
         if bn is not None and name in bn:
             st = normal_stats(bn.beta[name], bn.gamma[name] ** 2, op.activation, sigmas)
             st.bn_backed = True
@@ -179,35 +364,102 @@ def _op_stats(graph: Graph, op: Op, stats: dict[int, ChannelStats], bn: BnStats 
         b = graph.tensors[op.bias_input].data if op.bias_input >= 0 else None
         mean, var = weighted_moments(op, w, b, stats[op.data_input])
         return normal_stats(mean, var, op.activation, sigmas)
-    if op.type in ("ADD", "SUB") and len(data) == 2:
-        n = max(len(data[0].mean), len(data[1].mean))
-        a, b = _broadcast(data[0], n), _broadcast(data[1], n)
-        sign = 1.0 if op.type == "ADD" else -1.0
-        st = normal_stats(a.mean + sign * b.mean, a.var + b.var, op.activation, sigmas)
-        st.bn_backed = a.bn_backed and b.bn_backed
-        return st
-    if op.type in _STANDALONE_ACT and data:
-        x = data[0]
-        st = normal_stats(x.mean, x.var, _STANDALONE_ACT[op.type], sigmas)
+    if kind in ("add", "mul", "div", "sqdiff", "max", "min") and len(op.inputs) >= 2:
+        return _binary(graph, op, stats, sigmas)
+    if not data:
+        raise _NoRule
+    x = data[0]
+    if kind == "clip":
+        st = normal_stats(x.mean, x.var, op.type, sigmas)
         st.bn_backed = x.bn_backed
+        lo, hi = ACTIVATION_CLIP[op.type]
+        st.lo, st.hi = np.maximum(st.lo, np.clip(x.lo, lo, hi)), np.minimum(st.hi, np.clip(x.hi, lo, hi))
+        st.lo, st.hi = np.minimum(st.lo, st.hi), np.maximum(st.lo, st.hi)
         return st
-    if op.type in _FIXED_RANGE:
-        lo, hi = _FIXED_RANGE[op.type]
-        n = graph.tensors[op.outputs[0]].shape[-1]
-        mid = (lo + hi) / 2
-        return ChannelStats(np.full(n, mid), np.full(n, (hi - lo) ** 2 / 12), np.full(n, lo),
-                            np.full(n, hi))
-    if op.type == "MEAN" or op.type in _PASS_THROUGH:
-        x = data[0]
-        shape = graph.tensors[op.outputs[0]].shape
-        n = shape[-1] if shape else 1
-        if op.type in ("PAD", "PADV2"):
-            x = ChannelStats(x.mean, x.var, np.minimum(x.lo, 0.0), np.maximum(x.hi, 0.0),
-                             x.bn_backed)
-        return x if len(x.mean) == n else _broadcast(x, n)
-    if op.type == "CONCATENATION":
-        return ChannelStats(*(np.concatenate([getattr(d, f) for d in data])
-                              for f in ("mean", "var", "lo", "hi")),
-                            all(d.bn_backed for d in data))
-    raise EqTfliteError(f"data-free statistics cannot pass op {op.type} "
-                        f"({name}); give --calibration_data")
+    if kind == "fixed":
+        lo, hi = op_table.fixed_range(op.type)
+        return ChannelStats(np.full(n, (lo + hi) / 2), np.full(n, (hi - lo) ** 2 / 12),
+                            np.full(n, lo), np.full(n, hi))
+    if kind == "pass":
+        return _merged(x, n)
+    if kind == "pad":
+        value = 0.0
+        if op.type == "PADV2" and len(op.inputs) > 2 and graph.tensors[op.inputs[2]].data is not None:
+            value = float(np.ravel(graph.tensors[op.inputs[2]].data)[0])
+        return _merged(ChannelStats(x.mean, x.var, np.minimum(x.lo, value), np.maximum(x.hi, value),
+                                    x.bn_backed), n)
+    if kind == "concat":
+        axis = op.options.axis % max(len(graph.tensors[op.outputs[0]].shape), 1)
+        if op.type == "CONCATENATION" and axis == len(graph.tensors[op.outputs[0]].shape) - 1 \
+                and len(data) == len([i for i in op.inputs if i >= 0]):
+            st = ChannelStats(*(np.concatenate([getattr(d, f) for d in data])
+                                for f in ("mean", "var", "lo", "hi")),
+                              all(d.bn_backed for d in data))
+            if op.activation != "NONE":
+                st = _activated(st, op.activation, sigmas)
+            return _merged(st, n)
+        merged = [d.merged() for d in data]
+        return _merged(ChannelStats(np.array([np.mean([m.mean[0] for m in merged])]),
+                                    np.array([max(m.var[0] for m in merged)]),
+                                    np.array([min(m.lo[0] for m in merged)]),
+                                    np.array([max(m.hi[0] for m in merged)]),
+                                    all(d.bn_backed for d in data)), n)
+    if kind == "sum":  # a sum of `count` values per output (SUM's reduced size, CUMSUM's axis)
+        shape_in = graph.tensors[op.inputs[0]].shape
+        count = int(np.prod(shape_in[1:] or (1,))) // max(
+            int(np.prod(graph.tensors[op.outputs[0]].shape[1:] or (1,))), 1)
+        axis = graph.tensors[op.inputs[1]].data if op.type == "CUMSUM" else None
+        if axis is not None:
+            count = int(shape_in[int(np.ravel(axis)[0])])
+        count = max(count, 1)
+        m = _merged(x, n)
+        lo, hi = np.minimum(m.lo * count, m.lo), np.maximum(m.hi * count, m.hi)
+        return ChannelStats(m.mean * count, m.var * count, lo, hi, m.bn_backed)
+    if kind == "matmul":
+        a, b = (stats.get(t) for t in op.inputs[:2])
+        b = b if b is not None else _const_stats(graph, op.inputs[1])
+        if a is None or b is None:
+            raise _NoRule
+        depth = graph.tensors[op.inputs[0]].shape[-2 if op.options and op.options.adjX else -1]
+        same = op.inputs[0] == op.inputs[1]
+        a, b = a.merged(), b.merged()
+        mean = depth * a.mean * b.mean
+        var = depth * (a.var * b.var + a.var * b.mean ** 2 + b.var * a.mean ** 2)
+        st = normal_stats(mean, var, "NONE", sigmas)
+        if same:  # x @ x^T: its diagonal sums squares, K (m^2 + v) on average
+            sq = function_stats(a, np.square)
+            st.hi = np.maximum(st.hi, depth * sq.mean + sigmas * np.sqrt(depth * sq.var))
+        return _merged(st, n)
+    if kind in ("elementwise", "prelu"):
+        kernel = row.run
+        consts = {i: graph.tensors[t].data for i, t in enumerate(op.inputs)
+                  if t >= 0 and t not in stats and graph.tensors[t].data is not None}
+        m = _merged(x, n)
+
+        def fn(v: np.ndarray) -> np.ndarray:
+            xs = [v if i == 0 else np.asarray(consts[i]) for i in range(len(op.inputs))
+                  if i == 0 or i in consts]
+            out = np.asarray(kernel(graph, op, xs), np.float64)
+            if out.size != v.size:
+                raise _NoRule
+            return out.reshape(v.shape)
+
+        return _activated(function_stats(m, fn), op.activation, sigmas)
+    raise _NoRule
+
+
+def _activated(st: ChannelStats, activation: str, sigmas: float) -> ChannelStats:
+    """``st`` through a fused activation (a clip clips the range and the moments)."""
+    if activation == "NONE":
+        return st
+    fn = op_table.ACTIVATIONS[activation].fn
+    return function_stats(st, lambda v: fn(v))
+
+
+def _const_stats(graph: Graph, t: int) -> ChannelStats | None:
+    data = graph.tensors[t].data
+    if data is None:
+        return None
+    d = np.asarray(data, np.float64).reshape(-1)
+    return ChannelStats(np.array([d.mean()]), np.array([d.var()]), np.array([d.min()]),
+                        np.array([d.max()]))

@@ -1,7 +1,9 @@
 """The TFLite int8 quantization spec as data: per-op constraints of the kernels.
 
 A bottom-level module (imports nothing of the package): ``graph``, ``resolve``,
-``simulate``, ``rewrite`` and ``verify`` all read these rules from here.
+``simulate``, ``rewrite`` and ``verify`` all read these rules from here. The op
+table (``eq_tflite.op_table``: kernels, simulation, data-free rules) reads its
+tie and fixed-range rules from here too.
 """
 from __future__ import annotations
 
@@ -14,15 +16,18 @@ SAME_SCALE_OPS = frozenset({
     "PACK", "UNPACK", "TILE", "BROADCAST_TO", "REDUCE_MAX", "REDUCE_MIN",
 })
 
-#: Same-scale ops all of whose inputs are data (the others tie only input 0).
+#: Same-scale ops all of whose inputs are data (the others tie only their data input).
 _ALL_INPUTS_TIED = frozenset({"CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"})
+#: Position of the data input where it is not input 0 (SPLIT's inputs are (axis, data)).
+_DATA_INPUT = {"SPLIT": 1}
 
 
 def tied_tensors(kind: str, inputs: list[int], outputs: list[int]) -> list[int]:
     """Tensor indices that must share one (scale, zero point); [] unless a same-scale op."""
     if kind not in SAME_SCALE_OPS:
         return []
-    data = list(inputs) if kind in _ALL_INPUTS_TIED else list(inputs[:1])
+    pos = _DATA_INPUT.get(kind, 0)
+    data = list(inputs) if kind in _ALL_INPUTS_TIED else list(inputs[pos:pos + 1])
     return [i for i in data + list(outputs) if i >= 0]
 
 

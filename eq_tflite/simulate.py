@@ -10,11 +10,16 @@ rewriter writes) it models the int8 model:
   to the int8 container (``activation_range="container"``);
 * weighted ops use the resolved b-bit integer weights times their float32
   scales and the resolved int32 biases times their scales;
-* fused activations are applied before the output is quantized.
+* fused activations are applied before the output is quantized;
+* ops TFLite keeps in float (the op table's float islands) compute in float
+  on their dequantized inputs; tensors passed between such ops, and their
+  model outputs, stay float (``op_table.float_tensors``).
 
-Not modelled: fixed-point requantization (each op is within 1 LSB of
-TFLite's int8 kernels given the same inputs, see tests/test_simulate.py) and
-quantization of constant operands of non-weighted ops (e.g. MUL by a
+The other ops run their float kernels from the op table
+(``eq_tflite.op_table``); ops with several outputs (SPLIT, UNPACK) store each.
+Not modelled: fixed-point requantization and lookup tables (each op is within
+1 LSB of LiteRT's int8 kernel given the same inputs, see tests/test_op_table.py)
+and quantization of constant operands of non-weighted ops (e.g. MUL by a
 constant).
 
 Weighted ops are computed as ``rows @ matrix`` on im2col rows (``Linear``),
@@ -23,12 +28,11 @@ the same rows EasyQuant's search scores candidates on.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
-from eq_tflite import grid
+from eq_tflite import grid, kernels, op_table
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
@@ -40,19 +44,11 @@ from eq_tflite.resolve import LayerNumbers, resolve
 #: Bytes of im2col rows materialized at once when running a whole layer.
 _CHUNK_BYTES = 64 << 20
 
-_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "NONE": lambda x: x,
-    "RELU": lambda x: np.maximum(x, 0),
-    "RELU6": lambda x: np.clip(x, 0, 6),
-    "RELU_N1_TO_1": lambda x: np.clip(x, -1, 1),
-    "TANH": np.tanh,
-}
-
 
 def apply_activation(name: str, x: np.ndarray) -> np.ndarray:
-    """Applies a fused activation by its schema name."""
+    """Applies a fused activation by its schema name (``op_table.ACTIVATIONS``)."""
     try:
-        return _ACTIVATIONS[name](x)
+        return op_table.ACTIVATIONS[name].fn(x)
     except KeyError:
         raise EqTfliteError(f"cannot simulate fused activation {name}") from None
 
@@ -89,28 +85,6 @@ def plan_quant_params(graph: Graph, plan: Plan) -> tuple[QuantParams, dict[int, 
 # Weighted ops as rows @ matrix
 
 
-def _same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
-    """(pad before, pad after) of TFLite SAME padding."""
-    eff = (k - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + eff - size, 0)
-    return total // 2, total - total // 2
-
-
-def _windows(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int],
-             dilation: tuple[int, int], same: bool, pad_value: float = 0.0) -> np.ndarray:
-    """View (N, Ho, Wo, KH, KW, C) of the receptive fields of an NHWC tensor."""
-    pads = [(0, 0), (0, 0), (0, 0), (0, 0)]
-    if same:
-        for ax, k in ((1, kh), (2, kw)):
-            pads[ax] = _same_padding(x.shape[ax], k, stride[ax - 1], dilation[ax - 1])
-        x = np.pad(x, pads, constant_values=pad_value)
-    effh, effw = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
-    v = sliding_window_view(x, (effh, effw), axis=(1, 2))
-    v = v[:, ::stride[0], ::stride[1], :, ::dilation[0], ::dilation[1]]
-    return v.transpose(0, 1, 2, 4, 5, 3)
-
-
 def _transpose_conv_input(x: np.ndarray, out_hw: tuple[int, int], k: tuple[int, int],
                           stride: tuple[int, int], same: bool) -> np.ndarray:
     """Zero-dilated, padded input on which TRANSPOSE_CONV is a VALID stride-1 conv."""
@@ -127,11 +101,14 @@ def _transpose_conv_input(x: np.ndarray, out_hw: tuple[int, int], k: tuple[int, 
     return np.pad(dil, [(max(a, 0), max(b, 0)) for a, b in pads])[crop]
 
 
-def weight_matrix(op_type: str, w: np.ndarray) -> np.ndarray:
+def weight_matrix(op_type: str, w: np.ndarray, in_channels: int | None = None) -> np.ndarray:
     """The weight tensor of a weighted op as (K, C_out): output channels on axis 1.
 
     Per-channel fake quantization of the matrix (axis 1) equals that of the
-    weight tensor on its channel axis.
+    weight tensor on its channel axis. A grouped CONV_2D (``in_channels`` a
+    multiple G > 1 of the filters' depth) gives the block-diagonal matrix on
+    the full im2col rows: output channel o reads only its group's inputs, the
+    other entries are exact zeros (they stay zero under any per-channel scale).
     """
     if op_type == "FULLY_CONNECTED":
         return w.T
@@ -139,7 +116,43 @@ def weight_matrix(op_type: str, w: np.ndarray) -> np.ndarray:
         return w.reshape(-1, w.shape[3])
     if op_type == "TRANSPOSE_CONV":
         w = w[:, ::-1, ::-1, :]
+    groups = conv_groups(op_type, w.shape, in_channels)
+    if groups > 1:
+        o, kh, kw, depth = w.shape
+        per = o // groups
+        m = np.zeros((kh, kw, groups, depth, o), w.dtype)
+        for g in range(groups):
+            m[:, :, g, :, g * per:(g + 1) * per] = w[g * per:(g + 1) * per].transpose(1, 2, 3, 0)
+        return m.reshape(kh * kw * groups * depth, o)
     return w.reshape(w.shape[0], -1).T
+
+
+def matrix_weights(op_type: str, m: np.ndarray, shape: tuple[int, ...],
+                   in_channels: int | None = None) -> np.ndarray:
+    """Inverse of ``weight_matrix``: (K, C_out) back to the tensor's layout ``shape``."""
+    if op_type == "FULLY_CONNECTED":
+        return m.T.reshape(shape)
+    if op_type == "DEPTHWISE_CONV_2D":
+        return m.reshape(shape)
+    groups = conv_groups(op_type, shape, in_channels)
+    if groups > 1:
+        o, kh, kw, depth = shape
+        per = o // groups
+        blocks = m.reshape(kh, kw, groups, depth, o)
+        return np.concatenate([blocks[:, :, g, :, g * per:(g + 1) * per].transpose(3, 0, 1, 2)
+                               for g in range(groups)], axis=0)
+    w = m.T.reshape(shape)
+    return w[:, ::-1, ::-1, :] if op_type == "TRANSPOSE_CONV" else w
+
+
+def conv_groups(op_type: str, shape: tuple[int, ...], in_channels: int | None) -> int:
+    """Groups of a CONV_2D with filters ``shape`` on ``in_channels`` inputs (1: not grouped)."""
+    if op_type != "CONV_2D" or not in_channels or in_channels == shape[3]:
+        return 1
+    if in_channels % shape[3] or shape[0] % (in_channels // shape[3]):
+        raise EqTfliteError(f"CONV_2D with {in_channels} input channels and filters {shape}: "
+                            "the input channels are not a whole number of groups")
+    return in_channels // shape[3]
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,14 @@ class Linear:
             return 0
         return self.weight_shape[3] // self.in_channels
 
+    def matrix(self, w: np.ndarray) -> np.ndarray:
+        """``weight_matrix`` of weights ``w`` of this op (block-diagonal when grouped)."""
+        return weight_matrix(self.op.type, w, self.in_channels)
+
+    def weights(self, m: np.ndarray) -> np.ndarray:
+        """``matrix_weights``: a (K, C_out) matrix back in this op's weight layout."""
+        return matrix_weights(self.op.type, m, self.weight_shape, self.in_channels)
+
     def windows(self, x: np.ndarray) -> np.ndarray:
         """Receptive-field view (N, Ho, Wo, KH, KW, C) of a conv-like op."""
         o = self.op.options
@@ -171,8 +192,8 @@ class Linear:
         if self.op.type == "TRANSPOSE_CONV":
             x = _transpose_conv_input(x, self.transpose_out_hw, (kh, kw),
                                       (o.strideH, o.strideW), same)
-            return _windows(x, kh, kw, (1, 1), (1, 1), same=False)
-        return _windows(x, kh, kw, (o.strideH, o.strideW),
+            return kernels.windows(x, kh, kw, (1, 1), (1, 1), same=False)
+        return kernels.windows(x, kh, kw, (o.strideH, o.strideW),
                         (o.dilationHFactor, o.dilationWFactor), same)
 
     def rows(self, x: np.ndarray, positions: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
@@ -243,7 +264,7 @@ def linear(graph: Graph, op: Op, x: np.ndarray, out_shape: np.ndarray | None = N
         return Linear(op, wshape, wshape[1])
     tout = None
     if op.type == "TRANSPOSE_CONV":
-        shape = _const(graph, op.inputs[0]) if out_shape is None else out_shape
+        shape = kernels.const(graph, op.inputs[0]) if out_shape is None else out_shape
         tout = (int(shape[1]), int(shape[2]))
     lin = Linear(op, wshape, x.shape[-1], (), tout)
     spatial = lin.windows(x[:1]).shape[1:3]
@@ -251,118 +272,12 @@ def linear(graph: Graph, op: Op, x: np.ndarray, out_shape: np.ndarray | None = N
 
 
 # --------------------------------------------------------------------------
-# Other ops
-
-
-def _pool(op: Op, x: np.ndarray, kind: str) -> np.ndarray:
-    o = op.options
-    same = o.padding == schema.Padding.SAME
-    stride = (o.strideH, o.strideW)
-    if kind == "max":
-        v = _windows(x, o.filterHeight, o.filterWidth, stride, (1, 1), same, pad_value=-np.inf)
-        return v.max(axis=(3, 4))
-    v = _windows(x, o.filterHeight, o.filterWidth, stride, (1, 1), same)
-    ones = _windows(np.ones((1, *x.shape[1:3], 1), x.dtype), o.filterHeight, o.filterWidth,
-                    stride, (1, 1), same)
-    return v.sum(axis=(3, 4)) / ones.sum(axis=(3, 4))
-
-
-def _reshape(graph: Graph, op: Op, xs: list[np.ndarray]) -> np.ndarray:
-    """RESHAPE/SQUEEZE/EXPAND_DIMS: to a computed shape operand, else the output's shape.
-
-    A constant or absent shape operand holds the converter's batch size, so
-    the output tensor's shape is used with its batch dimension left free.
-    """
-    if op.type == "RESHAPE" and len(op.inputs) > 1 and op.inputs[1] >= 0 \
-            and not graph.tensors[op.inputs[1]].is_const:
-        return xs[0].reshape(tuple(int(d) for d in xs[1]))
-    shape = list(graph.tensors[op.outputs[0]].shape)
-    if shape:
-        shape[0] = -1
-    return xs[0].reshape(shape)
-
-
-def _strided_slice(graph: Graph, op: Op, xs: list[np.ndarray]) -> np.ndarray:
-    o = op.options
-    if o.ellipsisMask or o.newAxisMask:
-        raise EqTfliteError("cannot simulate STRIDED_SLICE with ellipsis or new-axis masks")
-    begin, end, strides = (np.asarray(v).astype(np.int64).ravel() for v in xs[1:4])
-    index: list[int | slice] = []
-    for i, (b, e, st) in enumerate(zip(begin, end, strides)):
-        if o.shrinkAxisMask >> i & 1:
-            index.append(int(b))
-            continue
-        e = b + e if getattr(o, "offset", False) else e
-        index.append(slice(None if o.beginMask >> i & 1 else int(b),
-                           None if o.endMask >> i & 1 else int(e), int(st)))
-    return xs[0][tuple(index)]
-
-
-def _const(graph: Graph, t: int) -> np.ndarray:
-    data = graph.tensors[t].data
-    if data is None:
-        raise EqTfliteError(f"cannot simulate: tensor {graph.tensors[t].name} must be constant")
-    return data
-
-
-def _softmax(x: np.ndarray, beta: float) -> np.ndarray:
-    z = (x - x.max(axis=-1, keepdims=True)) * beta
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def _mean(graph: Graph, op: Op, xs: list[np.ndarray]) -> np.ndarray:
-    axes = tuple(int(a) for a in np.atleast_1d(_const(graph, op.inputs[1])))
-    return xs[0].mean(axis=axes, keepdims=bool(op.options.keepDims))
-
-
-def _pad(graph: Graph, op: Op, xs: list[np.ndarray]) -> np.ndarray:
-    pads = _const(graph, op.inputs[1]).astype(np.int64)
-    value = float(xs[2].reshape(-1)[0]) if op.type == "PADV2" and len(xs) > 2 else 0.0
-    return np.pad(xs[0], [tuple(p) for p in pads], constant_values=value)
-
-
-_ELEMENTWISE: dict[str, Callable[..., np.ndarray]] = {
-    "ADD": np.add, "SUB": np.subtract, "MUL": np.multiply,
-    "MAXIMUM": np.maximum, "MINIMUM": np.minimum,
-}
-
-_OPS: dict[str, Callable[[Graph, Op, list[np.ndarray]], np.ndarray]] = {
-    "MAX_POOL_2D": lambda g, op, xs: _pool(op, xs[0], "max"),
-    "AVERAGE_POOL_2D": lambda g, op, xs: _pool(op, xs[0], "avg"),
-    "MEAN": _mean,
-    "RESHAPE": _reshape,
-    "SQUEEZE": _reshape,
-    "EXPAND_DIMS": _reshape,
-    "TRANSPOSE": lambda g, op, xs: np.transpose(xs[0], tuple(int(a) for a in xs[1])),
-    "SHAPE": lambda g, op, xs: np.asarray(xs[0].shape, np.int32),
-    "STRIDED_SLICE": _strided_slice,
-    "PACK": lambda g, op, xs: np.stack(xs, axis=op.options.axis),
-    "GATHER": lambda g, op, xs: np.take(xs[0], xs[1], axis=op.options.axis),
-    "REDUCE_PROD": lambda g, op, xs: np.prod(xs[0], axis=tuple(int(a) for a in np.atleast_1d(xs[1])),
-                                             keepdims=bool(op.options.keepDims)),
-    "PAD": _pad,
-    "PADV2": _pad,
-    "CONCATENATION": lambda g, op, xs: np.concatenate(xs, axis=op.options.axis),
-    "SOFTMAX": lambda g, op, xs: _softmax(xs[0], op.options.beta),
-    "LOGISTIC": lambda g, op, xs: 1.0 / (1.0 + np.exp(-xs[0])),
-    "TANH": lambda g, op, xs: np.tanh(xs[0]),
-    "RELU": lambda g, op, xs: np.maximum(xs[0], 0),
-    "RELU6": lambda g, op, xs: np.clip(xs[0], 0, 6),
-    "RELU_N1_TO_1": lambda g, op, xs: np.clip(xs[0], -1, 1),
-    "HARD_SWISH": lambda g, op, xs: xs[0] * np.clip(xs[0] + 3, 0, 6) / 6,
-    "LEAKY_RELU": lambda g, op, xs: np.where(xs[0] >= 0, xs[0], xs[0] * op.options.alpha),
-    **{name: (lambda fn: lambda g, op, xs: fn(xs[0], xs[1]))(fn) for name, fn in _ELEMENTWISE.items()},
-}
-
-#: Op types the executor can run.
-SUPPORTED_OPS = frozenset(_OPS) | frozenset(WEIGHTED)
+# Which ops run
 
 
 def check_supported(graph: Graph) -> None:
     """Raises ``EqTfliteError`` naming every op type the executor cannot run."""
-    missing = sorted({op.type for op in graph.ops if op.type not in SUPPORTED_OPS}
-                     | {op.activation for op in graph.ops if op.activation not in _ACTIVATIONS})
+    missing = op_table.unsupported({op.type for op in graph.ops}, {op.activation for op in graph.ops})
     if missing:
         raise EqTfliteError("cannot simulate these ops of the float model: " + ", ".join(missing))
 
@@ -389,6 +304,7 @@ class Executor:
         self.weights = dict(weights or {})
         self.keep = set(keep) | set(graph.outputs)
         self.values: dict[int, np.ndarray] = {}
+        self._float = op_table.float_tensors(graph)  # float islands' inner tensors: never quantized
         self._uses: dict[int, int] = {}
         for op in graph.ops:
             for t in op.inputs:
@@ -401,7 +317,7 @@ class Executor:
             self._store(t, np.asarray(inputs[name], np.float32))
 
     def _store(self, t: int, value: np.ndarray) -> None:
-        params = self.quant.activations.get(t) if self.quant else None
+        params = self.quant.activations.get(t) if self.quant and t not in self._float else None
         self.values[t] = self._fake_quant(value, params) if params else value
 
     def _fake_quant(self, value: np.ndarray, params: tuple[float, int]) -> np.ndarray:
@@ -433,32 +349,42 @@ class Executor:
         """(matrix-layout weights, bias) of weighted op ``op`` as deployed."""
         bias = self.value(op.bias_input) if op.bias_input >= 0 else None
         layer = self.quant.layers.get(op.weight_input) if self.quant else None
+        channels = self.value(op.data_input).shape[-1]
         if layer is None:
-            return weight_matrix(op.type, self.value(op.weight_input)), bias
+            return weight_matrix(op.type, self.value(op.weight_input), channels), bias
         real_bias = layer.real_bias()
-        return weight_matrix(op.type, layer.real_weights()), \
+        return weight_matrix(op.type, layer.real_weights(), channels), \
             real_bias if real_bias is not None else bias
 
-    def compute(self, op: Op) -> np.ndarray:
-        """Output of ``op`` before its fused activation and output quantization."""
+    def compute(self, op: Op) -> np.ndarray | list[np.ndarray]:
+        """Output of ``op`` before its fused activation and output quantization.
+
+        Ops with several outputs (SPLIT, SPLIT_V, UNPACK) give a list.
+        """
         if op.type in WEIGHTED:
             x = self.value(op.data_input)
             matrix, bias = self.layer_weights(op)
             return self.linear(op).run(x, matrix, bias)
         xs = [self.value(t) for t in op.inputs if t >= 0]
-        dtype = self.graph.tensors[op.outputs[0]].dtype or np.float32
-        return np.asarray(_OPS[op.type](self.graph, op, xs), dtype)
+        out = op_table.OPS[op.type].run(self.graph, op, xs)
+        if isinstance(out, list):
+            return [np.asarray(o, self.graph.tensors[t].dtype or np.float32)
+                    for o, t in zip(out, op.outputs)]
+        return np.asarray(out, self.graph.tensors[op.outputs[0]].dtype or np.float32)
 
     def step(self, op: Op) -> np.ndarray:
-        """Runs ``op``; returns its output after the fused activation, before quantization."""
-        out = apply_activation(op.activation, self.compute(op))
-        self._store(op.outputs[0], out)
+        """Runs ``op``; returns its (first) output after the fused activation, before quantization."""
+        out = self.compute(op)
+        outs = out if isinstance(out, list) else [apply_activation(op.activation, out)]
+        for t, value in zip(op.outputs, outs):
+            if t >= 0:
+                self._store(t, value)
         for t in op.inputs:
             if t in self._uses:
                 self._uses[t] -= 1
                 if self._uses[t] == 0 and t not in self.keep:
                     self.values.pop(t, None)
-        return out
+        return outs[0]
 
 
 def run(graph: Graph, inputs: Mapping[str, np.ndarray], tensors: Iterable[int] | None = None,

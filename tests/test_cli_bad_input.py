@@ -110,10 +110,13 @@ def test_unsupported_ops_named(capsys, out, tmp_path, unsupported_model):
                  "cannot quantize these ops: CUMSUM, SIN")
 
 
-def test_unsupported_ops_float_fallback(capsys, out, tmp_path, unsupported_model):
+@pytest.mark.parametrize("method", ["minmax", "easyquant"])
+def test_unsupported_ops_float_fallback(capsys, out, tmp_path, unsupported_model, method):
+    """--allow_float means the same for every method (issue 20 item 5): the float ops are
+    simulated in float by EasyQuant too."""
     data = tmp_path / "x.npy"
     np.save(data, np.random.default_rng(0).random((16, 8), dtype=np.float32))
-    code = run_cli([str(unsupported_model), "--calibration_data", str(data), "--method", "minmax",
+    code = run_cli([str(unsupported_model), "--calibration_data", str(data), "--method", method,
                     "--allow_float", "--output", str(out), "--noprogress"])
     text = capsys.readouterr().out
     assert code == 0 and out.exists()

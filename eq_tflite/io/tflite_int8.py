@@ -11,6 +11,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
+from eq_tflite.op_table import ISLANDS
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.isolation import run_isolated
 
@@ -32,8 +33,8 @@ def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input
     import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
     model = run_isolated(_calibrate_and_quantize, canonical, dict(calibration), list(input_names),
                          int8_io, what="TFLite's int8 conversion")
-    float_ops = float_ops_left(model)
-    if float_ops and not allow_float:
+    float_ops = [op for op in float_ops_left(model) if op not in ISLANDS]
+    if float_ops and not allow_float:  # ISLANDS stay float as in TFLite's own conversion
         raise UnsupportedOpsError(float_ops)
     return model
 

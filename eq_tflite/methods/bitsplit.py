@@ -265,7 +265,7 @@ def initial_split(problem: ResponseProblem, w: np.ndarray, bits: int, steps: int
 
 
 def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndarray,
-                alpha: np.ndarray) -> int:
+                alpha: np.ndarray, free: np.ndarray | None = None) -> int:
     """Element-wise exact minimization over plane ``i`` (in place); returns elements changed."""
     p = float(1 << i)
     hq = problem.hq(q)
@@ -280,6 +280,8 @@ def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndar
         d = p * (np.nan_to_num(target, nan=0.0) - plane[k])
         gain = 2 * d * grad + curv * d * d
         move = (d != 0) & (curv > 0) & (gain < 0)
+        if free is not None:
+            move &= free[k]
         if not move.any():
             continue
         d = np.where(move, d, 0.0)
@@ -291,8 +293,12 @@ def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndar
 
 
 def bit_split(problem: ResponseProblem, w: np.ndarray, bits: int, rounds: int = 3,
-              init_steps: int = 20) -> SplitResult:
-    """Bit-Split coordinate descent on one layer; ``w`` is the (K, C) float weight matrix."""
+              init_steps: int = 20, free: np.ndarray | None = None) -> SplitResult:
+    """Bit-Split coordinate descent on one layer; ``w`` is the (K, C) float weight matrix.
+
+    ``free`` (K, C) marks the entries that may change; the others stay as the
+    initial rounding left them (the structural zeros of a grouped convolution).
+    """
     q, alpha, absmax_f = initial_split(problem, np.asarray(w, np.float64), bits, init_steps)
     planes = to_planes(q, bits)
     result = SplitResult(q, alpha, [float(problem.objective(q, alpha).sum())], absmax_f)
@@ -303,7 +309,7 @@ def bit_split(problem: ResponseProblem, w: np.ndarray, bits: int, rounds: int = 
         result.history.append(float(problem.objective(q, alpha).sum()))
         changed = 0
         for i in reversed(range(bits - 1)):
-            changed += _plane_step(problem, planes, i, q, alpha)
+            changed += _plane_step(problem, planes, i, q, alpha, free)
             result.history.append(float(problem.objective(q, alpha).sum()))
         result.steps += 1
         if not changed:
@@ -373,16 +379,6 @@ class WeightStep:
     layers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def from_matrix(op_type: str, m: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of ``simulate.weight_matrix``: (K, C_out) back to the tensor's layout."""
-    if op_type == "FULLY_CONNECTED":
-        return m.T.reshape(shape)
-    if op_type == "DEPTHWISE_CONV_2D":
-        return m.reshape(shape)
-    w = m.T.reshape(shape)
-    return w[:, ::-1, ::-1, :] if op_type == "TRANSPOSE_CONV" else w
-
-
 def _deciders(graph: Graph, groups: Mapping[int, tuple[int, ...]]) -> dict[tuple[int, ...], int]:
     """Input group of each weighted op -> the first op reading it (no fixed-scale groups)."""
     fixed = resolve.fixed_output_params(graph)
@@ -403,7 +399,7 @@ def _layer_rows(op: Op, fsim: simulate.Executor, qsim: simulate.Executor, max_ro
                else lin.out_spatial)
     positions, _, _ = sample_positions(x_float.shape[0], spatial, max_rows,
                                        np.random.default_rng([seed, op.index]))
-    matrix = simulate.weight_matrix(op.type, fsim.value(op.weight_input)).astype(np.float64)
+    matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
     target = lin.apply(lin.rows(x_float, positions).astype(np.float64), matrix)
     rows = lin.rows(qsim.value(op.data_input), positions)
     if lin.multiplier > 1:
@@ -464,9 +460,12 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
         b_values = None if bias is None else edits.get(bias.index, bias.data)
         correct = opts.bias_correction and b_values is not None
         problem = ResponseProblem(rows, target, with_bias=correct)
-        res = bit_split(problem, matrix, bits.weights, opts.rounds, opts.init_steps)
         w_t = graph.tensors[op.weight_input]
-        q = from_matrix(op.type, res.q, w_t.shape).astype(np.int8)
+        lin = fsim.linear(op)
+        grouped = simulate.conv_groups(op.type, w_t.shape, lin.in_channels) > 1
+        free = lin.matrix(np.ones(w_t.shape, np.float32)) != 0 if grouped else None
+        res = bit_split(problem, matrix, bits.weights, opts.rounds, opts.init_steps, free)
+        q = lin.weights(res.q).astype(np.int8)
         out.int_weights[w_t.name] = q
         out.weight_scales[w_t.name] = res.alpha
         if correct:

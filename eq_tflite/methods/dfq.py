@@ -21,10 +21,14 @@ from eq_tflite.plan import MethodContext, Plan
 DEFAULT_SIGMAS = 8.0
 
 
-def data_free_ranges(ctx: MethodContext) -> dict[str, tuple[float, float]]:
-    """Range of every activation tensor of ``ctx.graph`` from BN statistics and input ranges."""
+def data_free_ranges(ctx: MethodContext, notes: list[str] | None = None
+                     ) -> dict[str, tuple[float, float]]:
+    """Range of every activation tensor of ``ctx.graph`` from BN statistics and input ranges.
+
+    ``notes`` receives the ops whose statistics fell back to their input's.
+    """
     sigmas = float(ctx.options.get("dfq_sigmas", DEFAULT_SIGMAS))
-    stats = moments.propagate(ctx.graph, ctx.input_ranges, ctx.bn, sigmas)
+    stats = moments.propagate(ctx.graph, ctx.input_ranges, ctx.bn, sigmas, notes)
     return {ctx.graph.tensors[t].name: s.range for t, s in stats.items()
             if t in set(ctx.graph.activation_tensors())}
 
@@ -32,10 +36,12 @@ def data_free_ranges(ctx: MethodContext) -> dict[str, tuple[float, float]]:
 @register("dfq")
 def dfq(ctx: MethodContext) -> Plan:
     """BN-derived (data-free) activation ranges; absmax weights."""
-    return Plan("dfq", ctx.bits, activation_ranges=data_free_ranges(ctx))
+    notes: list[str] = []
+    return Plan("dfq", ctx.bits, activation_ranges=data_free_ranges(ctx, notes), notes=notes)
 
 
 @register("spiq")
 def spiq(ctx: MethodContext) -> Plan:
     """As ``dfq``, on a graph the chain has already rescaled with SPIQ's per-channel input scales."""
-    return Plan("spiq", ctx.bits, activation_ranges=data_free_ranges(ctx))
+    notes: list[str] = []
+    return Plan("spiq", ctx.bits, activation_ranges=data_free_ranges(ctx, notes), notes=notes)

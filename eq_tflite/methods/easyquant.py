@@ -38,18 +38,21 @@ float, "cos" = output cosine; seeds 0-2 of the default spread ~0.1 pp):
   higher output cosine in all four cases (ResNet W7/W6, MobileNetV2 W7/W6:
   0.99981/0.99918/0.99959/0.99821 vs 0.99972/0.99826/0.99948/0.99812) and
   equal or better agreement.
-* ``eq_objective="linear"``: the cosine is taken on the layer's accumulator
-  (after the bias, before the fused activation), which lets the weight search
-  score every candidate from XᵀX and XᵀY (``GramScorer``). ``"activation"``
-  scores after the fused activation (what the next layer reads; the reference
-  code scores after ReLU); its weight search uses the Gram scores to keep each
-  channel's ``eq_preselect`` (8) best candidates and scores those exactly.
-  Measured with strict levels and the final search on the 10k test set
-  (output cosine, linear / activation): ResNet W7 0.99978/0.99980, W6
-  0.99919/0.99899, W5 0.99671/0.99667; MobileNetV2 W7 0.99931/0.99925, W6
-  0.99683/0.99730, W5 0.99078/0.98879. Linear wins 4 of 6 and is the cheaper
-  one. (MobileNetV2 W6 favours "activation" over three seeds: agreement
-  97.82-97.91% vs 98.07-98.24%.)
+* ``eq_objective="activation"``: the cosine is taken after the layer's fused
+  activation (what the next layer reads; the reference code scores after
+  ReLU). The weight search scores every candidate on the accumulator from XᵀX
+  and XᵀY (``GramScorer``), keeps each channel's ``eq_preselect`` (8) best and
+  scores those exactly after the activation. ``"linear"`` scores the
+  accumulator (after the bias, before the activation) and uses the Gram
+  scores alone. Decided on real ImageNet models (issue 15; 64 calibration
+  crops, 500 held-out crops of other photos, W7A7, agreement / output cosine
+  vs float): EfficientNet-Lite1 activation 87.8% / 0.99052 against linear
+  84.6% / 0.98020 (TFLite's own INT8: 84.4% / 0.98537); EfficientNet-Lite0
+  (the issue's run) 99.25% / 0.99484 against 96.75% / 0.99002. ReLU6 clips
+  much of what a linear objective spends its precision on. On the Fashion-MNIST
+  examples the two tied (linear won 4 of 6 model x width cells on cosine by
+  at most 0.00020, activation won MobileNetV2 W6 by 0.3 pp agreement), so the
+  real models decide.
 * ``eq_init="max"``: activations start from the calibration min/max;
   ``"kl"`` (``methods/kl.py``'s thresholds) starts from ranges that lose a
   lot at 7 bits and the ±2x search does not recover them (MobileNetV2 W7:
@@ -106,7 +109,7 @@ class Options:
     rounds: int = 1
     init: str = "max"
     inputs: str = "quantized"
-    objective: str = "linear"
+    objective: str = "activation"
     preselect: int = 8
     max_rows: int = 4096
     clip_budget: float = 0.001
@@ -566,7 +569,7 @@ def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
         spatial = lin.out_spatial
     rng = np.random.default_rng([opts.seed, op.index])
     positions, s, p = sample_positions(x_float.shape[0], spatial, opts.max_rows, rng)
-    matrix = simulate.weight_matrix(op.type, fsim.value(op.weight_input)).astype(np.float32)
+    matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float32)
     bias = fsim.value(op.bias_input) if op.bias_input >= 0 else None
     activation = op.activation if opts.objective == "activation" else "NONE"
     target = lin.apply(lin.rows(x_float, positions), matrix)

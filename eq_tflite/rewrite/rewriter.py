@@ -145,7 +145,33 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
                 mapping[dst] = mapping[src]
             elif dst in mapping and src not in mapping:
                 mapping[src] = mapping[dst]
+    _map_renamed_outputs(model, graph, mapping)
     return mapping
+
+
+def _map_renamed_outputs(model: Any, graph: Graph, mapping: dict[int, str]) -> None:
+    """Outputs the quantizer renamed (SPLIT's "a;b", "a;b1"), by position in the float op
+    of the same type that reads the same activation tensors."""
+    sg = model.subgraphs[0]
+
+    def key(kind: str, names: list[str]) -> tuple[str, tuple[str, ...]]:
+        return kind, tuple(names)
+
+    floats = {key(op.type, [graph.tensors[t].name for t in op.inputs
+                            if t >= 0 and not graph.tensors[t].is_const]): op for op in graph.ops}
+    for op in sg.operators:
+        outs = [o for o in op.outputs if o >= 0]
+        if not outs or all(o in mapping for o in outs):
+            continue
+        ins = [t for t in op.inputs if t >= 0 and fb.buffer_array(model, sg.tensors[t]) is None]
+        if not all(t in mapping for t in ins):
+            continue
+        fop = floats.get(key(fb.op_name(model, op), [mapping[t] for t in ins]))
+        if fop is None or len(fop.outputs) != len(op.outputs):
+            continue
+        for q, f in zip(op.outputs, fop.outputs):
+            if q >= 0 and f >= 0:
+                mapping.setdefault(q, graph.tensors[f].name)
 
 
 # --- activations ---------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
+from eq_tflite.op_table import ISLANDS
 from eq_tflite.graph import Graph
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.io.tflite_int8 import float_ops_left
@@ -44,7 +45,7 @@ def int8_from_ranges(float_model: bytes, graph: Graph, ranges: Mapping[str, tupl
             output_data_type=tf.int8 if int8_io else tf.float32))
     except Exception as err:
         raise EqTfliteError(f"TFLite int8 quantization failed: {first_line(err)}") from None
-    float_ops = float_ops_left(out)
-    if float_ops and not allow_float:
+    float_ops = [op for op in float_ops_left(out) if op not in ISLANDS]
+    if float_ops and not allow_float:  # ISLANDS stay float as in TFLite's own conversion
         raise UnsupportedOpsError(float_ops)
     return out

@@ -9,6 +9,7 @@ relu6(x)/s); ``relu6="relu"`` admits it and the caller replaces it with RELU
 from __future__ import annotations
 
 from eq_tflite.graph import Graph, Op
+from eq_tflite.op_table import ACTIVATIONS
 
 #: Weighted ops CLE and SPIQ edit (TRANSPOSE_CONV left out).
 SCALABLE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
@@ -16,7 +17,8 @@ RELU6_POLICIES = ("relu", "skip")
 
 
 def _homogeneous(op: Op, relu6: str) -> bool:
-    return op.activation in ("NONE", "RELU") or (op.activation == "RELU6" and relu6 == "relu")
+    act = ACTIVATIONS.get(op.activation)
+    return (act is not None and act.homogeneous) or (op.activation == "RELU6" and relu6 == "relu")
 
 
 def _channels_out(graph: Graph, op: Op) -> int:

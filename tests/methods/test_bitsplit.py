@@ -172,13 +172,16 @@ def test_bad_options(small_float_tflite, small_calibration):
                           pack_int4=True)
 
 
-@pytest.mark.parametrize("op_type,shape", [("CONV_2D", (5, 3, 3, 4)), ("DEPTHWISE_CONV_2D", (1, 3, 3, 8)),
-                                           ("FULLY_CONNECTED", (6, 10)), ("TRANSPOSE_CONV", (5, 3, 2, 4))])
-def test_matrix_layout_round_trip(op_type, shape):
-    from eq_tflite.methods.bitsplit import from_matrix
-    from eq_tflite.simulate import weight_matrix
-    w = np.arange(np.prod(shape)).reshape(shape)
-    np.testing.assert_array_equal(from_matrix(op_type, weight_matrix(op_type, w), shape), w)
+@pytest.mark.parametrize("op_type,shape,channels", [
+    ("CONV_2D", (5, 3, 3, 4), 4), ("DEPTHWISE_CONV_2D", (1, 3, 3, 8), 8),
+    ("FULLY_CONNECTED", (6, 10), 10), ("TRANSPOSE_CONV", (5, 3, 2, 4), 4),
+    ("CONV_2D", (6, 3, 2, 4), 12)])  # grouped: 3 groups of 4 input channels
+def test_matrix_layout_round_trip(op_type, shape, channels):
+    from eq_tflite.simulate import matrix_weights, weight_matrix
+    w = np.arange(1, np.prod(shape) + 1).reshape(shape)
+    m = weight_matrix(op_type, w, channels)
+    np.testing.assert_array_equal(matrix_weights(op_type, m, shape, channels), w)
+    assert np.count_nonzero(m) == w.size  # a grouped matrix is block-diagonal
 
 
 def test_default_activation_choice():
