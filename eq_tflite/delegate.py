@@ -4,14 +4,17 @@ The delegate is a C shared library, built by ``pip install .`` into this
 package as ``eq_tflite/_eqdelegate*.so`` and loaded by TFLite's
 external-delegate API.  It runs eligible int8 CONV_2D nodes with integer
 Winograd F(2x2,3x3) or a direct convolution with int16 accumulation, bit-exact
-with TFLite's own kernels.  Options are documented in ``delegates/README.md``.
+with TFLite's own kernels.  By default (option ``policy=fastest``) it claims
+only the nodes whose kernel a per-layer benchmark measured faster than XNNPACK
+on this CPU class; ``policy=all`` claims every supported node.  Options are
+documented in ``delegates/README.md``.
 
 Example::
 
     from ai_edge_litert.interpreter import Interpreter
     from eq_tflite.delegate import load_delegate, delegate_stats
 
-    d = load_delegate({"debug": 1})
+    d = load_delegate({"debug": 1})   # policy=fastest: only measured wins
     interp = Interpreter("model_int7.tflite", experimental_delegates=[d])
     interp.allocate_tensors()
     ...
@@ -176,13 +179,18 @@ def delegate_stats(delegate: Any) -> dict[str, Any]:
     """Per-node statistics of a loaded delegate.
 
     Returns a dict with the CPU features the kernels may use (``isa``:
-    ``avx2``, ``neon``, ``neon-dotprod`` or ``scalar``), the options
-    (``rounding`` names the requantization rule in force), the number of
-    CONV_2D / DEPTHWISE_CONV_2D nodes ``considered`` and ``claimed``, and
-    ``nodes``: one entry per claimed node with its shape, the kernel variant
-    chosen for it (``kernel``, ``kernel_isa``) and ``paths``, the number of
-    invokes that ran each of that kernel's paths (``winograd_avx2``,
-    ``direct_avx2_i16x8``, ``direct_neon_r8``, ...).
+    ``avx2``, ``neon``, ``neon-dotprod`` or ``scalar``), the CPU class of the
+    claim policy's cost table (``cpu_class``: ``avx512vnni``, ``avx2``,
+    ``neon-dotprod``, ``neon``, ``scalar``), the options (``policy``:
+    ``fastest`` or ``all``; ``rounding`` names the requantization rule in
+    force), the number of CONV_2D / DEPTHWISE_CONV_2D nodes ``considered``
+    and ``claimed``, ``nodes``: one entry per claimed node with its shape,
+    ``why`` it was claimed, the kernel variant chosen for it (``kernel``,
+    ``kernel_isa``) and ``paths``, the number of invokes that ran each of
+    that kernel's paths (``winograd_avx2``, ``direct_avx2_i16x8``,
+    ``direct_neon_r8``, ...), and ``declined``: one entry per node left to
+    TFLite, with ``why`` (slower than XNNPACK per the cost table, no
+    measurement, or the unsupported feature).
     """
     stats = _call_json(delegate, "eqd_stats_json")
     if stats is None:

@@ -372,7 +372,9 @@ def test_tools_import_the_installed_package(tmp_path):
     fake = tmp_path / "site" / "eq_tflite"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("INSTALLED_COPY = True\n")
-    for tool in ("evaluate.py", "layer_report.py", "benchmark_latency.py", "benchmark_accuracy.py",
+    for tool in ("evaluate.py", "layer_report.py", "benchmark_latency.py", "benchmark_kernels.py",
+                 "benchmark_boundary.py",
+                 "benchmark_accuracy.py",
                  "benchmark_calibration.py", "delegate_paths.py",
                  "fuzz.py"):
         code = (f"import runpy, sys\nrunpy.run_path({str(REPO / 'tools' / tool)!r}, run_name='probe')\n"

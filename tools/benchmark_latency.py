@@ -1,27 +1,39 @@
-"""Latency of the EasyQuant delegate against TFLite's builtin kernels and XNNPACK.
+"""End-to-end latency of the EasyQuant delegate against XNNPACK and TFLite's builtin kernels.
 
-Single-conv int8 models are built with TensorFlow's converter from random
-float weights, then made 7-bit: the filter's int8 values are replaced by
-random values in [-63, 63] (flatbuffer object API), and inputs are drawn
-from 128 consecutive levels (a 7-bit activation range).  Each model is run
-with three backends in one process, num_threads=1:
+Each model runs under four backends in one process, interleaved round by
+round (so they share machine noise), at each thread count of --threads:
 
-  delegate  eq-tflite delegate + TFLite builtin kernels for anything left
-  builtin   TFLite's own kernels (OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-  xnnpack   the default resolver (AUTO), i.e. XNNPACK
+  xnnpack             the default resolver (AUTO), i.e. XNNPACK alone
+  default+delegate    the default resolver with the delegate (policy=fastest,
+                      the default): what an app that keeps XNNPACK gets;
+                      XNNPACK runs every node the delegate declines
+  builtin+delegate    TFLite's builtin kernels with the delegate (policy=all):
+                      every supported node in the delegate, bit-exact
+  builtin             TFLite's own kernels (BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 
-The backends are interleaved round by round (so they share machine noise);
-the table reports medians and the ratios builtin/delegate and
-xnnpack/delegate (> 1: the delegate is faster), plus the kernel path the
-delegate ran.
+Each measurement is --trials independent trials with fresh interpreters
+(one instance's memory placement alone moved XNNPACK's median by up to 13%
+on the shared development machine), each with --rounds interleaved invokes
+in a new random order per round; a second XNNPACK instance ("xnnpack-2") is
+timed alongside as the noise floor of the ratios.
 
-    python tools/benchmark_latency.py --output BENCHMARKS.md
-    python tools/benchmark_latency.py --models a.tflite,b.tflite --rounds 50
+The table reports medians and the ratios xnnpack / (default+delegate) (the
+issue-19 acceptance: >= 1.0 means loading the delegate did not slow the
+model down) and builtin / (builtin+delegate), whether builtin+delegate is
+bit-exact with builtin, and what each delegate claimed.
+
+Synthetic single-conv models (--cases) are built with TensorFlow's converter
+from random float weights, then made 7-bit (weights in [-63, 63], inputs from
+128 levels); the per-kernel view of these shapes is tools/benchmark_kernels.py.
+
+    python tools/benchmark_latency.py --cases none --models a.tflite,b.tflite \
+        --threads 1,2 --rounds 30 --output BENCHMARKS.md
     python tools/benchmark_latency.py --saved_models examples/resnet_fmnist \
         --calibration examples/fmnist_calib.npy
 
-Synthetic models get random inputs; --saved_models are quantized at 7 bits
-with eq_tflite.quantize and fed the first calibration sample.
+Synthetic models get random inputs; --models get random inputs on their input
+grid; --saved_models are quantized at 7 bits with eq_tflite.quantize and fed
+the first calibration sample.
 """
 
 from __future__ import annotations
@@ -35,18 +47,23 @@ import time
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)  # bench_models, bench_doc (also under runpy)
+from bench_models import _inputs_for, build_conv_model  # noqa: E402
+
 try:  # the installed package (pip install . builds the delegate into it)
     import eq_tflite  # noqa: F401
 except ImportError:  # a plain checkout that was never installed: use it
     sys.path.insert(0, str(REPO))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("rounds", 30, "Timed invokes per backend (median; >= 20).")
+flags.DEFINE_integer("rounds", 20, "Timed invokes per backend and trial (median; >= 15).")
+flags.DEFINE_integer("trials", 5, "Independent trials, each with fresh interpreters.")
 flags.DEFINE_integer("warmup", 3, "Untimed invokes per backend first.")
-flags.DEFINE_integer("threads", 1, "Interpreter num_threads for every backend.")
+flags.DEFINE_list("threads", ["1"], "Interpreter num_threads, one table row per value (e.g. 1,2).")
 flags.DEFINE_integer("wbits", 7, "Weight bits of the synthetic models (7: [-63,63], 8: [-127,127]).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_list("cases", [], "Subset of the synthetic cases by name (default: all; "
@@ -57,6 +74,7 @@ flags.DEFINE_list("saved_models", [], "SavedModel dirs to quantize with eq_tflit
 flags.DEFINE_string("calibration", "", ".npy calibration data for --saved_models.")
 flags.DEFINE_string("quantize_method", "easyquant", "eq_tflite method for --saved_models.")
 flags.DEFINE_list("delegate_options", [], "Delegate options as key=value.")
+flags.DEFINE_string("section", "latency", "Name of the BENCHMARKS.md section --output writes.")
 flags.DEFINE_string("output", "", "Write the report as the 'latency' section of this Markdown file (e.g. BENCHMARKS.md).")
 
 # name: (H=W, Cin, Cout, kernel, stride); Cout == 0 means depthwise
@@ -75,127 +93,112 @@ CASES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
-def build_conv_model(h: int, cin: int, cout: int, k: int, stride: int, wbits: int,
-                     rng: np.random.Generator) -> bytes:
-    """int8 single-conv model from TF's converter, then 7-bit weights.
-    cout == 0: a depthwise convolution (depth multiplier 1)."""
-    import tensorflow as tf
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
-    inp = tf.keras.Input((h, h, cin), batch_size=1)
-    if cout == 0:
-        out = tf.keras.layers.DepthwiseConv2D(k, strides=stride, padding="same",
-                                              activation="relu")(inp)
-    else:
-        out = tf.keras.layers.Conv2D(cout, k, strides=stride, padding="same",
-                                     activation="relu")(inp)
-    model = tf.keras.Model(inp, out)
-
-    def representative():
-        for _ in range(4):
-            yield [rng.uniform(-1, 1, size=(1, h, h, cin)).astype(np.float32)]
-
-    conv = tf.lite.TFLiteConverter.from_keras_model(model)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = representative
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    flat = conv.convert()
-
-    m = flatbuffer_utils.convert_bytearray_to_object(bytearray(flat))
-    sg = m.subgraphs[0]
-    wmax = 63 if wbits == 7 else 127
-    for op in sg.operators:
-        if m.operatorCodes[op.opcodeIndex].builtinCode not in (
-                schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D):
-            continue
-        t = sg.tensors[op.inputs[1]]
-        # Un-share the buffer before rewriting it (the converter dedups).
-        buf = schema.BufferT()
-        w = rng.integers(-wmax, wmax + 1, size=tuple(t.shape)).astype(np.int8)
-        buf.data = np.frombuffer(w.tobytes(), np.uint8)
-        m.buffers.append(buf)
-        t.buffer = len(m.buffers) - 1
-        # keep the real-valued weight range: scale * 127 -> scale' * wmax
-        t.quantization.scale = [s * 127.0 / wmax for s in t.quantization.scale]
-        if len(op.inputs) > 2 and op.inputs[2] >= 0:  # bias scale = s_in * s_w
-            bt = sg.tensors[op.inputs[2]]
-            bt.quantization.scale = [s * 127.0 / wmax for s in bt.quantization.scale]
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(m))
+BACKENDS = ("xnnpack", "default+delegate", "builtin+delegate", "builtin", "xnnpack-2")
 
 
-def _inputs_for(interp, rng: np.random.Generator) -> list[np.ndarray]:
-    xs = []
-    for det in interp.get_input_details():
-        shape, dtype = det["shape"], det["dtype"]
-        if dtype == np.int8:
-            _, zp = det["quantization"]
-            lo = int(np.clip(zp - 64, -128, 0))
-            xs.append(rng.integers(lo, lo + 128, size=shape).astype(np.int8))  # 128 levels
-        elif dtype == np.uint8:
-            xs.append(rng.integers(0, 128, size=shape).astype(np.uint8))
-        elif np.issubdtype(dtype, np.floating):
-            xs.append(rng.uniform(-1, 1, size=shape).astype(dtype))
-        else:
-            xs.append(rng.integers(0, 2, size=shape).astype(dtype))
+def _quantized_inputs(interp, rng: np.random.Generator,
+                      inputs: list[np.ndarray] | None) -> list[np.ndarray]:
+    if inputs is None:
+        return _inputs_for(interp, rng)
+    xs = []  # float samples; quantize them for integer model inputs
+    for det, x in zip(interp.get_input_details(), inputs):
+        if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] > 0:
+            sc, zp = det["quantization"]
+            info = np.iinfo(det["dtype"])
+            x = np.clip(np.round(x / sc) + zp, info.min, info.max)
+        xs.append(np.asarray(x).astype(det["dtype"]))
     return xs
 
 
-def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
-               inputs: list[np.ndarray] | None = None) -> dict[str, Any]:
+def _trial(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
+           threads: int, inputs: list[np.ndarray] | None) -> dict[str, Any]:
+    """Fresh interpreters (created in a random order), then interleaved rounds."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    from eq_tflite.delegate import delegate_stats, load_delegate
+    from eq_tflite.delegate import load_delegate
 
     builtin = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    d = load_delegate(delegate_options)
-    interps = {
-        "delegate": Interpreter(model_content=model, num_threads=FLAGS.threads,
-                                experimental_delegates=[d],
-                                experimental_op_resolver_type=builtin),
-        "builtin": Interpreter(model_content=model, num_threads=FLAGS.threads,
-                               experimental_op_resolver_type=builtin),
-        "xnnpack": Interpreter(model_content=model, num_threads=FLAGS.threads),
+    d_fast = load_delegate({"policy": "fastest", **delegate_options})
+    d_all = load_delegate({**delegate_options, "policy": "all"})
+    make = {
+        "xnnpack": lambda: Interpreter(model_content=model, num_threads=threads),
+        # the same configuration again: the noise floor of one instance
+        "xnnpack-2": lambda: Interpreter(model_content=model, num_threads=threads),
+        "default+delegate": lambda: Interpreter(model_content=model, num_threads=threads,
+                                                experimental_delegates=[d_fast]),
+        "builtin+delegate": lambda: Interpreter(model_content=model, num_threads=threads,
+                                                experimental_delegates=[d_all],
+                                                experimental_op_resolver_type=builtin),
+        "builtin": lambda: Interpreter(model_content=model, num_threads=threads,
+                                       experimental_op_resolver_type=builtin),
     }
-    first = next(iter(interps.values()))
-    first.allocate_tensors()
-    if inputs is None:
-        xs = _inputs_for(first, rng)
-    else:  # float samples; quantize them for integer model inputs
-        xs = []
-        for det, x in zip(first.get_input_details(), inputs):
-            if np.issubdtype(det["dtype"], np.integer) and det["quantization"][0] > 0:
-                sc, zp = det["quantization"]
-                info = np.iinfo(det["dtype"])
-                x = np.clip(np.round(x / sc) + zp, info.min, info.max)
-            xs.append(np.asarray(x).astype(det["dtype"]))
+    order = list(make)
+    rng.shuffle(order)
+    interps = {name: make[name]() for name in order}
+    xs = None
     for it in interps.values():
         it.allocate_tensors()
+        if xs is None:
+            xs = _quantized_inputs(it, rng, inputs)
         for det, x in zip(it.get_input_details(), xs):
             it.set_tensor(det["index"], x)
         for _ in range(FLAGS.warmup):
             it.invoke()
     times: dict[str, list[float]] = {k: [] for k in interps}
-    for _ in range(max(FLAGS.rounds, 20)):
-        for name, it in interps.items():  # interleaved: shared machine noise
+    for _ in range(max(FLAGS.rounds, 15)):
+        # Interleaved (shared machine noise), in a new random order each
+        # round: a backend's thread pool still spinning after its invoke must
+        # not always slow down the same next backend.
+        rng.shuffle(order)
+        for name in order:
+            it = interps[name]
             t0 = time.perf_counter()
             it.invoke()
             times[name].append(time.perf_counter() - t0)
-    out_d = interps["delegate"].get_tensor(interps["delegate"].get_output_details()[0]["index"])
-    out_b = interps["builtin"].get_tensor(interps["builtin"].get_output_details()[0]["index"])
-    stats = delegate_stats(d)
+
+    def output(name: str) -> np.ndarray:
+        it = interps[name]
+        return it.get_tensor(it.get_output_details()[0]["index"])
+
+    return {"ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+            "bitexact": bool(np.array_equal(output("builtin+delegate"), output("builtin"))),
+            "fast": d_fast, "all": d_all}
+
+
+def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[str, str],
+               threads: int, inputs: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """--trials independent trials (fresh interpreters each: one instance's
+    memory placement alone moved XNNPACK's median by up to 13% here); per
+    backend the median of the trial medians, per ratio the median of the
+    trials' ratios and its range."""
+    from eq_tflite.delegate import delegate_stats
+
+    trials = [_trial(model, rng, delegate_options, threads, inputs)
+              for _ in range(max(FLAGS.trials, 1))]
+
+    def ratio(a: str, b: str) -> list[float]:
+        return [t["ms"][a] / t["ms"][b] for t in trials]
+
+    accept = ratio("xnnpack", "default+delegate")
+    fast, full = delegate_stats(trials[-1]["fast"]), delegate_stats(trials[-1]["all"])
     paths: dict[str, int] = {}
-    for n in stats["nodes"]:
+    for n in full["nodes"]:
         for p in n["paths"]:
             paths[p] = paths.get(p, 0) + 1
     return {
-        "ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
-        "bitexact": bool(np.array_equal(out_d, out_b)),
-        "claimed": f"{stats['claimed']}/{stats['considered']}",
+        "ms": {k: float(np.median([t["ms"][k] for t in trials])) for k in BACKENDS},
+        "accept": float(np.median(accept)),
+        "accept_range": (min(accept), max(accept)),
+        "vs_builtin": float(np.median(ratio("builtin", "builtin+delegate"))),
+        "control": float(np.median(ratio("xnnpack", "xnnpack-2"))),
+        "control_range": (min(ratio("xnnpack", "xnnpack-2")), max(ratio("xnnpack", "xnnpack-2"))),
+        "bitexact": all(t["bitexact"] for t in trials),
+        "claimed_fastest": f"{fast['claimed']}/{fast['considered']}",
+        "claimed_fastest_kernels": sorted({n["kernel"] for n in fast["nodes"]}),
+        "claimed_all": f"{full['claimed']}/{full['considered']}",
         "paths": ", ".join(f"{p}" + (f" x{c}" if c > 1 else "") for p, c in sorted(paths.items())),
-        "isa": stats["isa"],
+        "isa": full["isa"],
+        "cpu_class": full["cpu_class"],
     }
 
 
@@ -231,41 +234,44 @@ def main(argv: list[str]) -> None:
         names = []
     unknown = [n for n in names if n not in CASES]
     if unknown:
-        raise app.UsageError(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
-    rows = []
+        from eq_tflite.errors import EqTfliteError
+        raise EqTfliteError(f"unknown case(s) {unknown}; choose from {sorted(CASES)}")
+    threads = [int(t) for t in FLAGS.threads]
+    jobs: list[tuple[str, bytes, list[np.ndarray] | None]] = []
     for name in names:
         h, cin, cout, k, s = CASES[name]
-        model = build_conv_model(h, cin, cout, k, s, FLAGS.wbits, rng)
-        r = time_model(model, rng, opts)
         kind = "depthwise " if cout == 0 else ""
-        rows.append((f"{name} ({kind}{k}x{k} s{s}, {h}x{h}x{cin}->{cout or cin})", r))
-        print(name, r, flush=True)
+        jobs.append((f"{name} ({kind}{k}x{k} s{s}, {h}x{h}x{cin}->{cout or cin})",
+                     build_conv_model(h, cin, cout, k, s, FLAGS.wbits, rng), None))
     for path in FLAGS.models:
         with open(path, "rb") as f:
-            r = time_model(f.read(), rng, opts)
-        rows.append((os.path.basename(path), r))
-        print(path, r, flush=True)
+            jobs.append((os.path.basename(path), f.read(), None))
     if FLAGS.saved_models:
         from eq_tflite import quantize
         calib = np.load(FLAGS.calibration).astype(np.float32)
         for path in FLAGS.saved_models:
             model = quantize(path, calib, bits=7, method=FLAGS.quantize_method)
-            r = time_model(model, rng, opts, inputs=[calib[:1]])  # a real sample
-            rows.append((f"{os.path.basename(os.path.normpath(path))} "
-                         f"(eq_tflite 7-bit, {FLAGS.quantize_method}, end to end)", r))
-            print(path, r, flush=True)
+            jobs.append((f"{os.path.basename(os.path.normpath(path))} "
+                         f"(eq_tflite 7-bit, {FLAGS.quantize_method})", model, [calib[:1]]))
+    rows = []
+    for label, model, inputs in jobs:
+        for t in threads:
+            r = time_model(model, rng, opts, t, inputs=inputs)
+            rows.append((label, t, r))
+            print(label, t, r, flush=True)
 
     model_name, cores = cpu_info()
     cmd = "python " + " ".join(shlex.quote(a) for a in
                                [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    r0 = rows[0][2] if rows else {"isa": "?", "cpu_class": "?"}
     lines = [
         "# Delegate latency",
         "",
-        f"CPU: {model_name}, {cores} CPU(s); num_threads={FLAGS.threads}; "
-        f"delegate ISA: {rows[0][1]['isa'] if rows else '?'}; "
-        f"median of {max(FLAGS.rounds, 20)} invokes per backend, backends interleaved "
-        f"round by round in one process; weights {FLAGS.wbits}-bit, inputs drawn "
-        "from 128 levels (7-bit).",
+        f"CPU: {model_name}, {cores} CPU(s); CPU class `{r0['cpu_class']}`, delegate "
+        f"kernels {r0['isa']}; {max(FLAGS.trials, 1)} trials, each with fresh interpreters "
+        f"(created in a random order) and {max(FLAGS.rounds, 15)} invokes per backend, "
+        "interleaved round by round in a new random order each round, in one process; ms = "
+        "median of the trial medians; ratios = median of the trials' ratios [min-max].",
         "",
         f"Load average (1/5/15 min) before: {load_before}; after: {_loadavg()} "
         "(other processes share this machine: absolute times are noisy, the ratios "
@@ -273,21 +279,35 @@ def main(argv: list[str]) -> None:
         "",
         f"Command (from the repo root): `{cmd}`",
         "",
-        "| model | delegate ms | builtin ms | XNNPACK ms | builtin/delegate | "
-        "XNNPACK/delegate | bit-exact vs builtin | claimed | delegate path |",
-        "|---|---:|---:|---:|---:|---:|---|---|---|",
+        "XNNPACK = default resolver alone; default+deleg. = default resolver with the "
+        "delegate, `policy=fastest` (default); builtin+deleg. = builtin kernels with the "
+        "delegate, `policy=all`. XNNPACK / (default+deleg.) >= 1 means loading the delegate "
+        "did not slow the model down; XNNPACK / XNNPACK is a second XNNPACK instance timed "
+        "alongside, the noise floor of these ratios.",
+        "",
+        "| model | threads | XNNPACK ms | default+deleg. ms | builtin+deleg. ms | builtin ms | "
+        "XNNPACK / (default+deleg.) | XNNPACK / XNNPACK (control) | "
+        "builtin / (builtin+deleg.) | builtin+deleg. bit-exact | "
+        "claimed: fastest | claimed: all | kernel paths (policy=all) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
     ]
-    for label, r in rows:
+    for label, t, r in rows:
         ms = r["ms"]
+        kernels = ", ".join(r["claimed_fastest_kernels"])
         lines.append(
-            f"| {label} | {ms['delegate']:.3f} | {ms['builtin']:.3f} | {ms['xnnpack']:.3f} | "
-            f"{ms['builtin'] / ms['delegate']:.2f} | {ms['xnnpack'] / ms['delegate']:.2f} | "
-            f"{'yes' if r['bitexact'] else 'NO'} | {r['claimed']} | {r['paths']} |")
+            f"| {label} | {t} | {ms['xnnpack']:.3f} | {ms['default+delegate']:.3f} | "
+            f"{ms['builtin+delegate']:.3f} | {ms['builtin']:.3f} | "
+            f"{r['accept']:.2f} [{r['accept_range'][0]:.2f}-{r['accept_range'][1]:.2f}] | "
+            f"{r['control']:.2f} [{r['control_range'][0]:.2f}-{r['control_range'][1]:.2f}] | "
+            f"{r['vs_builtin']:.2f} | "
+            f"{'yes' if r['bitexact'] else 'NO'} | {r['claimed_fastest']}"
+            f"{f' ({kernels})' if kernels else ''} | {r['claimed_all']} | {r['paths']} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if FLAGS.output:
         from bench_doc import update_section
-        update_section(FLAGS.output, "latency", report.replace("# Delegate latency", "## Delegate latency", 1))
+        title = "## Delegate latency" + ("" if FLAGS.section == "latency" else f" ({FLAGS.section})")
+        update_section(FLAGS.output, FLAGS.section, report.replace("# Delegate latency", title, 1))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         backends.append(("xnnpack", dict(builtin_kernels=False)))
     if FLAGS.delegate:
         from eq_tflite.delegate import load_delegate
-        backends.append(("eq-delegate", dict(builtin_kernels=True, delegates=[load_delegate()])))
+        backends.append(("eq-delegate", dict(builtin_kernels=True, delegates=[load_delegate({"policy": "all"})])))
     print(f"{len(x)} samples of {FLAGS.data}")
     if ref_scores.accuracy is not None:
         print(f"float reference: top-1 {100 * ref_scores.accuracy:.2f}%")

@@ -225,6 +225,53 @@ static void record_layout(TfLiteContext* ctx, eqd_delegate* d, const TfLiteIntAr
   if (b.failed) free(b.s);
 }
 
+/* The shape, weight bits and threads the claim policy looks at, for a
+ * supported node. */
+static void policy_node_of(TfLiteContext* ctx, const eqd_delegate* d, const TfLiteNode* node,
+                           int code, eqd_policy_node* n) {
+  const TfLiteTensor* in = &ctx->tensors[node->inputs->data[0]];
+  const TfLiteTensor* f = &ctx->tensors[node->inputs->data[1]];
+  memset(n, 0, sizeof(*n));
+  n->depthwise = code == kTfLiteBuiltinDepthwiseConv2d;
+  n->kh = f->dims->data[1];
+  n->kw = f->dims->data[2];
+  if (n->depthwise) {
+    const TfLiteDepthwiseConvParams* p = (const TfLiteDepthwiseConvParams*)node->builtin_data;
+    n->cin = n->cout = f->dims->data[3];
+    n->stride_h = p->stride_height;
+    n->stride_w = p->stride_width;
+  } else {
+    const TfLiteConvParams* p = (const TfLiteConvParams*)node->builtin_data;
+    n->cout = f->dims->data[0];
+    n->cin = f->dims->data[3];
+    n->stride_h = p->stride_height;
+    n->stride_w = p->stride_width;
+  }
+  if (in->dims && in->dims->size == 4) {
+    n->in_h = in->dims->data[1];
+    n->in_w = in->dims->data[2];
+  }
+  int wmax = 0;
+  for (size_t i = 0; i < f->bytes; ++i) {
+    const int a = abs((int)f->data.int8[i]);
+    if (a > wmax) wmax = a;
+  }
+  n->wbits = d->opt.bits == 7 && wmax <= 63 ? 7 : 8;
+}
+
+static eqd_decision* decision_add(eqd_delegate* d) {
+  if (d->n_decisions == d->cap_decisions) {
+    const int ncap = d->cap_decisions ? d->cap_decisions * 2 : 32;
+    eqd_decision* n = (eqd_decision*)realloc(d->decisions, (size_t)ncap * sizeof(*n));
+    if (!n) return NULL;
+    d->decisions = n;
+    d->cap_decisions = ncap;
+  }
+  eqd_decision* e = &d->decisions[d->n_decisions++];
+  memset(e, 0, sizeof(*e));
+  return e;
+}
+
 TfLiteStatus eqd_delegate_prepare(TfLiteContext* ctx, TfLiteDelegate* delegate) {
   eqd_delegate* d = (eqd_delegate*)delegate;
   TfLiteIntArray* plan_rt = NULL;
@@ -241,6 +288,9 @@ TfLiteStatus eqd_delegate_prepare(TfLiteContext* ctx, TfLiteDelegate* delegate) 
   memcpy(plan, plan_rt, plan_bytes);
   claim->size = 0;
   d->recommended_num_threads = ctx->recommended_num_threads;
+  /* The threads the kernels will use (as kernel_prepare decides them). */
+  int nthreads = d->opt.num_threads > 0 ? d->opt.num_threads : ctx->recommended_num_threads;
+  if (nthreads < 1) nthreads = 1;
   if (d->opt.record_layout) record_layout(ctx, d, plan);
   for (int i = 0; i < plan->size; ++i) {
     TfLiteNode* node = NULL;
@@ -253,11 +303,34 @@ TfLiteStatus eqd_delegate_prepare(TfLiteContext* ctx, TfLiteDelegate* delegate) 
     const char* why = code == kTfLiteBuiltinDepthwiseConv2d && !d->opt.depthwise
                           ? "option depthwise=0"
                           : eqd_node_unsupported(ctx, node, code);
+    eqd_decision* e = decision_add(d);
+    if (!e) {
+      free(plan);
+      free(claim);
+      return kTfLiteError;
+    }
+    e->node_index = plan->data[i];
+    e->depthwise = code == kTfLiteBuiltinDepthwiseConv2d;
+    if (why) {
+      snprintf(e->reason, sizeof(e->reason), "unsupported: %s", why);
+    } else {
+      eqd_policy_node pn;
+      eqd_family family;
+      policy_node_of(ctx, d, node, code, &pn);
+      e->kh = pn.kh;
+      e->kw = pn.kw;
+      e->stride_h = pn.stride_h;
+      e->cin = pn.cin;
+      e->cout = pn.cout;
+      e->claimed = eqd_policy_claims(&d->opt, &pn, nthreads, &family, e->reason,
+                                     sizeof(e->reason));
+      e->family = (int)family;
+    }
     if (d->opt.debug)
-      fprintf(stderr, EQD_LOG_PREFIX "node %d %s: %s%s\n", plan->data[i],
-              code == kTfLiteBuiltinConv2d ? "CONV_2D" : "DEPTHWISE_CONV_2D",
-              why ? "left to TFLite: " : "claimed", why ? why : "");
-    if (!why) claim->data[claim->size++] = plan->data[i];
+      fprintf(stderr, EQD_LOG_PREFIX "node %d %s: %s: %s\n", plan->data[i],
+              e->depthwise ? "DEPTHWISE_CONV_2D" : "CONV_2D",
+              e->claimed ? "claimed" : "declined, left to TFLite", e->reason);
+    if (e->claimed) claim->data[claim->size++] = plan->data[i];
   }
   TfLiteStatus st = kTfLiteOk;
   if (claim->size > 0) {

@@ -5,9 +5,9 @@
  * Kernels never test features themselves; the kernel table (kernels.c) is
  * filtered by these bits once per node, in op_init.
  *
- * AVX-512 / AVX-VNNI / i8mm kernels are deliberately absent: the
- * development and CI machines (and qemu's CPU models used in CI) cannot
- * test them, and an untested kernel is worse than none.
+ * AVX-512 VNNI and AVX-VNNI are detected but used by no kernel: they only
+ * classify the CPU for the claim policy (eqd_isa_class), because XNNPACK's
+ * int8 kernels use them.  i8mm is not detected (no kernel, no table row).
  */
 #define _GNU_SOURCE
 #include "eqd_kernel.h"
@@ -26,6 +26,9 @@ uint32_t eqd_cpu_features(void) {
 #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx2")) features |= EQD_CPU_AVX2;
+  /* libgcc also checks that the OS saves the ZMM / opmask state (XCR0). */
+  if (__builtin_cpu_supports("avx512vnni")) features |= EQD_CPU_AVX512VNNI;
+  if (__builtin_cpu_supports("avxvnni")) features |= EQD_CPU_AVXVNNI;
 #elif defined(__aarch64__) && defined(__linux__)
   const unsigned long hw = getauxval(AT_HWCAP);
   if (hw & EQD_HWCAP_ASIMD) features |= EQD_CPU_NEON;
@@ -38,6 +41,15 @@ uint32_t eqd_cpu_features(void) {
 }
 
 const char* eqd_isa_name(uint32_t features) {
+  if (features & EQD_CPU_AVX2) return "avx2";
+  if (features & EQD_CPU_DOTPROD) return "neon-dotprod";
+  if (features & EQD_CPU_NEON) return "neon";
+  return "scalar";
+}
+
+const char* eqd_isa_class(uint32_t features) {
+  if ((features & EQD_CPU_AVX2) && (features & (EQD_CPU_AVX512VNNI | EQD_CPU_AVXVNNI)))
+    return "avx512vnni";
   if (features & EQD_CPU_AVX2) return "avx2";
   if (features & EQD_CPU_DOTPROD) return "neon-dotprod";
   if (features & EQD_CPU_NEON) return "neon";

@@ -82,8 +82,9 @@ EQD_EXPORT TfLiteDelegate* tflite_plugin_create_delegate(
   d->base.Prepare = eqd_delegate_prepare;
   d->base.flags = kTfLiteDelegateFlagsAllowDynamicTensors;
   if (opt.debug)
-    fprintf(stderr, EQD_LOG_PREFIX "created: isa=%s winograd=%d bits=%d\n",
-            eqd_isa_name(opt.features), opt.winograd, opt.bits);
+    fprintf(stderr, EQD_LOG_PREFIX "created: isa=%s cpu_class=%s policy=%s winograd=%d bits=%d\n",
+            eqd_isa_name(opt.features), eqd_isa_class(eqd_cpu_features()),
+            opt.policy == EQD_POLICY_ALL ? "all" : "fastest", opt.winograd, opt.bits);
   return &d->base;
 }
 
@@ -91,6 +92,7 @@ EQD_EXPORT void tflite_plugin_destroy_delegate(TfLiteDelegate* delegate) {
   eqd_delegate* d = (eqd_delegate*)delegate;
   if (!d) return;
   free(d->nodes);
+  free(d->decisions);
   free(d->layout_json);
   free(d);
 }
@@ -111,28 +113,40 @@ static int copy_out(const char* s, char* buf, int cap) {
 
 /* JSON: options, ISA, and per claimed node the number of invokes per path.
  * Returns the full length (snprintf-like); call again with a larger buffer. */
+/* The reason of the latest decision about node_index ("" if none). */
+static const char* decision_reason(const eqd_delegate* d, int node_index) {
+  for (int i = d->n_decisions - 1; i >= 0; --i)
+    if (d->decisions[i].node_index == node_index) return d->decisions[i].reason;
+  return "";
+}
+
+/* JSON: options, ISA, per claimed node the number of invokes per path and
+ * why it was claimed, and every declined node with the reason.  Returns the
+ * full length (snprintf-like); call again with a larger buffer. */
 EQD_EXPORT int eqd_stats_json(TfLiteDelegate* delegate, char* buf, int cap) {
   eqd_delegate* d = (eqd_delegate*)delegate;
   if (!d) return -1;
   sbuf b = {0};
   sb_printf(&b,
-            "{\"isa\":\"%s\",\"winograd\":%d,\"bits\":%d,\"num_threads\":%d,"
-            "\"rounding\":\"%s\","
+            "{\"isa\":\"%s\",\"cpu_class\":\"%s\",\"policy\":\"%s\",\"winograd\":%d,"
+            "\"bits\":%d,\"num_threads\":%d,\"rounding\":\"%s\","
             "\"recommended_num_threads\":%d,\"considered\":%d,\"claimed\":%d,"
             "\"nodes\":[",
-            eqd_isa_name(d->opt.features), d->opt.winograd, d->opt.bits,
-            d->opt.num_threads, eqd_rounding_names[d->opt.rounding],
-            d->recommended_num_threads, d->n_considered,
-            d->n_claimed);
+            eqd_isa_name(d->opt.features), eqd_isa_class(eqd_cpu_features()),
+            d->opt.policy == EQD_POLICY_ALL ? "all" : "fastest", d->opt.winograd,
+            d->opt.bits, d->opt.num_threads, eqd_rounding_names[d->opt.rounding],
+            d->recommended_num_threads, d->n_considered, d->n_claimed);
   for (int i = 0; i < d->n_nodes; ++i) {
     const eqd_node_stats* s = &d->nodes[i];
     sb_printf(&b,
               "%s{\"node\":%d,\"kh\":%d,\"kw\":%d,\"stride\":%d,\"cin\":%d,"
               "\"cout\":%d,\"op\":\"%s\",\"winograd\":%d,\"threads\":%d,"
-              "\"kernel\":\"%s\",\"kernel_isa\":\"%s\",\"paths\":{",
+              "\"kernel\":\"%s\",\"kernel_isa\":\"%s\",\"why\":",
               i ? "," : "", s->node_index, s->kh, s->kw, s->stride_h, s->cin,
               s->cout, s->depthwise ? "DEPTHWISE_CONV_2D" : "CONV_2D", s->winograd,
               s->nthreads, s->kernel->name, s->kernel->isa);
+    sb_json_string(&b, decision_reason(d, s->node_index));
+    sb_printf(&b, ",\"paths\":{");
     int first = 1;
     for (int p = 0; p < EQD_MAX_PATHS && s->kernel->paths[p]; ++p) {
       if (!s->counts[p]) continue;
@@ -141,6 +155,21 @@ EQD_EXPORT int eqd_stats_json(TfLiteDelegate* delegate, char* buf, int cap) {
       first = 0;
     }
     sb_printf(&b, "}}");
+  }
+  sb_printf(&b, "],\"declined\":[");
+  int first = 1;
+  for (int i = 0; i < d->n_decisions; ++i) {
+    const eqd_decision* e = &d->decisions[i];
+    if (e->claimed) continue;
+    sb_printf(&b,
+              "%s{\"node\":%d,\"op\":\"%s\",\"kh\":%d,\"kw\":%d,\"stride\":%d,"
+              "\"cin\":%d,\"cout\":%d,\"why\":",
+              first ? "" : ",", e->node_index,
+              e->depthwise ? "DEPTHWISE_CONV_2D" : "CONV_2D", e->kh, e->kw, e->stride_h,
+              e->cin, e->cout);
+    sb_json_string(&b, e->reason);
+    sb_printf(&b, "}");
+    first = 0;
   }
   sb_printf(&b, "]}");
   const int n = b.failed ? -1 : copy_out(b.s, buf, cap);

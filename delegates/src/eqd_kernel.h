@@ -38,6 +38,11 @@ typedef enum eqd_family {
 #define EQD_CPU_AVX2 (1u << 0)    /* x86-64 AVX2 with OS YMM support        */
 #define EQD_CPU_NEON (1u << 1)    /* AArch64 Advanced SIMD (HWCAP_ASIMD)    */
 #define EQD_CPU_DOTPROD (1u << 2) /* AArch64 SDOT/UDOT (HWCAP_ASIMDDP)      */
+/* x86 int8 dot products.  No kernel here uses them (no row requires these
+ * bits); they classify the CPU for the claim policy (claim_policy.c),
+ * because XNNPACK's int8 kernels use them where they exist. */
+#define EQD_CPU_AVX512VNNI (1u << 3) /* AVX-512 VNNI (VPDPBUSD on zmm), OS-enabled */
+#define EQD_CPU_AVXVNNI (1u << 4)    /* AVX-VNNI (VEX-encoded VPDPBUSD)         */
 
 /* Most sub-paths one run() can report (e.g. direct AVX2: i16x8/i16x4/i16x2). */
 #define EQD_MAX_PATHS 4
@@ -69,6 +74,10 @@ extern const int eqd_n_kernels;
 uint32_t eqd_cpu_features(void);
 /* The best isa name the features allow ("avx2", "neon-dotprod", ...). */
 const char* eqd_isa_name(uint32_t features);
+/* The CPU class of the claim policy's cost table: "avx512vnni" (AVX-512
+ * VNNI or AVX-VNNI), "avx2" (AVX2 without VNNI), "neon-dotprod", "neon",
+ * or "scalar" (anything else). */
+const char* eqd_isa_class(uint32_t features);
 /* The first eligible row of c's family within `features`. Never NULL for a
  * valid node (the scalar reference is always eligible). */
 const eqd_kernel* eqd_select_kernel(const eqd_conv* c, eqd_family family,

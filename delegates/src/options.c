@@ -49,6 +49,7 @@ int eqd_parse_options(char** keys, char** values, size_t n, eqd_options* o,
   o->features = eqd_cpu_features();
   o->record_layout = 0;
   o->rounding = EQD_ROUND_NATIVE;
+  o->policy = EQD_POLICY_FASTEST;
   for (size_t i = 0; i < n; ++i) {
     const char* k = keys ? keys[i] : NULL;
     const char* v = values ? values[i] : NULL;
@@ -72,6 +73,10 @@ int eqd_parse_options(char** keys, char** values, size_t n, eqd_options* o,
       else if (!strcmp(v, "builtin-x86")) o->rounding = EQD_ROUND_X86;
       else if (!strcmp(v, "builtin-arm64")) o->rounding = EQD_ROUND_ARM64;
       else if (!strcmp(v, "tflite-runtime-2.14")) o->rounding = EQD_ROUND_TFLITE214;
+      else bad = 1;
+    } else if (!strcmp(k, "policy")) {
+      if (!strcmp(v, "fastest")) o->policy = EQD_POLICY_FASTEST;
+      else if (!strcmp(v, "all")) o->policy = EQD_POLICY_ALL;
       else bad = 1;
     } else if (!strcmp(k, "isa")) {
       /* The kernels may use exactly these features (and the CPU must have
@@ -101,9 +106,13 @@ int eqd_parse_options(char** keys, char** values, size_t n, eqd_options* o,
       }
     } else {
       eqd_report(report_error,
-                 "unknown option '%s' (known: debug, winograd, depthwise, bits, "
+                 "unknown option '%s' (known: policy, debug, winograd, depthwise, bits, "
                  "num_threads, isa, rounding, record_layout)",
                  k);
+      return -1;
+    }
+    if (bad && !strcmp(k, "policy")) {
+      eqd_report(report_error, "bad value '%s' for option 'policy' (fastest or all)", v);
       return -1;
     }
     if (bad) {

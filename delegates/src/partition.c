@@ -105,7 +105,11 @@ static int op_init(TfLiteContext* ctx, eqd_delegate* d, int node_index, eqd_op* 
                             out->params.scale, d->opt.rounding) != 0)
     return -1;
   /* The kernel: chosen once, here, from the table (eqd_kernel.h). */
-  const eqd_family family = eqd_conv_family(c, d->opt.winograd);
+  /* The family the claim policy decided at Prepare (policy=fastest may
+   * pick direct over Winograd), else the family rule. */
+  const int decided = eqd_decided_family(d, node_index);
+  const eqd_family family =
+      decided >= 0 ? (eqd_family)decided : eqd_conv_family(c, d->opt.winograd);
   c->winograd = family == EQD_FAMILY_WINOGRAD;
   if (eqd_conv_use_kernel(c, eqd_select_kernel(c, family, d->opt.features)) != 0) return -1;
   op->in_tensor = node->inputs->data[0];

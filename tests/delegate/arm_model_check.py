@@ -46,6 +46,7 @@ def main() -> int:
     xs = np.load(sys.argv[2]).astype(np.float32)
     opts = dict(a.split("=", 1) for a in sys.argv[3:])
     against = opts.pop("against", "builtin")
+    opts.setdefault("policy", "all")  # test the kernels unless policy=fastest is asked for
     resolver = {"builtin": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
                 "reference": OpResolverType.BUILTIN_REF}[against]
     ref = run(model, xs, experimental_op_resolver_type=resolver)

@@ -128,6 +128,9 @@ def run_suite(n_cases: int, seed: int, options: dict[str, Any] | None = None,
     """Compare delegate and TFLite on n random models; collect mismatches."""
     rng = np.random.default_rng(seed)
     opts = dict(options or {})
+    # The suite tests the kernels: every supported node is claimed unless
+    # the caller asks for the claim policy (policy=fastest) itself.
+    opts.setdefault("policy", "all")
     if against == "reference":
         opts.setdefault("rounding", "reference")
     result = SuiteResult()

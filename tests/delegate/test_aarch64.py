@@ -73,6 +73,22 @@ def test_forced_isa_under_qemu(toolchain, arm_library, isa, paths):
     assert paths <= set(res["paths"]), res["paths"]
 
 
+@pytest.mark.parametrize("cpu", CPUS)
+def test_policy_fastest_under_qemu(toolchain, arm_library, cpu):
+    """policy=fastest (the default) on each CPU class: no cost-table rows
+    exist for aarch64 (qemu cannot time code), so on neon (cortex-a72) the
+    delegate claims on the seed's A53/A72 result, and on neon-dotprod
+    (neoverse-n1) it declines everything.  Bit-exact either way."""
+    res = run_suite(toolchain, arm_library, cpu, "builtin", seed=24, cases=20,
+                    options=["policy=fastest"])
+    assert res["cases"] == 20 and res["mismatches"] == []
+    if cpu == CPU_NO_DOTPROD:
+        assert res["unclaimed"] == [] and res["paths"]
+        assert all("neon" in p for p in res["paths"]), res["paths"]
+    else:
+        assert len(res["unclaimed"]) == 20 and res["paths"] == {}
+
+
 def test_x86_rounding_is_wrong_on_arm(toolchain, arm_library):
     """Negative control: the x86 rule must lose against aarch64's builtin
     kernels, so the suite really tells the two rules apart."""

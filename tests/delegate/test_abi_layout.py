@@ -33,7 +33,7 @@ def model_and_layout(delegate_library):
         random_layer(rng, 7, 5, 2, 2, s, dilation=2),
     ]
     model = build_model([2, 13, 11, 6], s, -17, layers)
-    d = load_delegate({"record_layout": 1})
+    d = load_delegate({"record_layout": 1, "policy": "all"})
     it = Interpreter(model_content=model, experimental_delegates=[d],
                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()

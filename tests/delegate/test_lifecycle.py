@@ -52,7 +52,7 @@ def _chain_model(rng, *, unsupported_middle: bool) -> bytes:
 def test_chains_and_partitions(delegate_library, unsupported_middle):
     rng = np.random.default_rng(7)
     model = _chain_model(rng, unsupported_middle=unsupported_middle)
-    d = load_delegate({"isa": "avx2"} if delegate_stats(load_delegate())["isa"] == "avx2" else {})
+    d = load_delegate({"policy": "all", **({"isa": "avx2"} if delegate_stats(load_delegate())["isa"] == "avx2" else {})})
     ref, got = _interp(model), _interp(model, d)
     for _ in range(3):
         x = rng.integers(-128, 128, size=(1, 11, 13, 12), dtype=np.int8)
@@ -66,7 +66,7 @@ def test_chains_and_partitions(delegate_library, unsupported_middle):
 def test_resize_and_reallocate(delegate_library):
     rng = np.random.default_rng(8)
     model = _chain_model(rng, unsupported_middle=False)
-    d = load_delegate()
+    d = load_delegate({"policy": "all"})
     ref, got = _interp(model), _interp(model, d)
     for shape in [(1, 11, 13, 12), (2, 17, 9, 12), (1, 5, 6, 12), (3, 30, 31, 12)]:
         for it in (ref, got):
@@ -89,7 +89,7 @@ def test_unsupported_nodes_are_not_claimed(delegate_library):
         random_layer(rng, 16, 16, 3, 3, s, depthwise=True, dilation=2),  # dilation
     ]
     model = build_model([1, 15, 15, 8], s, 0, layers)
-    d = load_delegate()
+    d = load_delegate({"policy": "all"})
     ref, got = _interp(model), _interp(model, d)
     x = rng.integers(-128, 128, size=(1, 15, 15, 8), dtype=np.int8)
     np.testing.assert_array_equal(_run(ref, x), _run(got, x))
@@ -101,7 +101,7 @@ def test_depthwise_option_off(delegate_library):
     rng = np.random.default_rng(14)
     model = build_model([1, 9, 9, 8], 0.05, 3,
                         [random_layer(rng, 8, 8, 3, 3, 0.05, depthwise=True)])
-    d = load_delegate({"depthwise": 0})
+    d = load_delegate({"depthwise": 0, "policy": "all"})
     ref, got = _interp(model), _interp(model, d)
     x = rng.integers(-128, 128, size=(1, 9, 9, 8), dtype=np.int8)
     np.testing.assert_array_equal(_run(ref, x), _run(got, x))
@@ -119,7 +119,7 @@ def test_missing_bias_equals_zero_bias(delegate_library):
         no_bias = build_model([1, 9, 8, 9], 0.04, -7, [layer])
         layer.bias = np.zeros(cout, np.int32)
         zero_bias = build_model([1, 9, 8, 9], 0.04, -7, [layer])
-        d = load_delegate()
+        d = load_delegate({"policy": "all"})
         got = _interp(no_bias, d)
         ref = _interp(zero_bias)
         x = rng.integers(-128, 128, size=(1, 9, 8, 9), dtype=np.int8)
@@ -137,6 +137,7 @@ def test_missing_bias_equals_zero_bias(delegate_library):
     ({"rounding": "up"}, "option 'rounding'"),
     ({"depthwise": -1}, "option 'depthwise'"),
     ({"bits": ""}, "option 'bits'"),
+    ({"policy": "fast"}, "option 'policy'"),
 ])
 def test_bad_options_raise_value_error(delegate_library, options, match):
     with pytest.raises(ValueError, match=match):
@@ -202,7 +203,7 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from eq_tflite.delegate import load_delegate
 rng = np.random.default_rng(0)
 m = build_model([1, 8, 8, 16], 0.05, 0, [random_layer(rng, 16, 16, 3, 3, 0.05)])
-it = Interpreter(model_content=m, experimental_delegates=[load_delegate({"debug": 1})],
+it = Interpreter(model_content=m, experimental_delegates=[load_delegate({"debug": 1, "policy": "all"})],
                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
 it.allocate_tensors(); it.invoke(); it.invoke()
 del it
@@ -224,7 +225,7 @@ def test_tf_lite_interpreter_works_too(delegate_library):
     rng = np.random.default_rng(12)
     model = build_model([1, 10, 10, 16], 0.05, 5,
                         [random_layer(rng, 16, 16, 3, 3, 0.05)])
-    d = load_delegate(runtime="tensorflow")
+    d = load_delegate({"policy": "all"}, runtime="tensorflow")
     it = tf.lite.Interpreter(
         model_content=model, experimental_delegates=[d],
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType
@@ -247,7 +248,7 @@ def test_threads_follow_interpreter_and_option(delegate_library):
     expect = _run(ref, x)
     for interp_threads, opt, want in [(2, {}, 2), (1, {}, 1), (None, {}, 1),
                                       (1, {"num_threads": 3}, 3)]:
-        d = load_delegate(opt)
+        d = load_delegate({"policy": "all", **opt})
         kw = {} if interp_threads is None else {"num_threads": interp_threads}
         it = Interpreter(model_content=model, experimental_delegates=[d],
                          experimental_op_resolver_type=BUILTIN, **kw)
@@ -277,7 +278,7 @@ def test_unusual_but_supported_convs(delegate_library, variant):
     if variant == "extreme_zero_points":
         in_zp, layer.out_zp = -128, 127
     model = build_model(list(shape), 0.05, in_zp, [layer])
-    d = load_delegate()
+    d = load_delegate({"policy": "all"})
     ref, got = _interp(model), _interp(model, d)
     for _ in range(2):
         x = rng.integers(-128, 128, size=shape, dtype=np.int8)

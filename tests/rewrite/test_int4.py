@@ -92,7 +92,7 @@ def test_delegate_declines_int4_filters(w4_model, small_calibration):
     """With the delegate loaded, an INT4-packed model stays bit-exact with builtin: it claims no node."""
     from eq_tflite.delegate import DelegateNotBuiltError, delegate_stats, load_delegate
     try:
-        d = load_delegate()
+        d = load_delegate({"policy": "all"})
     except DelegateNotBuiltError:
         pytest.skip("delegate not built")
     packed, _ = pack_int4_weights(w4_model)
@@ -104,7 +104,7 @@ def test_delegate_declines_int4_filters(w4_model, small_calibration):
     stats = delegate_stats(d)
     assert stats["claimed"] == 0, stats
     # the same model in the int8 container is claimed (so the check above can fail)
-    d8 = load_delegate()
+    d8 = load_delegate({"policy": "all"})
     runtime.run_model(runtime.make_interpreter(w4_model, delegates=[d8]), [x])
     assert delegate_stats(d8)["claimed"] >= 1
 
