@@ -317,12 +317,14 @@ def _check_tied(sg: Any, op: Any, kind: str, report: VerifyReport) -> None:
                              f"have different scales {sorted(params)}")
 
 
+USAGE = "usage: python -m eq_tflite.verify MODEL.tflite [--float_model SRC] [--data x.npy]"
+
+
 def main(argv: list[str], float_model: str | None = None, data: str | None = None) -> int:
     """CLI body: prints the report; exit code 0 ok, 1 invariants violated, 2 bad input."""
     from eq_tflite.cli import guarded
     if len(argv) != 2:
-        print("usage: python -m eq_tflite.verify MODEL.tflite [--float_model SRC] [--data x.npy]",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     return guarded(lambda: _verify_file(argv[1], float_model, data))
 
@@ -360,7 +362,7 @@ def run() -> None:
     flags.DEFINE_string("float_model", None, "Float model (SavedModel/Keras/.tflite) for the cosine report.")
     flags.DEFINE_string("data", None, "Real samples (.npy/.npz) to run: reports the share of "
                         "activations outside the b-bit levels; default: random inputs.")
-    run_absl(lambda argv: main(argv, flags.FLAGS.float_model, flags.FLAGS.data))
+    run_absl(lambda argv: main(argv, flags.FLAGS.float_model, flags.FLAGS.data), USAGE)
 
 
 if __name__ == "__main__":
