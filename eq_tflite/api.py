@@ -8,6 +8,8 @@ load (SavedModel / Keras / float .tflite -> float .tflite)
 """
 from __future__ import annotations
 
+import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -132,6 +134,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     FULLY_CONNECTED weights as packed INT4; verify checks that the file holds
     the resolved integers and gives the same outputs as its int8-container form.
     """
+    check_arguments(model, calibration_data, num_calibration_samples)
     widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
     if pack_int4 and widths.weights > 4:
         raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
@@ -158,8 +161,6 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                                       std=std, seed=seed)
         total = calib.num_samples(data)
         n = num_calibration_samples or DEFAULT_SAMPLES.get(chain.method, total)
-        if n <= 0:
-            raise EqTfliteError(f"num_calibration_samples must be positive, got {n}")
         n = min(n, total)
         cal = calib.take(data, 0, n)
         holdout_is_cal = n >= total
@@ -215,6 +216,35 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
     return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
                       int4_tensors)
+
+
+def check_arguments(model: Any, calibration_data: Any, num_calibration_samples: Any) -> None:
+    """Refuses arguments of the wrong type before anything is loaded (one line naming each)."""
+    if model is None or isinstance(model, (numbers.Number, list, tuple, dict, np.ndarray)):
+        raise EqTfliteError(f"model must be a path, float .tflite bytes or a Keras model, "
+                            f"got {_kind(model)}")
+    if calibration_data is not None and not isinstance(
+            calibration_data, (str, os.PathLike, np.ndarray, Mapping)):
+        hint = ("; stack the samples into one array first (np.stack)"
+                if isinstance(calibration_data, (list, tuple)) or hasattr(calibration_data, "__next__")
+                else "")
+        raise EqTfliteError("calibration_data must be a path (.npy, .npz or an image directory), "
+                            f"a numpy array or a dict of arrays, got {_kind(calibration_data)}{hint}")
+    if isinstance(calibration_data, Mapping):
+        for key, value in calibration_data.items():
+            if not isinstance(value, np.ndarray):
+                raise EqTfliteError(f"calibration_data[{key!r}] must be a numpy array, "
+                                    f"got {_kind(value)}")
+    if num_calibration_samples is not None and (
+            isinstance(num_calibration_samples, bool)
+            or not isinstance(num_calibration_samples, numbers.Integral)
+            or num_calibration_samples <= 0):
+        raise EqTfliteError("num_calibration_samples must be a positive integer, "
+                            f"got {num_calibration_samples!r}")
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
 
 
 def constant_inputs(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> dict[str, np.ndarray]:

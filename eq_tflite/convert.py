@@ -152,8 +152,8 @@ def _convert(src: str) -> int:
     from eq_tflite.isolation import run_isolated
 
     start = time.perf_counter()
-    if src == "":
-        raise EqTfliteError("empty model path")
+    from eq_tflite.io.sources import source_kind
+    source_kind(src)  # a missing or unsupported model first, before any check of the output
     bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits,
                             FLAGS.activation_range)
     image_size = _image_size()

@@ -24,6 +24,17 @@ def load_float_model(src: str | os.PathLike) -> bytes:
     process (``run_isolated``) when TensorFlow is not yet loaded here (the CLI):
     a file that crashes TensorFlow then gives an error line.
     """
+    path = Path(src)
+    kind = source_kind(src)
+    if kind in ("saved_model", "keras"):
+        return _convert_isolated(kind, path)
+    data = fb.read_file(path, "model")
+    _check_float_tflite(data, path)
+    return fb.canonical_bytes(data, str(path))
+
+
+def source_kind(src: str | os.PathLike) -> str:
+    """"saved_model", "keras" or "tflite" for a model path (nothing is read); EqTfliteError else."""
     if str(src) == "":
         raise EqTfliteError("empty model path")
     path = Path(src)
@@ -36,14 +47,12 @@ def load_float_model(src: str | os.PathLike) -> bytes:
     if is_dir:
         if not (path / "saved_model.pb").is_file():
             raise EqTfliteError(f"{path} is a directory without saved_model.pb (not a SavedModel)")
-        return _convert_isolated("saved_model", path)
+        return "saved_model"
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5", ".hdf5"):
-        return _convert_isolated("keras", path)
+        return "keras"
     if suffix == ".tflite":
-        data = fb.read_file(path, "model")
-        _check_float_tflite(data, path)
-        return fb.canonical_bytes(data, str(path))
+        return "tflite"
     raise EqTfliteError(f"unsupported model {path}: give a SavedModel directory, a .keras/.h5 file "
                         "or a float .tflite")
 
