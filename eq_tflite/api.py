@@ -213,7 +213,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                     bits=widths, written=log, run_inputs=run_inputs)
     timings["verify"] = time.perf_counter() - t0
     if not report.ok:
-        raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
+        raise EqTfliteError("the rewritten model failed verification\n" + report.summary())
     return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
                       int4_tensors)
 

@@ -91,6 +91,10 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
     _check_invariants(model, report)
     if written is not None and written.resolved is not None:
         report.errors += check_numbers(model, written.resolved, written.mapping)
+    beyond = kernel_limit_errors(model)
+    if beyond:  # LiteRT would abort on these: never hand it the file
+        report.errors += beyond
+        return report
     try:
         interp = runtime.make_interpreter(model_bytes, builtin_kernels=builtin_kernels)
         data = dict(samples) if samples is not None else \
@@ -117,6 +121,42 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
                 f"{100 * worst:.1f}%) lie outside the {bits.activations}-bit levels; stock kernels "
                 "keep them in the int8 headroom. Calibrate with data like this.")
     return report
+
+
+#: TFLite's int8 ADD/SUB kernels shift inputs left by 20 bits and require the output
+#: multiplier 2 * max(s_in) / (2^20 * s_out) below 1 (a CHECK that aborts the process).
+_ADD_LEFT_SHIFT = 20
+
+
+def kernel_limit_errors(model: Any) -> list[str]:
+    """Scales TFLite's int8 kernels cannot requantize (LiteRT aborts preparing them).
+
+    ADD and SUB need an output scale of at least 2^-19 times their larger input
+    scale. Real models stay far from that; a float model with extreme values
+    (weights around 1e28 in one channel, whose huge range a following ReLU cuts
+    off again) can cross it, and then the numbers are refused here, in one line,
+    instead of crashing the runtime.
+    """
+    sg = model.subgraphs[0]
+    errors = []
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind not in ("ADD", "SUB") or len(op.inputs) < 2 or not op.outputs:
+            continue
+        tensors = [sg.tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]) if i >= 0]
+        if len(tensors) != 3 or not all(fb.type_name(t.type) == "INT8" and t.quantization is not None
+                                        and t.quantization.scale is not None
+                                        and len(t.quantization.scale) for t in tensors):
+            continue
+        s1, s2, s_out = (float(t.quantization.scale[0]) for t in tensors)
+        if not (s_out > 0 and np.isfinite([s1, s2, s_out]).all()):
+            continue  # reported by the invariants
+        if 2 * max(s1, s2) >= 2.0 ** _ADD_LEFT_SHIFT * s_out:
+            errors.append(f"{kind} {fb.tensor_name(tensors[2])}: output scale {s_out:.3g} is below "
+                          f"2^-19 of its input scale {max(s1, s2):.3g}, which TFLite's int8 {kind} "
+                          "kernel cannot requantize (LiteRT would abort); the float model has "
+                          "extreme values there (check its weights)")
+    return errors
 
 
 def bits_of(model_bytes: bytes) -> BitWidths:
