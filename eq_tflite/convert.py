@@ -249,7 +249,8 @@ def _print_summary(result, output: Path, seconds: float) -> None:
 
 def run() -> None:
     """Console-script entry point (``eq-tflite``)."""
-    from eq_tflite.cli import run_absl
+    from eq_tflite.cli import handle_termination, run_absl
+    handle_termination()  # first: a SIGTERM from here on ends in one error line
 
     set_verbose("--verbose" in sys.argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
