@@ -97,8 +97,9 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         return report
     try:
         interp = runtime.make_interpreter(model_bytes, builtin_kernels=builtin_kernels)
-        data = dict(samples) if samples is not None else \
+        named = dict(samples) if samples is not None else \
             dict(run_inputs) if run_inputs is not None else _random_inputs(interp)
+        data = match_inputs(interp, named, "the model")
         outs = runtime.run_model(interp, data)
     except (RuntimeError, ValueError) as err:
         report.errors.append(f"LiteRT cannot run the model: {str(err).splitlines()[0]}")
@@ -109,7 +110,8 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
     if report.int4_tensors:  # packed INT4 weights must run exactly as their int8 container
         report.errors += same_outputs(model_bytes, twin, data)
     if float_model is not None:
-        ref = runtime.run_model(runtime.make_interpreter(float_model), data)
+        float_interp = runtime.make_interpreter(float_model)
+        ref = runtime.run_model(float_interp, match_inputs(float_interp, named, "the float model"))
         report.cosine, report.agreement = compare_outputs(ref, outs)
         report.samples = int(ref[0].shape[0])
     if samples is not None:
@@ -157,6 +159,22 @@ def kernel_limit_errors(model: Any) -> list[str]:
                           "kernel cannot requantize (LiteRT would abort); the float model has "
                           "extreme values there (check its weights)")
     return errors
+
+
+def match_inputs(interp: Any, samples: Mapping[str, np.ndarray], what: str) -> list[np.ndarray]:
+    """``samples`` in the input order of ``interp``: by tensor name, else by position.
+
+    The same model converted from another format (a .keras file, its SavedModel
+    export) can name its inputs differently (``input_layer`` / ``keras_tensor``);
+    the samples then follow the other model's input order.
+    """
+    names = [d["name"] for d in interp.get_input_details()]
+    if all(n in samples for n in names):
+        return [samples[n] for n in names]
+    if len(samples) == len(names):
+        return list(samples.values())
+    raise EqTfliteError(f"{what} has {len(names)} inputs ({', '.join(names)}), but the samples "
+                        f"have {len(samples)} ({', '.join(samples)})")
 
 
 def bits_of(model_bytes: bytes) -> BitWidths:
@@ -251,14 +269,15 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     return report
 
 
-def same_outputs(model_bytes: bytes, reference: bytes, samples: Mapping[str, np.ndarray],
+def same_outputs(model_bytes: bytes, reference: bytes,
+                 samples: Mapping[str, np.ndarray] | list[np.ndarray],
                  what: str = "the packed INT4 model") -> list[str]:
     """Errors unless both models give identical outputs on ``samples`` (builtin kernels)."""
     try:
-        got = runtime.run_model(runtime.make_interpreter(model_bytes), dict(samples))
+        got = runtime.run_model(runtime.make_interpreter(model_bytes), samples)
     except (RuntimeError, ValueError) as err:
         return [f"LiteRT cannot run {what}: {str(err).splitlines()[0]}"]
-    want = runtime.run_model(runtime.make_interpreter(reference), dict(samples))
+    want = runtime.run_model(runtime.make_interpreter(reference), samples)
     if len(got) != len(want) or not all(np.array_equal(a, b) for a, b in zip(got, want)):
         return [f"{what} gives other outputs than its int8-container form"]
     return []
