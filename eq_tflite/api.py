@@ -26,6 +26,7 @@ from eq_tflite.grid import BitWidths
 from eq_tflite.io import calibration as calib
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
+from eq_tflite.io.dynamic import at_input_size, size_note
 from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names
 from eq_tflite.io.tflite_int8 import tflite_int8
 from eq_tflite.plan import MethodContext, Plan
@@ -139,6 +140,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     if pack_int4 and widths.weights > 4:
         raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
     has_data = calibration_data is not None
+    size_notes: list[str] = []
     chain = build_chain(method, has_data, cross_layer_equalization=cross_layer_equalization,
                         bias_absorption=bias_absorption, bias_correction=bias_correction,
                         per_tensor_weights=per_tensor_weights)
@@ -167,6 +169,11 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
         if not ranges:  # data-free steps in a calibrated run: the data gives the input range
             ranges = {k: (float(v.min()), float(v.max())) for k, v in cal.items()}
+        if any(s.dynamic for s in specs):  # calibrate at the data's size (io.dynamic)
+            float_model = at_input_size(float_model, [data[s.name].shape[1:] for s in specs])
+            graph = Graph.from_tflite(float_model)
+            size_notes.append(size_note({s.alias: (s.signature, data[s.name].shape[1:])
+                                         for s in specs if s.dynamic}))
     else:
         n, cal, holdout, holdout_is_cal = 0, {}, None, False
 
@@ -186,6 +193,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
                         progress=progress, bn=prepared.bn, input_ranges=ranges)
     plan = method_fn(ctx)
+    plan.notes[:0] = size_notes
     timings["method"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
