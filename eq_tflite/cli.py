@@ -71,6 +71,10 @@ class Terminated(BaseException):
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:
+    # One-shot: a repeated SIGTERM must not cut the cleanup the first one started
+    # (a stuck cleanup still ends with SIGKILL; the child dies with us then).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise Terminated(signum)
 
 

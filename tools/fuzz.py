@@ -572,6 +572,7 @@ def fault_cases(count: int, seed: int, keras_share: float = 0.3) -> list[FaultCa
         source = "keras" if rng.random() < keras_share else "tflite"
         signum = int(rng.choice(FAULT_SIGNALS)) if kind in ("signal", "concurrent") else 0
         delay = rng.uniform(0.0, 12.0 if source == "keras" else 8.0)
+        signum = signum if kind == "signal" else 0  # (drawn anyway: seeds keep their cases)
         label = signal.Signals(signum).name if signum else ""
         cases.append(FaultCase(f"fault/{kind}/{source}/{label or '-'}/{i}", kind, source, signum, delay))
     return cases
