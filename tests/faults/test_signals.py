@@ -55,16 +55,30 @@ def assert_nothing_left(tmp_path: Path, seen: set[int]) -> None:
     for p in left:  # never leave the broken state behind for the next test
         os.kill(p, signal.SIGKILL)
     assert not left, f"processes left {GONE_WITHIN:.0f} s after the kill: {left}"
-    time.sleep(0.3)  # the janitor's rmtree
-    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
-                   if p.name not in ("stdout", "stderr") and p.is_file())
-    assert files == [], f"files left behind: {files}"
+    def files() -> list[str]:
+        return sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")
+                      if p.name not in ("stdout", "stderr") and p.is_file())
+    while files() and time.monotonic() < end:  # the janitor's rmtree ends before it does
+        time.sleep(0.05)
+    assert files() == [], f"files left behind: {files()}"
+
+
+@pytest.fixture
+def reaper():
+    """Pids to SIGKILL after the test whatever its outcome (a failing run must not leave
+    a stuck orphan behind for the rest of the suite)."""
+    pids: set[int] = set()
+    yield pids
+    for p in pids:
+        if alive(p):
+            os.kill(p, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("src,after", [("resnet_fmnist", 7.0), ("resnet_fmnist.keras", 5.0)])
-def test_sigkill_parent_leaves_no_process_and_no_temp_file(tmp_path, src, after):
+def test_sigkill_parent_leaves_no_process_and_no_temp_file(tmp_path, reaper, src, after):
     proc, out = start(tmp_path, src)
     seen = watch_until(proc, after)
+    reaper |= seen | {proc.pid}
     assert proc.poll() is None, "the conversion ended before the kill; kill earlier"
     assert seen, "no conversion child seen"
     proc.kill()
@@ -74,9 +88,10 @@ def test_sigkill_parent_leaves_no_process_and_no_temp_file(tmp_path, src, after)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_end_like_ctrl_c(tmp_path, sig):
+def test_sigterm_and_sighup_end_like_ctrl_c(tmp_path, reaper, sig):
     proc, out = start(tmp_path, "resnet_fmnist")
     seen = watch_until(proc, 6.0)
+    reaper |= seen | {proc.pid}
     assert proc.poll() is None and seen
     proc.send_signal(sig)
     try:
