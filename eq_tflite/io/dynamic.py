@@ -11,27 +11,12 @@ written model: it runs at any input size, as the float model did.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, first_line
 from eq_tflite.io import flatbuffer as fb
-
-
-def dynamic_dims(tensor: Any) -> list[int]:
-    """Dimensions (after the batch) whose size the model leaves open (-1 in the signature)."""
-    sig = tensor.shapeSignature
-    if sig is None or len(sig) == 0:
-        return []
-    return [d for d in range(1, len(sig)) if int(sig[d]) < 0]
-
-
-def signature_shape(model_bytes: bytes, tensor_index: int) -> tuple[int, ...] | None:
-    """The ``shape_signature`` of one tensor (None if the file has none)."""
-    t = fb.parse_model(model_bytes).subgraphs[0].tensors[tensor_index]
-    return None if t.shapeSignature is None or not len(t.shapeSignature) \
-        else tuple(int(v) for v in t.shapeSignature)
 
 
 def at_input_size(model_bytes: bytes, input_shapes: Sequence[Sequence[int]]) -> bytes:
