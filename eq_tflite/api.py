@@ -8,6 +8,8 @@ load (SavedModel / Keras / float .tflite -> float .tflite)
 """
 from __future__ import annotations
 
+import numbers
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -25,6 +27,7 @@ from eq_tflite.io import calibration as calib
 from eq_tflite.io import flatbuffer as fb
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
 from eq_tflite.io.normalize import check_custom_ops
+from eq_tflite.io.dynamic import at_input_size, size_note
 from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names
 from eq_tflite.io.tflite_int8 import float_ops_left, tflite_int8
 from eq_tflite.op_table import ISLANDS
@@ -155,10 +158,12 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     FULLY_CONNECTED weights as packed INT4; verify checks that the file holds
     the resolved integers and gives the same outputs as its int8-container form.
     """
+    check_arguments(model, calibration_data, num_calibration_samples)
     widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
     if pack_int4 and widths.weights > 4:
         raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
     has_data = calibration_data is not None
+    size_notes: list[str] = []
     chain = build_chain(method, has_data, cross_layer_equalization=cross_layer_equalization,
                         bias_absorption=bias_absorption, bias_correction=bias_correction,
                         per_tensor_weights=per_tensor_weights)
@@ -185,15 +190,17 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         data = calib.load_calibration(calibration_data, specs, image_size=image_size, mean=mean,
                                       std=std, seed=seed)
         total = calib.num_samples(data)
-        if num_calibration_samples is not None and num_calibration_samples <= 0:
-            raise EqTfliteError("num_calibration_samples must be a positive integer, got "
-                                f"{num_calibration_samples}")
         n, holdout_is_cal = split_calibration(total, num_calibration_samples,
                                               DEFAULT_SAMPLES.get(chain.method))
         cal = calib.take(data, 0, n)
         holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
         if not ranges:  # data-free steps in a calibrated run: the data gives the input range
             ranges = {k: (float(v.min()), float(v.max())) for k, v in cal.items()}
+        if any(s.dynamic for s in specs):  # calibrate at the data's size (io.dynamic)
+            float_model = at_input_size(float_model, [data[s.name].shape[1:] for s in specs])
+            graph = Graph.from_tflite(float_model)
+            size_notes.append(size_note({s.alias: (s.signature, data[s.name].shape[1:])
+                                         for s in specs if s.dynamic}))
     else:
         n, cal, holdout, holdout_is_cal = 0, {}, None, False
 
@@ -213,6 +220,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
                         progress=progress, bn=prepared.bn, input_ranges=ranges)
     plan = method_fn(ctx)
+    plan.notes[:0] = size_notes
     timings["method"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -245,9 +253,38 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                     bits=widths, written=log, run_inputs=run_inputs)
     timings["verify"] = time.perf_counter() - t0
     if not report.ok:
-        raise EqTfliteError("the rewritten model failed verification:\n" + report.summary())
+        raise EqTfliteError("the rewritten model failed verification\n" + report.summary())
     return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
                       int4_tensors, load_notes)
+
+
+def check_arguments(model: Any, calibration_data: Any, num_calibration_samples: Any) -> None:
+    """Refuses arguments of the wrong type before anything is loaded (one line naming each)."""
+    if model is None or isinstance(model, (numbers.Number, list, tuple, dict, np.ndarray)):
+        raise EqTfliteError(f"model must be a path, float .tflite bytes or a Keras model, "
+                            f"got {_kind(model)}")
+    if calibration_data is not None and not isinstance(
+            calibration_data, (str, os.PathLike, np.ndarray, Mapping)):
+        hint = ("; stack the samples into one array first (np.stack)"
+                if isinstance(calibration_data, (list, tuple)) or hasattr(calibration_data, "__next__")
+                else "")
+        raise EqTfliteError("calibration_data must be a path (.npy, .npz or an image directory), "
+                            f"a numpy array or a dict of arrays, got {_kind(calibration_data)}{hint}")
+    if isinstance(calibration_data, Mapping):
+        for key, value in calibration_data.items():
+            if not isinstance(value, np.ndarray):
+                raise EqTfliteError(f"calibration_data[{key!r}] must be a numpy array, "
+                                    f"got {_kind(value)}")
+    if num_calibration_samples is not None and (
+            isinstance(num_calibration_samples, bool)
+            or not isinstance(num_calibration_samples, numbers.Integral)
+            or num_calibration_samples <= 0):
+        raise EqTfliteError("num_calibration_samples must be a positive integer, "
+                            f"got {num_calibration_samples!r}")
+
+
+def _kind(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
 
 
 def constant_inputs(graph: Graph, ranges: Mapping[str, tuple[float, float]]) -> dict[str, np.ndarray]:

@@ -134,10 +134,17 @@ def main(argv: list[str]) -> int:
     from eq_tflite.cli import guarded
 
     if len(argv) != 2:
-        print("usage: python -m eq_tflite.convert SRC [--bits 7] [--calibration_data calib.npy] "
-              "[--output out.tflite]  (--helpfull for all flags)", file=sys.stderr)
+        print(usage() + "  (--help for the flags)", file=sys.stderr)
         return 2
     return guarded(lambda: _convert(argv[1]))
+
+
+def usage() -> str:
+    """The usage line, naming the program as it was started."""
+    program = "eq-tflite" if os.path.basename(sys.argv[0]).startswith("eq-tflite") \
+        else "python -m eq_tflite.convert"
+    return (f"usage: {program} SRC [--bits 7] [--calibration_data DATA] [--output OUT.tflite] "
+            "[flags]\n  SRC: a SavedModel directory, a Keras .keras/.h5 file or a float .tflite")
 
 
 def _convert(src: str) -> int:
@@ -147,8 +154,8 @@ def _convert(src: str) -> int:
     from eq_tflite.isolation import run_isolated
 
     start = time.perf_counter()
-    if src == "":
-        raise EqTfliteError("empty model path")
+    from eq_tflite.io.sources import source_kind
+    source_kind(src)  # a missing or unsupported model first, before any check of the output
     bits = api.resolve_bits(FLAGS.bits, FLAGS.weight_bits, FLAGS.activation_bits,
                             FLAGS.activation_range)
     image_size = _image_size()
@@ -159,7 +166,7 @@ def _convert(src: str) -> int:
         else f"{Path(src).with_suffix('').name or 'model'}_w{bits.weights}a{bits.activations}.tflite",
         inputs=(src, FLAGS.calibration_data))
     if FLAGS.report_dir is not None:
-        _check_report_dir(Path(FLAGS.report_dir))
+        _check_report_dir(Path(FLAGS.report_dir), inputs=(src, FLAGS.calibration_data))
     # The pipeline runs in a child process, so a native crash anywhere in it (e.g. LiteRT
     # aborting on the rewritten model of a hostile float model) is one error line too. If
     # TensorFlow already ran here (in-process callers, tests), the model is loaded first,
@@ -182,21 +189,28 @@ def _convert(src: str) -> int:
         per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range)
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     result.load_notes[:0] = load_notes
+    # The model is the product: it is written first, and a report that cannot be
+    # written (a full disk) is a warning, never a reason to discard the model.
+    write_atomic(output, result.model)
+    _print_summary(result, output, time.perf_counter() - start)
     if FLAGS.report_dir:
         from eq_tflite.report import write_conversion_report
         try:
             write_conversion_report(result, FLAGS.report_dir)
-        except OSError as err:
-            raise EqTfliteError(f"cannot write the report to {FLAGS.report_dir}: {err.strerror}") from None
-    write_atomic(output, result.model)
-    _print_summary(result, output, time.perf_counter() - start)
+        except (EqTfliteError, OSError) as err:
+            reason = err.strerror if isinstance(err, OSError) else str(err)
+            print(f"warning: no report written to {FLAGS.report_dir} ({reason}); "
+                  f"the model {output} was written", file=sys.stderr)
     return 0
 
 
-def _check_report_dir(path: Path) -> None:
+def _check_report_dir(path: Path, inputs: tuple) -> None:
     from eq_tflite.errors import EqTfliteError
+    from eq_tflite.io.flatbuffer import check_not_inputs
     if str(path) == "":
         raise EqTfliteError("empty --report_dir")
+    for name in ("layers.md", "layers.csv", "layers.png"):
+        check_not_inputs(path / name, inputs, "--report_dir file")
     probe = path
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -241,7 +255,8 @@ def _print_summary(result, output: Path, seconds: float) -> None:
 
 def run() -> None:
     """Console-script entry point (``eq-tflite``)."""
-    from eq_tflite.cli import run_absl
+    from eq_tflite.cli import handle_termination, run_absl
+    handle_termination()  # first: a SIGTERM from here on ends in one error line
 
     set_verbose("--verbose" in sys.argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)
@@ -250,7 +265,7 @@ def run() -> None:
     module = __name__ if __name__ != "__main__" else sys.argv[0]
     for flag in FLAGS.flags_by_module_dict().get(module, []):
         FLAGS.register_key_flag_for_module(sys.argv[0], flag)
-    run_absl(main)
+    run_absl(main, usage())
 
 
 if __name__ == "__main__":

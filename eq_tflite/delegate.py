@@ -28,6 +28,7 @@ import glob
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Mapping
 
 __all__ = [
@@ -51,14 +52,37 @@ class DelegateNotBuiltError(FileNotFoundError):
 
 
 def _package_dirs() -> list[str]:
+    """Where an ``eq_tflite`` package with the built library may be, in search order.
+
+    The imported package first; then every ``eq_tflite`` folder on ``sys.path``
+    and the source folder of an editable install (``direct_url.json``): a
+    checkout (e.g. the current directory, first on ``sys.path``) shadows the
+    installed package, which still holds the library ``pip install .`` built.
+    """
     spec = importlib.util.find_spec("eq_tflite")
     dirs: list[str] = []
     if spec is not None and spec.submodule_search_locations:
         dirs.extend(spec.submodule_search_locations)
-    here = os.path.dirname(os.path.abspath(__file__))
-    if here not in dirs:
-        dirs.append(here)
-    return dirs
+    dirs.append(os.path.dirname(os.path.abspath(__file__)))
+    for entry in sys.path:
+        dirs.append(os.path.join(os.path.abspath(entry or os.curdir), "eq_tflite"))
+    dirs.extend(_installed_source_dirs())
+    unique = list(dict.fromkeys(os.path.normpath(d) for d in dirs))
+    return [d for d in unique if os.path.isdir(d)]
+
+
+def _installed_source_dirs() -> list[str]:
+    """The package folder of an editable install of the eq-tflite distribution, if any."""
+    try:
+        from importlib import metadata
+        text = metadata.distribution("eq-tflite").read_text("direct_url.json")
+        url = json.loads(text or "{}").get("url", "")
+    except Exception:  # noqa: BLE001 - not installed, or no/odd metadata
+        return []
+    if not url.startswith("file://"):
+        return []
+    from urllib.parse import unquote, urlparse
+    return [os.path.join(unquote(urlparse(url).path), "eq_tflite")]
 
 
 def library_path() -> str:
@@ -67,7 +91,8 @@ def library_path() -> str:
     The ``EQ_TFLITE_DELEGATE_LIB`` environment variable, when set, wins.
     Otherwise the library is looked up inside the ``eq_tflite`` package
     (``_eqdelegate*.so``, as installed by ``pip install .`` or built with
-    ``python setup.py build_ext --inplace``).
+    ``python setup.py build_ext --inplace``), also when a checkout without a
+    built library shadows the installed package (see ``_package_dirs``).
 
     Raises:
         DelegateNotBuiltError: if the library cannot be found.

@@ -25,6 +25,7 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: Any
     data: np.ndarray | None = None
+    signature: tuple[int, ...] | None = None  # shape_signature: -1 for a size left open
 
     @property
     def is_const(self) -> bool:
@@ -83,8 +84,10 @@ class Graph:
         tensors = []
         for i, t in enumerate(sg.tensors):
             shape = tuple(int(s) for s in t.shape) if t.shape is not None else ()
+            sig = tuple(int(s) for s in t.shapeSignature) \
+                if t.shapeSignature is not None and len(t.shapeSignature) else None
             tensors.append(Tensor(i, fb.tensor_name(t), shape, fb.numpy_dtype(t.type),
-                                  fb.buffer_array(model, t)))
+                                  fb.buffer_array(model, t), sig))
         ops = []
         for i, op in enumerate(sg.operators):
             opts = op.builtinOptions

@@ -9,13 +9,28 @@ On Linux the child is forked (cheap: modules already imported stay imported);
 elsewhere it is spawned. Forking a process whose TensorFlow has already run
 ops is safe for the calibrator and the MLIR quantizer (tested in the suite)
 but not for TensorFlow's SavedModel loader, see ``io.sources``.
+
+The child never outlives the parent: on Linux it asks the kernel for SIGKILL
+when the parent dies (``PR_SET_PDEATHSIG``), and everywhere a watch thread
+ends it once its parent process id changes. It holds no copy of the pipe's
+read end, so a send to a dead parent fails instead of blocking forever. Its
+temp files (TensorFlow writes some, e.g. a SavedModel export of a Keras model)
+go to a private directory that a tiny janitor process removes as soon as the
+child is gone, however it ended (crash, SIGKILL, its parent killed).
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import multiprocessing as mp
+import os
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 import traceback
 from typing import Any, Callable
 
@@ -44,14 +59,22 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
     if _IN_CHILD:  # already isolated: a crash here ends this child, which the parent reports
         return fn(*args, **kwargs)
     # fork only on Linux (macOS frameworks are not fork-safe); spawn pickles fn and args
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    forking = sys.platform.startswith("linux")
+    ctx = mp.get_context("fork" if forking else "spawn")
+    scratch = tempfile.mkdtemp(prefix="eq_tflite_child_")
     receiver, sender = ctx.Pipe(duplex=False)
+    janitor, alive_fd = _start_janitor(scratch) if forking else (None, None)
     sys.stdout.flush()
     sys.stderr.flush()
     # not a daemon: the stage may isolate a sub-stage in turn (the finally below reaps it)
-    child = ctx.Process(target=_child_main, args=(sender, fn, args, kwargs))
-    child.start()
-    sender.close()
+    child = ctx.Process(target=_child_main, args=(sender, receiver, os.getpid(), scratch, fn, args,
+                                                  kwargs))
+    try:
+        child.start()
+    finally:
+        if alive_fd is not None:
+            os.close(alive_fd)  # only the child holds it now: the janitor sees EOF when it is gone
+        sender.close()
     try:
         try:
             message = receiver.recv()
@@ -59,10 +82,12 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
             message = None
         child.join()
     finally:
-        if child.is_alive():  # KeyboardInterrupt or similar in the parent
+        if child.is_alive():  # KeyboardInterrupt, SIGTERM or similar in the parent
             child.kill()
             child.join()
         receiver.close()
+        _end_janitor(janitor)
+        shutil.rmtree(scratch, ignore_errors=True)
     if message is None:
         raise EqTfliteError(f"{what} crashed in native code ({_describe_exit(child.exitcode)}); "
                             "the model or data is probably malformed")
@@ -82,10 +107,19 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
                         "(EQ_TFLITE_DEBUG=1 shows the traceback)", detail)
 
 
-def _child_main(sender: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+def _child_main(sender: Any, receiver: Any, parent: int, scratch: str, fn: Callable[..., Any],
+                args: tuple, kwargs: dict) -> None:
     import faulthandler
     global _IN_CHILD
     _IN_CHILD = True
+    receiver.close()  # a send to a dead parent must fail (EPIPE), not block on our own read end
+    _die_with_parent(parent)
+    # The parent reports the signals it is sent; here they end the child at once
+    # (a Python handler would wait for native code to return).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    tempfile.tempdir = scratch  # removed by the janitor (forked) or the parent, whatever happens
+    os.environ["TMPDIR"] = scratch
     faulthandler.disable()  # the parent reports a crash in one line; no dump here
     captured = _capture_unless_real_files()
     try:
@@ -96,10 +130,81 @@ def _child_main(sender: Any, fn: Callable[..., Any], args: tuple, kwargs: dict) 
         message = ("internal", (type(err).__name__, first_line(err), traceback.format_exc()))
     output = {name: buf.getvalue() for name, buf in captured.items()}
     try:
-        sender.send((*message, output))
-    except Exception as err:  # e.g. a result that cannot be pickled
-        sender.send(("internal", (type(err).__name__, first_line(err), traceback.format_exc()), output))
-    sender.close()
+        try:
+            sender.send((*message, output))
+        except OSError:
+            raise
+        except Exception as err:  # e.g. a result that cannot be pickled
+            sender.send(("internal", (type(err).__name__, first_line(err), traceback.format_exc()),
+                         output))
+        sender.close()
+    except OSError:  # the parent is gone (EPIPE): nobody to report to
+        os._exit(1)
+
+
+#: prctl option: the signal the kernel sends this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+#: Seconds between two checks of the parent process id (the watch thread).
+_WATCH_INTERVAL = 0.5
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ends this child when ``parent`` dies: PR_SET_PDEATHSIG on Linux, plus a watch thread.
+
+    PDEATHSIG fires when the parent thread that forked us ends; run_isolated
+    waits for the child in that thread, so it fires exactly when the parent
+    process dies. The check after it covers a parent that died before.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watch thread below still ends us
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_WATCH_INTERVAL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="eq_tflite-parent-watch", daemon=True).start()
+
+
+#: The janitor: waits until every holder of the pipe on stdin is gone, then
+#: removes the child's scratch directory. Signals a terminal or service manager
+#: sends to the whole group must not stop it before its cleanup.
+_JANITOR = ("import os,shutil,signal,sys\n"
+            "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP): signal.signal(s, signal.SIG_IGN)\n"
+            "while os.read(0, 512): pass\n"
+            "shutil.rmtree(sys.argv[1], ignore_errors=True)\n")
+
+
+def _start_janitor(scratch: str) -> tuple[subprocess.Popen | None, int | None]:
+    """Starts the janitor of ``scratch``; returns it and the pipe end the child must hold."""
+    read_fd, write_fd = os.pipe()
+    try:
+        janitor = subprocess.Popen([sys.executable, "-I", "-S", "-c", _JANITOR, scratch],
+                                   stdin=read_fd, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, close_fds=True)
+    except OSError:  # no janitor: the parent still removes scratch unless it is killed
+        os.close(write_fd)
+        return None, None
+    finally:
+        os.close(read_fd)
+    return janitor, write_fd
+
+
+def _end_janitor(janitor: subprocess.Popen | None) -> None:
+    """Reaps the janitor (it ends as soon as the child is gone)."""
+    if janitor is None:
+        return
+    try:
+        janitor.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        janitor.kill()
+        janitor.wait()
 
 
 def _capture_unless_real_files() -> dict[str, io.StringIO]:

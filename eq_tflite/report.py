@@ -11,6 +11,7 @@ EasyQuant's objective evaluated on the whole model instead of per layer.
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -104,17 +105,19 @@ def _markdown(methods: dict[str, Rows]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(methods: dict[str, Rows], path: Path) -> None:
+def _csv(methods: dict[str, Rows]) -> str:
     keys = list(dict.fromkeys(k for rows in methods.values() for r in rows for k in r))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, ["method"] + keys)
-        writer.writeheader()
-        for name, rows in methods.items():
-            for r in rows:
-                writer.writerow({"method": name, **r})
+    f = io.StringIO(newline="")
+    writer = csv.DictWriter(f, ["method"] + keys)
+    writer.writeheader()
+    for name, rows in methods.items():
+        for r in rows:
+            writer.writerow({"method": name, **r})
+    return f.getvalue()
 
 
-def _plot(methods: dict[str, Rows], path: Path) -> None:
+def _plot(methods: dict[str, Rows]) -> bytes:
+    """The PNG plot's bytes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -142,8 +145,10 @@ def _plot(methods: dict[str, Rows], path: Path) -> None:
     if ax.lines:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    return png.getvalue()
 
 
 def write_conversion_report(conversion: Any, out_dir: str | Path,
@@ -161,7 +166,6 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
         searched = {r["op_index"]: r for r in rows}
         graph = Graph.from_tflite(conversion.float_model)
         rows = [{**searched.get(r["op_index"], {}), **r} for r in score_plan(graph, plan, inputs)]
-    paths = write_layer_report({plan.method: rows}, out_dir)
     rep = conversion.report
     summary = ["", "## Conversion", "",
                f"Method {plan.method}, {plan.bits.label}, "
@@ -179,24 +183,24 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
                        f"{100 * worst:.2f}%.")
     if not rows:
         summary.append(f"`{plan.method}` records no per-layer rows; give samples to score layers.")
-    with paths["markdown"].open("a") as f:
-        f.write("\n".join(summary) + "\n")
-    return paths
+    return write_layer_report({plan.method: rows}, out_dir, "\n".join(summary) + "\n")
 
 
 def write_layer_report(plans_or_rows: Plan | Sequence[Plan] | Mapping[str, Rows],
-                       out_dir: str | Path) -> dict[str, Path]:
+                       out_dir: str | Path, epilogue: str = "") -> dict[str, Path]:
     """Writes ``layers.md``, ``layers.csv`` and ``layers.png`` into ``out_dir``.
 
     Accepts a plan, several plans (their ``layers`` rows) or a mapping method
     -> rows (e.g. from ``score_plan``). Rows with ``cosine`` plot that value,
     EasyQuant rows without it plot ``cos_eq`` and, dashed, ``cos_init``.
+    ``epilogue`` is appended to the Markdown. All three files are written
+    atomically as a group (``io.atomic``): all of them or, with EqTfliteError
+    (e.g. a full disk), none, and earlier reports in ``out_dir`` stay intact.
     """
+    from eq_tflite.io.atomic import write_all_atomic
     methods = _by_method(plans_or_rows)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "layers.md", "csv": out / "layers.csv", "png": out / "layers.png"}
-    paths["markdown"].write_text(_markdown(methods))
-    _write_csv(methods, paths["csv"])
-    _plot(methods, paths["png"])
+    write_all_atomic({paths["markdown"]: (_markdown(methods) + epilogue).encode(),
+                      paths["csv"]: _csv(methods).encode(), paths["png"]: _plot(methods)})
     return paths

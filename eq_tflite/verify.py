@@ -91,10 +91,15 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
     _check_invariants(model, report)
     if written is not None and written.resolved is not None:
         report.errors += check_numbers(model, written.resolved, written.mapping)
+    beyond = kernel_limit_errors(model)
+    if beyond:  # LiteRT would abort on these: never hand it the file
+        report.errors += beyond
+        return report
     try:
         interp = runtime.make_interpreter(model_bytes, builtin_kernels=builtin_kernels)
-        data = dict(samples) if samples is not None else \
+        named = dict(samples) if samples is not None else \
             dict(run_inputs) if run_inputs is not None else _random_inputs(interp)
+        data = match_inputs(interp, named, "the model")
         outs = runtime.run_model(interp, data)
     except (RuntimeError, ValueError) as err:
         report.errors.append(f"LiteRT cannot run the model: {str(err).splitlines()[0]}")
@@ -105,7 +110,8 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
     if report.int4_tensors:  # packed INT4 weights must run exactly as their int8 container
         report.errors += same_outputs(model_bytes, twin, data)
     if float_model is not None:
-        ref = runtime.run_model(runtime.make_interpreter(float_model), data)
+        float_interp = runtime.make_interpreter(float_model)
+        ref = runtime.run_model(float_interp, match_inputs(float_interp, named, "the float model"))
         report.cosine, report.agreement = compare_outputs(ref, outs)
         report.samples = int(ref[0].shape[0])
     if samples is not None:
@@ -117,6 +123,58 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
                 f"{100 * worst:.1f}%) lie outside the {bits.activations}-bit levels; stock kernels "
                 "keep them in the int8 headroom. Calibrate with data like this.")
     return report
+
+
+#: TFLite's int8 ADD/SUB kernels shift inputs left by 20 bits and require the output
+#: multiplier 2 * max(s_in) / (2^20 * s_out) below 1 (a CHECK that aborts the process).
+_ADD_LEFT_SHIFT = 20
+
+
+def kernel_limit_errors(model: Any) -> list[str]:
+    """Scales TFLite's int8 kernels cannot requantize (LiteRT aborts preparing them).
+
+    ADD and SUB need an output scale of at least 2^-19 times their larger input
+    scale. Real models stay far from that; a float model with extreme values
+    (weights around 1e28 in one channel, whose huge range a following ReLU cuts
+    off again) can cross it, and then the numbers are refused here, in one line,
+    instead of crashing the runtime.
+    """
+    sg = model.subgraphs[0]
+    errors = []
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind not in ("ADD", "SUB") or len(op.inputs) < 2 or not op.outputs:
+            continue
+        tensors = [sg.tensors[i] for i in (op.inputs[0], op.inputs[1], op.outputs[0]) if i >= 0]
+        if len(tensors) != 3 or not all(fb.type_name(t.type) == "INT8" and t.quantization is not None
+                                        and t.quantization.scale is not None
+                                        and len(t.quantization.scale) for t in tensors):
+            continue
+        s1, s2, s_out = (float(t.quantization.scale[0]) for t in tensors)
+        if not (s_out > 0 and np.isfinite([s1, s2, s_out]).all()):
+            continue  # reported by the invariants
+        if 2 * max(s1, s2) >= 2.0 ** _ADD_LEFT_SHIFT * s_out:
+            errors.append(f"{kind} {fb.tensor_name(tensors[2])}: output scale {s_out:.3g} is below "
+                          f"2^-19 of its input scale {max(s1, s2):.3g}, which TFLite's int8 {kind} "
+                          "kernel cannot requantize (LiteRT would abort); the float model has "
+                          "extreme values there (check its weights)")
+    return errors
+
+
+def match_inputs(interp: Any, samples: Mapping[str, np.ndarray], what: str) -> list[np.ndarray]:
+    """``samples`` in the input order of ``interp``: by tensor name, else by position.
+
+    The same model converted from another format (a .keras file, its SavedModel
+    export) can name its inputs differently (``input_layer`` / ``keras_tensor``);
+    the samples then follow the other model's input order.
+    """
+    names = [d["name"] for d in interp.get_input_details()]
+    if all(n in samples for n in names):
+        return [samples[n] for n in names]
+    if len(samples) == len(names):
+        return list(samples.values())
+    raise EqTfliteError(f"{what} has {len(names)} inputs ({', '.join(names)}), but the samples "
+                        f"have {len(samples)} ({', '.join(samples)})")
 
 
 def bits_of(model_bytes: bytes) -> BitWidths:
@@ -211,14 +269,15 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     return report
 
 
-def same_outputs(model_bytes: bytes, reference: bytes, samples: Mapping[str, np.ndarray],
+def same_outputs(model_bytes: bytes, reference: bytes,
+                 samples: Mapping[str, np.ndarray] | list[np.ndarray],
                  what: str = "the packed INT4 model") -> list[str]:
     """Errors unless both models give identical outputs on ``samples`` (builtin kernels)."""
     try:
-        got = runtime.run_model(runtime.make_interpreter(model_bytes), dict(samples))
+        got = runtime.run_model(runtime.make_interpreter(model_bytes), samples)
     except (RuntimeError, ValueError) as err:
         return [f"LiteRT cannot run {what}: {str(err).splitlines()[0]}"]
-    want = runtime.run_model(runtime.make_interpreter(reference), dict(samples))
+    want = runtime.run_model(runtime.make_interpreter(reference), samples)
     if len(got) != len(want) or not all(np.array_equal(a, b) for a, b in zip(got, want)):
         return [f"{what} gives other outputs than its int8-container form"]
     return []
@@ -317,12 +376,14 @@ def _check_tied(sg: Any, op: Any, kind: str, report: VerifyReport) -> None:
                              f"have different scales {sorted(params)}")
 
 
+USAGE = "usage: python -m eq_tflite.verify MODEL.tflite [--float_model SRC] [--data x.npy]"
+
+
 def main(argv: list[str], float_model: str | None = None, data: str | None = None) -> int:
     """CLI body: prints the report; exit code 0 ok, 1 invariants violated, 2 bad input."""
     from eq_tflite.cli import guarded
     if len(argv) != 2:
-        print("usage: python -m eq_tflite.verify MODEL.tflite [--float_model SRC] [--data x.npy]",
-              file=sys.stderr)
+        print(USAGE, file=sys.stderr)
         return 2
     return guarded(lambda: _verify_file(argv[1], float_model, data))
 
@@ -360,7 +421,7 @@ def run() -> None:
     flags.DEFINE_string("float_model", None, "Float model (SavedModel/Keras/.tflite) for the cosine report.")
     flags.DEFINE_string("data", None, "Real samples (.npy/.npz) to run: reports the share of "
                         "activations outside the b-bit levels; default: random inputs.")
-    run_absl(lambda argv: main(argv, flags.FLAGS.float_model, flags.FLAGS.data))
+    run_absl(lambda argv: main(argv, flags.FLAGS.float_model, flags.FLAGS.data), USAGE)
 
 
 if __name__ == "__main__":

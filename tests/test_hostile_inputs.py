@@ -392,24 +392,29 @@ def test_tool_bad_input_is_one_error_line(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
 
 
-def test_verify_litert_abort_is_an_error(capsys, tmp_path, small_int8):
-    # A denormal activation scale passes every structural check, but LiteRT's kernel
-    # preparation aborts on it (SIGABRT in allocate_tensors; found by tools/fuzz.py --seed 11,
-    # mutant verify/field:quant.scale/120). The LiteRT stage runs in a child process.
+def test_verify_refuses_add_scales_litert_aborts_on(capsys, tmp_path, small_int8):
+    # A denormal ADD output scale passes every structural check, but LiteRT's ADD kernel
+    # preparation aborted on it (SIGABRT in allocate_tensors; found by tools/fuzz.py --seed 11,
+    # mutant verify/field:quant.scale/120): its output multiplier must stay below 1. verify
+    # now reports it without handing the file to LiteRT (exit 1, the violated invariant).
     def edit(m, sg):
         add = first_op(m, sg, "ADD")
         sg.tensors[add.outputs[0]].quantization.scale = [1e-45]
     path = tmp_path / "m.tflite"
     path.write_bytes(mutate(small_int8, edit))
-    assert verify.main(["verify", str(path)]) == 2
-    one_error_line(capsys, "verification (LiteRT) crashed in native code (SIGABRT)")
+    assert verify.main(["verify", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "output scale 1.4e-45 is below 2^-19 of its input scale" in out, out
+    assert "LiteRT cannot run" not in out
 
 
-def test_convert_native_crash_after_calibration_is_an_error(capsys, tmp_path, resnet_float, fmnist_calib):
+def test_huge_weights_refused_before_litert(capsys, tmp_path, resnet_float, fmnist_calib):
     # Nine spliced float weights of the ResNet example (tools/fuzz.py --seed 21, mutant
-    # convert/splice/661) pass TFLite's own int8 conversion, but LiteRT aborts preparing the
-    # rewritten model (SIGABRT in allocate_tensors, in the final verification). The CLI runs
-    # the whole pipeline in a child process: one error line, no output file.
+    # convert/splice/661; one is -4.6e28) pass TFLite's own int8 conversion. The conv's range
+    # reaches 1e29 while the ReLU after the residual ADD cuts it off again, so the ADD's output
+    # scale is 1e-27 of its input's: TFLite's ADD kernel cannot requantize that and LiteRT
+    # aborted preparing the rewritten model (SIGABRT). verify now refuses those scales before
+    # LiteRT sees the file: one error line naming the op, no output file.
     def edit(m, sg):
         w = next(t for t in sg.tensors if fb.tensor_name(t) == "resnet_fmnist_1/conv2d_8_1/convolution")
         data = fb.buffer_array(m, w)
@@ -421,5 +426,6 @@ def test_convert_native_crash_after_calibration_is_an_error(capsys, tmp_path, re
     src.write_bytes(mutate(resnet_float, edit))
     np.save(calib, fmnist_calib[:8])
     assert run_convert([str(src), "--calibration_data", str(calib), "--output", str(out)]) == 2
-    one_error_line(capsys, "crashed in native code (SIGABRT)")
+    one_error_line(capsys, "output scale 1.41 is below 2^-19 of its input scale 1.12e+27, which "
+                           "TFLite's int8 ADD kernel cannot requantize")
     assert not out.exists()

@@ -10,6 +10,16 @@ indices, shapes, vector lengths, quantization parameters, op options). Each
 mutant is fed to ``eq_tflite.verify`` (int8) or ``eq-tflite`` (float source);
 fixed cases cover hostile calibration data and output paths.
 
+``--faults N`` runs a fault campaign instead of bad bytes: the real ``eq-tflite``
+process (a float .tflite or a Keras source) is sent SIGKILL, SIGTERM, SIGHUP or
+SIGINT at a random time, writes onto a full disk (a small tmpfs; root only) or
+a read-only one, writes its report onto a full disk, or races a second
+``eq-tflite`` writing the same output. A fault case is ``clean`` when no
+process of the run is left 5 s after it ended, no temp file is left (output
+and report directories, the run's TMPDIR), no input changed, the output is
+either absent or a complete model that verifies (present whenever the exit
+code is 0), and the exit code and error line are the documented ones.
+
 Every case runs in a worker process with a time limit, and is classified:
 ``error`` (exit 2, exactly one ``error: ...`` line), ``report`` (verify exit 1),
 ``ok`` (exit 0) are fine; ``traceback``, ``crash`` (the worker died), ``hang``
@@ -26,6 +36,7 @@ import os
 import random
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,7 +54,8 @@ try:  # the installed package (pip install . or pip install -e .)
 except ImportError:  # a plain checkout: use it
     sys.path.insert(0, str(REPO))
 
-FAILURES = ("traceback", "crash", "hang", "bad_exit", "partial_file", "clobbered")
+FAILURES = ("traceback", "crash", "hang", "bad_exit", "partial_file", "clobbered",
+            "leftover_process", "temp_file", "lost_model", "partial_model", "partial_report")
 INTERESTING_U32 = (0, 1, 2, 3, 7, 255, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 INTERESTING_I32 = (-2 ** 31, -129, -2, -1, 0, 1, 2, 127, 128, 1000, 65535, 2 ** 31 - 1)
 
@@ -527,6 +539,261 @@ def run_campaign(cases: list[Case], time_limit: float | None = None,
     return summary
 
 
+# ----------------------------------------------------------------------------- faults
+
+FAULT_KINDS = ("signal", "signal", "full_disk", "signal", "read_only", "full_report", "signal",
+               "concurrent")
+FAULT_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+#: Seconds within which every process of a run must be gone after it ended.
+GONE_WITHIN = 5.0
+
+
+@dataclass
+class FaultCase:
+    """One fault: ``kind`` (see FAULT_KINDS), the source format, the signal and its delay."""
+
+    name: str
+    kind: str
+    source: str = "tflite"
+    signum: int = 0
+    delay: float = 0.0
+
+
+def fault_cases(count: int, seed: int, keras_share: float = 0.3) -> list[FaultCase]:
+    """``count`` deterministic fault cases; the first eight cover every kind.
+
+    ``keras_share`` of the cases convert the Keras file (TensorFlow writes temp
+    files then), the others the float .tflite (faster).
+    """
+    cases = []
+    for i in range(count):
+        rng = random.Random(f"fault:{seed}:{i}")
+        kind = FAULT_KINDS[i % len(FAULT_KINDS)]
+        source = "keras" if rng.random() < keras_share else "tflite"
+        signum = int(rng.choice(FAULT_SIGNALS)) if kind in ("signal", "concurrent") else 0
+        delay = rng.uniform(0.0, 12.0 if source == "keras" else 8.0)
+        signum = signum if kind == "signal" else 0  # (drawn anyway: seeds keep their cases)
+        label = signal.Signals(signum).name if signum else ""
+        cases.append(FaultCase(f"fault/{kind}/{source}/{label or '-'}/{i}", kind, source, signum, delay))
+    return cases
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1])
+
+
+def descendants(pid: int) -> set[int]:
+    """Live descendants of ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _proc_stat(int(entry))
+            if st is not None:
+                children.setdefault(st[1], []).append(int(entry))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def alive(pid: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def mount_tmpfs(folder: Path, size: str, read_only: bool = False) -> bool:
+    """Mounts a tmpfs of ``size`` at ``folder`` (root only); False if the platform refuses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        return False
+    opts = f"size={size}" + (",ro" if read_only else "")
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+class _Run:
+    """One ``eq-tflite`` process of a fault case (own session; output in files)."""
+
+    def __init__(self, folder: Path, tag: str, source: Path, calib: Path, output: Path,
+                 extra: list[str]) -> None:
+        env = dict(os.environ, TMPDIR=str(folder / "tmp"), TF_CPP_MIN_LOG_LEVEL="3")
+        self.stdout, self.stderr = folder / f"{tag}.stdout", folder / f"{tag}.stderr"
+        with open(self.stdout, "w") as so, open(self.stderr, "w") as se:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "eq_tflite.convert", str(source), "--calibration_data",
+                 str(calib), "--output", str(output), "--method", "minmax", "--noprogress", *extra],
+                env=env, stdout=so, stderr=se, start_new_session=True, cwd=folder)
+        self.seen: set[int] = set()
+
+    def watch(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and self.proc.poll() is None:
+            self.seen |= descendants(self.proc.pid)
+            time.sleep(0.05)
+
+    def finish(self, timeout: float) -> int | None:
+        while self.proc.poll() is None and timeout > 0:
+            self.watch(0.5)
+            timeout -= 0.5
+        return self.proc.poll()
+
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.stderr.read_text().splitlines() if ln.strip()]
+
+
+def run_fault_case(case: FaultCase, sources: dict[str, bytes], calib: bytes,
+                   root: Path) -> tuple[str, str]:
+    """Runs one fault case; returns ("clean" | "skipped" | a failure kind, detail)."""
+    from eq_tflite.io import flatbuffer as fb
+    folder = Path(tempfile.mkdtemp(dir=root))
+    mounts: list[Path] = []
+    runs: list[_Run] = []
+    try:
+        (folder / "tmp").mkdir()
+        source = folder / ("f.keras" if case.source == "keras" else "f.tflite")
+        source.write_bytes(sources[case.source])
+        data = folder / "c.npy"
+        data.write_bytes(calib)
+        inputs = {p: _digest(p) for p in (source, data)}
+        out_dir, report = folder / "out", folder / "report"
+        extra: list[str] = []
+        expect_error = ""
+        if case.kind in ("full_disk", "read_only"):
+            if not mount_tmpfs(out_dir, "32k", read_only=case.kind == "read_only"):
+                return "skipped", "cannot mount a tmpfs here"
+            mounts.append(out_dir)
+            expect_error = "No space left on device" if case.kind == "full_disk" else "Read-only file system"
+        elif case.kind == "full_report":
+            if not mount_tmpfs(report, "16k"):
+                return "skipped", "cannot mount a tmpfs here"
+            mounts.append(report)
+        if case.kind in ("full_report", "signal"):
+            extra = ["--report_dir", str(report)]
+        output = out_dir / "q.tflite"
+        runs.append(_Run(folder, "a", source, data, output, extra))
+        if case.kind == "concurrent":  # a second writer of the same output, other widths
+            runs[0].watch(case.delay / 4)
+            runs.append(_Run(folder, "b", source, data, output, ["--bits", "8"]))
+        killed = False
+        if case.kind == "signal":
+            runs[0].watch(case.delay)
+            if runs[0].proc.poll() is None:
+                os.kill(runs[0].proc.pid, case.signum)
+                killed = True
+        codes = [r.finish(180) for r in runs]
+        if None in codes:
+            for r in runs:
+                r.proc.kill()
+            return "hang", f"exit codes {codes}"
+        # Every process of the runs must be gone within GONE_WITHIN seconds.
+        seen = set().union(*(r.seen for r in runs))
+        end = time.monotonic() + GONE_WITHIN
+        while any(alive(p) for p in seen) and time.monotonic() < end:
+            time.sleep(0.05)
+        left = [p for p in seen if alive(p)]
+        for p in left:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass
+        if left:
+            return "leftover_process", f"{len(left)} processes {GONE_WITHIN:.0f} s after the end"
+        time.sleep(0.2)  # the janitor's rmtree
+        temps = [str(p.relative_to(folder)) for p in folder.rglob("*")
+                 if p.is_file() and (p.name.endswith(".tmp") or folder / "tmp" in p.parents)]
+        if temps:
+            return "temp_file", ", ".join(temps[:5])
+        if {p: _digest(p) for p in inputs} != inputs:
+            return "clobbered", ""
+        if output.exists():
+            try:
+                model = output.read_bytes()
+                fb.parse_model(model)
+                from eq_tflite.verify import verify
+                if not verify(model).ok:
+                    return "partial_model", "the output does not verify"
+            except Exception as err:  # noqa: BLE001
+                return "partial_model", f"{type(err).__name__}: {str(err)[:120]}"
+        errs = [r.error_lines() for r in runs]
+        if 0 in codes and not output.exists():
+            return "lost_model", f"exit codes {codes}, no output"
+        if case.kind == "signal" and killed:
+            want = {signal.SIGKILL: -9}.get(case.signum, 2)
+            if codes[0] not in (want, 0):  # 0: the signal came after the run ended its work
+                return "bad_exit", f"exit {codes[0]} after {signal.Signals(case.signum).name}"
+            name = signal.Signals(case.signum).name
+            if codes[0] == 2 and errs[0] != [f"error: interrupted ({name})"] \
+                    and errs[0] != ["error: interrupted"]:
+                return "bad_exit", " | ".join(errs[0])[-200:]
+        elif case.kind in ("full_disk", "read_only"):
+            if codes[0] != 2 or len(errs[0]) != 1 or expect_error not in errs[0][0]:
+                return "bad_exit", f"exit {codes[0]}: {' | '.join(errs[0])[-200:]}"
+            if any(out_dir.iterdir()):
+                return "temp_file", "files on the full/read-only disk"
+        elif case.kind == "full_report":
+            if codes[0] != 0:
+                return "lost_model", f"exit {codes[0]}: {' | '.join(errs[0])[-200:]}"
+            written = sorted(p.name for p in report.iterdir())
+            if written not in ([], ["layers.csv", "layers.md", "layers.png"]):
+                return "partial_report", ", ".join(written)
+        elif case.kind == "concurrent":
+            if codes != [0, 0]:
+                return "bad_exit", f"exit codes {codes}: {errs}"
+        else:
+            if codes[0] != 0:
+                return "bad_exit", f"exit {codes[0]}: {' | '.join(errs[0])[-200:]}"
+        return "clean", f"exit codes {codes}"
+    finally:
+        for r in runs:
+            if r.proc.poll() is None:
+                r.proc.kill()
+                r.proc.wait()
+        for m in mounts:
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_fault_campaign(cases: list[FaultCase], sources: dict[str, bytes], calib: bytes,
+                       time_limit: float | None = None,
+                       progress: Callable[[int, FaultCase, str], None] | None = None) -> Summary:
+    """Runs fault cases one after the other (each its own ``eq-tflite`` processes)."""
+    summary = Summary()
+    start = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="eq_tflite_faults_"))
+    try:
+        for i, case in enumerate(cases):
+            if time_limit is not None and time.monotonic() - start > time_limit:
+                summary.skipped = len(cases) - i
+                break
+            outcome, detail = run_fault_case(case, sources, calib, root)
+            summary.outcomes[outcome] += 1
+            group = "/".join(case.name.split("/")[:2])
+            summary.by_group.setdefault(group, Counter())[outcome] += 1
+            if outcome not in ("clean", "skipped"):
+                summary.failures.append((case.name, outcome, detail))
+            if progress:
+                progress(i, case, outcome)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    summary.seconds = time.monotonic() - start
+    return summary
+
+
+def fault_sources() -> dict[str, bytes]:
+    """The bundled ResNet as a float .tflite and as its Keras file."""
+    from eq_tflite import api
+    return {"tflite": api.float_model_of(REPO / "examples" / "resnet_fmnist"),
+            "keras": (REPO / "examples" / "resnet_fmnist.keras").read_bytes()}
+
+
 # ----------------------------------------------------------------------------- inputs
 
 def example_models(samples: int = 8) -> tuple[bytes, bytes, bytes]:
@@ -556,6 +823,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--time_limit", type=float, default=600, help="seconds for the whole campaign")
     parser.add_argument("--no_fixed", action="store_true", help="skip the data and path cases")
+    parser.add_argument("--faults", type=int, default=0,
+                        help="run this many fault cases instead (signals, full/read-only disks, "
+                             "concurrent writers)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     try:
         args = parser.parse_args()
@@ -572,6 +842,15 @@ def main() -> int:
     set_verbose(False)
     with quiet():
         float_model, int8_model, calib = example_models()
+    if args.faults > 0:
+        cases_f = fault_cases(args.faults, args.seed)
+        summary = run_fault_campaign(cases_f, fault_sources(), calib, args.time_limit,
+                                     lambda i, c, o: print(f"\r{i + 1}/{len(cases_f)} {o:<16}", end="",
+                                                           file=sys.stderr))
+        print(file=sys.stderr)
+        print(f"seed {args.seed}; {summary.outcomes['clean']} of {sum(summary.outcomes.values())} "
+              "fault cases ended cleanly; " + summary.text())
+        return 1 if summary.failed else 0
     cases = [] if args.no_fixed else data_cases(float_model) + path_cases(float_model, calib)
     cases += verify_cases(int8_model, args.verify, args.seed)
     cases += convert_cases(float_model, calib, args.convert, args.seed)

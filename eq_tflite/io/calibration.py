@@ -29,12 +29,20 @@ class InputSpec:
     name: str
     alias: str
     shape: tuple[int, ...]
+    #: the model's shape_signature: -1 marks a size the model leaves open (any size fits)
+    signature: tuple[int, ...] | None = None
+
+    @property
+    def dynamic(self) -> bool:
+        """True when a size beyond the batch is open (a fully convolutional model)."""
+        return self.signature is not None and any(v < 0 for v in self.signature[1:])
 
 
 def input_specs(graph: Any, signature_names: Mapping[int, str] | None = None) -> list[InputSpec]:
     """Input specs of a float ``Graph``; ``signature_names`` maps tensor index -> signature key."""
     names = signature_names or {}
-    return [InputSpec(graph.tensors[i].name, names.get(i, graph.tensors[i].name), graph.tensors[i].shape)
+    return [InputSpec(graph.tensors[i].name, names.get(i, graph.tensors[i].name), graph.tensors[i].shape,
+                      graph.tensors[i].signature)
             for i in graph.inputs]
 
 
@@ -158,12 +166,17 @@ def _assign_named(arrays: dict[str, np.ndarray], specs: Sequence[InputSpec], wha
 def _validate(array: Any, spec: InputSpec) -> np.ndarray:
     array = np.asarray(array)
     want = tuple(spec.shape[1:])
+    if spec.dynamic and array.ndim == len(spec.shape):  # open sizes take the data's own
+        want = tuple(int(a) if s < 0 else w for a, s, w in
+                     zip(array.shape[1:], spec.signature[1:], want))
     if array.dtype.kind != "f":
         raise EqTfliteError(f"calibration data for {spec.alias!r} has dtype {array.dtype}, but the "
                             "model takes float32: preprocess it exactly as the model expects")
     if array.ndim != len(want) + 1 or (want and tuple(array.shape[1:]) != want):
+        expected = want if not spec.dynamic else \
+            tuple("?" if s < 0 else w for s, w in zip(spec.signature[1:], want))
         raise EqTfliteError(f"calibration data for {spec.alias!r} has shape {array.shape}, expected "
-                            f"(N, {', '.join(map(str, want))})")
+                            f"(N, {', '.join(map(str, expected))})")
     if array.shape[0] == 0:
         raise EqTfliteError(f"calibration data for {spec.alias!r} is empty (0 samples)")
     bad = int(np.count_nonzero(~np.isfinite(array)))

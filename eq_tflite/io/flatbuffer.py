@@ -6,13 +6,14 @@ LiteRT (or TensorFlow), never hand-parsed bytes.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError
+from eq_tflite.io.atomic import existing_ancestor, name_max, short as _short, temp_probe
+from eq_tflite.io.atomic import write_atomic  # noqa: F401  (re-exported: the model writer)
 
 try:  # LiteRT's copies import without loading TensorFlow (seconds faster).
     from ai_edge_litert import schema_py_generated as schema
@@ -258,74 +259,14 @@ def serialize_model(model: Any) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``path`` via a temp file + rename: never a partial file.
-
-    The temp file ``.NAME.XXXXXXXX.tmp`` sits next to ``path`` (so the rename
-    is atomic); NAME is shortened to keep it within the file system's name limit.
-    The file gets the permissions a plain ``open(path, "w")`` would give
-    (0666 minus the umask), not mkstemp's private 0600.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise EqTfliteError(f"cannot write {_short(path)}: {err.strerror or type(err).__name__}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise EqTfliteError(f"cannot write {_short(path)}: {err.strerror or type(err).__name__}") from None
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-#: Characters mkstemp adds to the prefix: 8 random ones plus ".tmp".
-_TEMP_EXTRA = 8 + len(".tmp")
-
-
-def _name_max(directory: Path) -> int:
-    try:
-        return os.pathconf(directory, "PC_NAME_MAX")
-    except (OSError, ValueError, AttributeError):
-        return 255
-
-
-def _temp_prefix(path: Path) -> str:
-    """``.NAME.``, with NAME cut so the whole temp name fits the name limit."""
-    room = _name_max(_existing_ancestor(path.parent)) - _TEMP_EXTRA - 2
-    name = path.name
-    while len(os.fsencode(name)) > room:
-        name = name[:-1]
-    return f".{name}."
-
-
-def _existing_ancestor(path: Path) -> Path:
-    path = path.absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 def check_output_path(path: str | os.PathLike, inputs: tuple = (), what: str = "output") -> Path:
     """Checks, before any work, that :func:`write_atomic` can write ``path``.
 
     Refuses: an empty path or a name over the file system's limit, an existing
-    directory, a parent that is a file, an unwritable location, and ``path``
-    being one of ``inputs`` (it would overwrite the user's model or data).
-    Nothing is created: a temp file is probed and removed again.
+    directory, a parent that is a file, an unwritable location, ``path`` being
+    one of ``inputs`` (it would overwrite the user's model or data), and
+    ``path`` inside an input that is a directory (a SavedModel: any depth,
+    symlinks resolved). Nothing is created: a temp file is probed and removed.
     """
     if str(path) == "":
         raise EqTfliteError(f"empty {what} path")
@@ -333,26 +274,46 @@ def check_output_path(path: str | os.PathLike, inputs: tuple = (), what: str = "
     if not p.name or p.name in (".", ".."):
         raise EqTfliteError(f"{what} {_short(p)} is not a file name")
     try:
-        ancestor = _existing_ancestor(p.parent)
-        limit = _name_max(ancestor)
+        ancestor = existing_ancestor(p.parent)
+        limit = name_max(ancestor)
         if len(os.fsencode(p.name)) > limit:
             raise EqTfliteError(f"{what} file name is {len(os.fsencode(p.name))} bytes long, over the "
                                 f"file system's limit of {limit}")
         if p.is_dir():
             raise EqTfliteError(f"{what} {_short(p)} is a directory")
-        for src in inputs:
-            if src is not None and not isinstance(src, (bytes, bytearray)) and _same_path(p, Path(src)):
-                raise EqTfliteError(f"{what} {_short(p)} is the input {_short(Path(src))}; refusing to "
-                                    "overwrite it (choose another --output)")
+        check_not_inputs(p, inputs, what)
         if not ancestor.is_dir():
             raise EqTfliteError(f"cannot write {what} {_short(p)}: {_short(ancestor)} is a file, "
                                 "not a directory")
-        fd, probe = tempfile.mkstemp(prefix=_temp_prefix(p), suffix=".tmp", dir=ancestor)
-        os.close(fd)
-        os.unlink(probe)
+        temp_probe(p, ancestor)
     except OSError as err:
         raise EqTfliteError(f"cannot write {what} {_short(p)}: {err.strerror or type(err).__name__}") from None
     return p
+
+
+def check_not_inputs(path: Path, inputs: tuple, what: str = "output") -> None:
+    """Refuses ``path`` if it is one of ``inputs`` or inside an input directory."""
+    for src in inputs:
+        if src is None or isinstance(src, (bytes, bytearray)) or not isinstance(src, (str, os.PathLike)):
+            continue
+        src = Path(src)
+        if _same_path(path, src):
+            raise EqTfliteError(f"{what} {_short(path)} is the input {_short(src)}; refusing to "
+                                "overwrite it (choose another --output)")
+        if _inside(path, src):
+            raise EqTfliteError(f"{what} {_short(path)} is inside the input directory {_short(src)}; "
+                                "refusing to write into it (choose another --output)")
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """True if ``path`` lies (at any depth, symlinks resolved) in the existing ``directory``."""
+    try:
+        if not directory.is_dir():
+            return False
+        real, folder = os.path.realpath(path), os.path.realpath(directory)
+        return real != folder and os.path.commonpath([real, folder]) == folder
+    except (OSError, ValueError):
+        return False
 
 
 def _same_path(a: Path, b: Path) -> bool:
@@ -496,7 +457,3 @@ def read_file(path: str | os.PathLike, what: str = "file") -> bytes:
     except OSError as err:
         raise EqTfliteError(f"cannot read {_short(p)}: {err.strerror or type(err).__name__}") from None
 
-
-def _short(path: Path, limit: int = 120) -> str:
-    text_ = str(path)
-    return text_ if len(text_) <= limit else text_[:limit // 2] + "..." + text_[-limit // 2:]

@@ -23,10 +23,24 @@ def load_float_model(src: str | os.PathLike, notes: list[str] | None = None) -> 
     (``io.normalize``: float16 and sparse constants expanded, old operator
     codes filled in, known custom ops lowered; what changed is appended to
     ``notes``) and returned re-encoded by the FlatBuffer builder, so later
-    native code never sees the file's own offsets. SavedModel and Keras sources are converted by TensorFlow in a child
-    process (``run_isolated``) when TensorFlow is not yet loaded here (the CLI):
-    a file that crashes TensorFlow then gives an error line.
+    native code never sees the file's own offsets. SavedModel and Keras
+    sources are converted by TensorFlow in a child process (``run_isolated``)
+    when TensorFlow is not yet loaded here (the CLI): a file that crashes
+    TensorFlow then gives an error line.
     """
+    path = Path(src)
+    kind = source_kind(src)
+    if kind in ("saved_model", "keras"):
+        return _convert_isolated(kind, path)
+    data, done = normalize_float_tflite(fb.read_file(path, "model"), str(path))
+    _check_float_tflite(data, path)
+    if notes is not None and done.changed():
+        notes.append(f"as shipped: {done.summary()}")
+    return data
+
+
+def source_kind(src: str | os.PathLike) -> str:
+    """"saved_model", "keras" or "tflite" for a model path (nothing is read); EqTfliteError else."""
     if str(src) == "":
         raise EqTfliteError("empty model path")
     path = Path(src)
@@ -39,16 +53,12 @@ def load_float_model(src: str | os.PathLike, notes: list[str] | None = None) -> 
     if is_dir:
         if not (path / "saved_model.pb").is_file():
             raise EqTfliteError(f"{path} is a directory without saved_model.pb (not a SavedModel)")
-        return _convert_isolated("saved_model", path)
+        return "saved_model"
     suffix = path.suffix.lower()
     if suffix in (".keras", ".h5", ".hdf5"):
-        return _convert_isolated("keras", path)
+        return "keras"
     if suffix == ".tflite":
-        data, done = normalize_float_tflite(fb.read_file(path, "model"), str(path))
-        _check_float_tflite(data, path)
-        if notes is not None and done.changed():
-            notes.append(f"as shipped: {done.summary()}")
-        return data
+        return "tflite"
     raise EqTfliteError(f"unsupported model {path}: give a SavedModel directory, a .keras/.h5 file "
                         "or a float .tflite")
 
