@@ -426,6 +426,6 @@ def test_huge_weights_refused_before_litert(capsys, tmp_path, resnet_float, fmni
     src.write_bytes(mutate(resnet_float, edit))
     np.save(calib, fmnist_calib[:8])
     assert run_convert([str(src), "--calibration_data", str(calib), "--output", str(out)]) == 2
-    one_error_line(capsys, "output scale 1.41 is below 2^-19 of its input scale 1.12e+27, which "
-                           "TFLite's int8 ADD kernel cannot requantize")
+    # The scales themselves depend on the method's ranges; the refusal and its reason do not.
+    one_error_line(capsys, "int8 ADD kernel cannot requantize (LiteRT would abort)")
     assert not out.exists()
