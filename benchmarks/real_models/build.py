@@ -36,8 +36,9 @@ ALL_MODELS = [*effnet.VARIANTS, *mp.MODELS]
 flags.DEFINE_string("cache_dir", None, "Cache directory (default: $EQ_TFLITE_REAL_MODELS or "
                     "~/.cache/eq-tflite-real-models).")
 flags.DEFINE_list("models", ALL_MODELS, "Models to build.")
-flags.DEFINE_string("wheel_dir", "/work/pkgs", "Directory holding the mediapipe-0.10.14 wheel "
-                    "(also searched: pip's download dir ./).")
+flags.DEFINE_string("wheel_dir", None, "Directory holding the mediapipe-0.10.14 wheel (default: "
+                    "search the cache dir, ./wheels, . and /work/pkgs, where this project's machines keep "
+                    "downloaded wheels).")
 flags.DEFINE_integer("num_calibration", 64, "Calibration samples per model.")
 flags.DEFINE_integer("num_evaluation", 500, "Evaluation samples per model.")
 flags.DEFINE_integer("calibration_photos", 6, "Photos reserved for calibration (the rest are evaluation).")
@@ -95,17 +96,26 @@ def _build_effnet(name: str, out: Path, photo_images: dict) -> dict:
 
 
 def _build_mediapipe(name: str, out: Path) -> dict:
-    wheel = mp.find_wheel([Path(FLAGS.wheel_dir), Path.cwd()])
+    search = [Path(FLAGS.wheel_dir)] if FLAGS.wheel_dir else \
+        [out.parent, Path.cwd() / "wheels", Path.cwd(), Path("/work/pkgs")]
+    wheel = mp.find_wheel(search)
     meta = mp.extract(mp.MODELS[name], wheel, out / "float.tflite")
     meta["source"] = f"{wheel.name}:{mp.MODELS[name].member} (as shipped)"
     return meta
 
 
 def build(cache: Path) -> None:
+    from eq_tflite.errors import EqTfliteError
+    unknown = [m for m in FLAGS.models if m not in ALL_MODELS]
+    if unknown:
+        raise EqTfliteError(f"unknown model {unknown[0]!r} (known: {', '.join(ALL_MODELS)})")
     cache.mkdir(parents=True, exist_ok=True)
+    if not FLAGS.rebuild and all((cache / m / "meta.json").exists() for m in FLAGS.models):
+        _log(f"{', '.join(FLAGS.models)}: already built, nothing to do")
+        return
     all_photos, missing = images.photos()
     if missing:
-        raise SystemExit("error: missing image sources: " + "; ".join(missing))
+        raise EqTfliteError("missing image sources: " + "; ".join(missing))
     names = [p.name for p in all_photos]
     split = images.split_photos(names, FLAGS.calibration_photos, FLAGS.seed)
     t0 = time.perf_counter()
@@ -120,8 +130,6 @@ def build(cache: Path) -> None:
     if manifest_path.exists():
         manifest["models"] = json.loads(manifest_path.read_text()).get("models", {})
     for name in FLAGS.models:
-        if name not in ALL_MODELS:
-            raise SystemExit(f"error: unknown model {name!r} (known: {', '.join(ALL_MODELS)})")
         out = cache / name
         if (out / "meta.json").exists() and not FLAGS.rebuild:
             _log(f"{name}: already built, skipped")
@@ -131,8 +139,12 @@ def build(cache: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         try:
-            meta = _build_effnet(name, tmp, photo_images) if name in effnet.VARIANTS \
-                else _build_mediapipe(name, tmp)
+            try:
+                meta = _build_effnet(name, tmp, photo_images) if name in effnet.VARIANTS \
+                    else _build_mediapipe(name, tmp)
+            except (ImportError, OSError, ValueError) as err:  # missing package/wheel, bad weights
+                from eq_tflite.errors import EqTfliteError, first_line
+                raise EqTfliteError(f"{name}: {first_line(err)}") from None
             size = _input_size((tmp / "float.tflite").read_bytes())
             for part, boxes in (("calib", cal_boxes), ("eval", eval_boxes)):
                 x = images.normalize(images.render(photo_images, boxes, size), meta["mean"], meta["std"])
