@@ -68,6 +68,7 @@ flags.DEFINE_list("configs", list(CONFIGS), "Configurations to run, in order.")
 flags.DEFINE_bool("rerun", False, "Run configurations that already have a result in the json.")
 flags.DEFINE_integer("num_calibration_samples", 64, "Calibration samples given to every calibrated method.")
 flags.DEFINE_integer("timeout", 3600, "Seconds before a conversion process is stopped (recorded as a failure).")
+flags.DEFINE_bool("write_only", False, "Only rewrite the Markdown section from the results json; run nothing.")
 flags.DEFINE_string("results", str(REPO / "benchmarks" / "real_models.json"), "Results json (read and updated).")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 'real_models' section is rewritten.")
 
@@ -224,6 +225,8 @@ def write_markdown(results: dict, cache: Path) -> None:
         size = meta.get("input_size")
         lines += [f"### {model}" + (f" ({size[0]}x{size[1]}, input range {meta['float_range']})" if size else ""),
                   ""]
+        if meta.get("source"):
+            lines += [f"Source: {meta['source']}; input normalization from {meta['normalization_source']}.", ""]
         if kind == "classifier" and (cache / model / "reference.npz").exists():
             lines += [_float_confidence(cache / model / "reference.npz"), ""]
         lines += ["| configuration | seconds | result |", "|---|---|---|"]
@@ -248,6 +251,9 @@ def main(argv: list[str]) -> int:
         return fail(f"{', '.join(missing)} not built in {cache}: run python -m benchmarks.real_models.build")
     results_path = Path(FLAGS.results)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if FLAGS.write_only:
+        write_markdown(results, cache)
+        return 0
     for model in FLAGS.models:
         for config in FLAGS.configs:
             if config in results.get(model, {}) and not FLAGS.rerun:
