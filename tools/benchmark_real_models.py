@@ -180,7 +180,20 @@ def _cells(row: dict, kind: str) -> str:
            "detector": lambda: f"top-10 anchors {100 * row['top10_anchors']:.1f}%",
            "segmentation": lambda: f"mask IoU {row['mask_iou']:.4f}",
            "landmarks": lambda: f"landmarks {row['landmark_px']:.2f} px"}[kind]()
+    own = _summary_agreement(row)
+    if own:
+        key += f" (its own summary: {own})"
     return key if kind == "classifier" else f"{key}; cosine / SNR dB per output: {per}"
+
+
+def _summary_agreement(row: dict) -> str | None:
+    """What eq-tflite's own summary claimed (agreement, and on which samples), to compare with held-out."""
+    import re
+    for line in row.get("summary", []):
+        m = re.search(r"vs float on (.*?)(?: \(.*?\))?: .*?top-1 agreement ([\d.]+)%", line)
+        if m:
+            return f"{m.group(2)}% on {m.group(1)}"
+    return None
 
 
 def _float_confidence(reference: Path) -> str:
@@ -214,7 +227,8 @@ def write_markdown(results: dict, cache: Path) -> None:
              "has the BatchNorm statistics), MediaPipe models from the float `.tflite` as shipped. "
              "TFLite INT8 on a `.tflite` is TFLite's calibrator + MLIR quantizer started from the "
              "flatbuffer (TF's converter cannot start from a .tflite). LiteRT Quantizer: `ai-edge-quantizer` "
-             "on the float `.tflite`, same 64 samples.", ""]
+             "on the float `.tflite`, same 64 samples. A configuration missing from a table has not been run "
+             "yet (the command above fills it in).", ""]
     for model in MODELS:
         rows = results.get(model)
         if not rows:
