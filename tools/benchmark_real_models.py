@@ -1,0 +1,289 @@
+"""Real-model benchmark: every configuration on the suite of issue 15, against the float model.
+
+    python -m benchmarks.real_models.build          # once: models, photos, samples
+    python tools/benchmark_real_models.py [--models a,b] [--configs x,y] [--rerun]
+
+For each suite model and configuration it converts in a fresh process (the CLI
+``python -m eq_tflite.convert ...``, or ``benchmarks.real_models.baselines`` for
+TFLite's own INT8 converter and Google's LiteRT Quantizer), timing that process
+(wall seconds, model loading included), then runs the result with LiteRT's
+builtin kernels on the model's held-out evaluation samples (other photos than
+the 64 calibration samples) and scores it against the float model. A failed
+conversion is recorded as its one-line error. Results accumulate in
+``benchmarks/real_models.json`` (a configuration already there is skipped
+unless ``--rerun``), and the ``real_models`` section of BENCHMARKS.md is
+rewritten from it after every cell.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+try:  # the installed package (pip install . builds the delegate into it)
+    import eq_tflite  # noqa: F401
+except ImportError:  # pragma: no cover - a plain checkout that was never installed
+    pass
+
+from absl import flags  # noqa: E402
+
+from benchmarks.real_models import default_cache_dir  # noqa: E402
+
+#: key -> (label, runner, extra CLI flags). Runner: eq (eq_tflite.convert with the 64 samples),
+#: datafree (eq_tflite.convert from the .keras file, no data), tflite_int8 / litert_quantizer.
+CONFIGS = {
+    "tflite_int8": ("TFLite INT8", "tflite_int8", []),
+    "litert_quantizer": ("LiteRT Quantizer static_wi8_ai8", "litert_quantizer", []),
+    "eq_w7a7": ("EasyQuant W7A7 (default flags)", "eq", ["--bits", "7"]),
+    "eq_w7a7_act": ("EasyQuant W7A7 --eq_objective activation", "eq",
+                    ["--bits", "7", "--eq_objective", "activation"]),
+    "eq_w8a8": ("EasyQuant W8A8", "eq", ["--bits", "8"]),
+    "minmax_w7a7": ("min/max W7A7", "eq", ["--method", "minmax", "--bits", "7"]),
+    "datafree_w8a8": ("data-free W8A8 (default chain)", "datafree", ["--bits", "8"]),
+    "bitsplit_w4a8": ("Bit-Split W4A8", "eq", ["--method", "bitsplit", "--weight_bits", "4",
+                                               "--activation_bits", "8"]),
+    "eq_w4a8": ("EasyQuant W4A8", "eq", ["--weight_bits", "4", "--activation_bits", "8"]),
+    "minmax_w4a8": ("min/max W4A8", "eq", ["--method", "minmax", "--weight_bits", "4",
+                                           "--activation_bits", "8"]),
+    "eq_w6a6": ("EasyQuant W6A6 (default flags)", "eq", ["--bits", "6"]),
+    "eq_w6a6_act": ("EasyQuant W6A6 --eq_objective activation", "eq",
+                    ["--bits", "6", "--eq_objective", "activation"]),
+    "kl_w7a7": ("KL W7A7", "eq", ["--method", "kl", "--bits", "7"]),
+}
+MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range", "selfie_segmentation",
+          "palm_detection_lite", "hand_landmark_lite"]
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("cache_dir", None, "Suite cache (default: $EQ_TFLITE_REAL_MODELS or "
+                    "~/.cache/eq-tflite-real-models); built by python -m benchmarks.real_models.build.")
+flags.DEFINE_list("models", MODELS, "Suite models to run.")
+flags.DEFINE_list("configs", list(CONFIGS), "Configurations to run, in order.")
+flags.DEFINE_bool("rerun", False, "Run configurations that already have a result in the json.")
+flags.DEFINE_integer("num_calibration_samples", 64, "Calibration samples given to every calibrated method.")
+flags.DEFINE_integer("timeout", 3600, "Seconds before a conversion process is stopped (recorded as a failure).")
+flags.DEFINE_bool("write_only", False, "Only rewrite the Markdown section from the results json; run nothing.")
+flags.DEFINE_string("results", str(REPO / "benchmarks" / "real_models.json"), "Results json (read and updated).")
+flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 'real_models' section is rewritten.")
+
+COMMAND = "python tools/benchmark_real_models.py"
+
+
+def _error_line(stderr: str) -> str:
+    """The process's ``error:`` line, plus the first native (MLIR) error line if it printed one."""
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith("error:")]
+    last = (errors[-1] if errors else (lines[-1] if lines else "no output")).removeprefix("error:").strip()
+    native = [l for l in lines if "error:" in l and not l.startswith("error:")]
+    if native:
+        last += f" (first native error: {native[0].split('error:', 1)[1].strip()})"
+    return last[:300]
+
+
+def _command(config: str, model_dir: Path, meta: dict, out: Path) -> list[str]:
+    _, runner, extra = CONFIGS[config]
+    calib = str(model_dir / "calib.npy")
+    saved_model = model_dir / "saved_model"
+    src = str(saved_model if saved_model.is_dir() else model_dir / "float.tflite")
+    if runner in ("tflite_int8", "litert_quantizer"):
+        if runner == "litert_quantizer":
+            src = str(model_dir / "float.tflite")
+        return [sys.executable, "-m", "benchmarks.real_models.baselines", runner, src, calib, str(out)]
+    base = [sys.executable, "-m", "eq_tflite.convert", "--output", str(out), "--noprogress"]
+    if runner == "datafree":
+        keras = model_dir / "model.keras"
+        lo, hi = meta["float_range"]
+        return [*base[:3], str(keras if keras.exists() else model_dir / "float.tflite"), *base[3:], *extra,
+                "--input_range", f"{lo},{hi}"]
+    return [*base[:3], src, *base[3:], *extra, "--calibration_data", calib,
+            "--num_calibration_samples", str(FLAGS.num_calibration_samples)]
+
+
+def _reference(model_dir: Path, x) -> list:
+    import numpy as np
+
+    from eq_tflite import runtime
+    path = model_dir / "reference.npz"
+    if path.exists():
+        with np.load(path) as z:
+            return [z[f"out{i}"] for i in range(len(z.files))]
+    interp = runtime.make_interpreter((model_dir / "float.tflite").read_bytes(), builtin_kernels=True)
+    outs = runtime.run_model(interp, [x], batch_size=50)
+    np.savez(path, **{f"out{i}": o for i, o in enumerate(outs)})
+    return outs
+
+
+def _evaluate(model: bytes, x, reference: list, meta: dict) -> dict:
+    from benchmarks.real_models.metrics import score_outputs
+    from eq_tflite import runtime
+    interp = runtime.make_interpreter(model, builtin_kernels=True)
+    names = [d["name"] for d in interp.get_output_details()]
+    outs = runtime.run_model(interp, [x], batch_size=50)
+    if [o.shape for o in outs] != [r.shape for r in reference]:
+        raise ValueError(f"output shapes {[o.shape for o in outs]} differ from float's "
+                         f"{[r.shape for r in reference]}")
+    return score_outputs(meta["kind"], names, reference, outs)
+
+
+def run_cell(model: str, config: str, cache: Path) -> dict:
+    import numpy as np
+    model_dir = cache / model
+    meta = json.loads((model_dir / "meta.json").read_text())
+    runs = model_dir / "runs"
+    runs.mkdir(exist_ok=True)
+    out = runs / f"{config}.tflite"
+    if out.exists():
+        out.unlink()
+    cmd = _command(config, model_dir, meta, out)
+    row = {"config": config, "label": CONFIGS[config][0],
+           "command": " ".join(Path(c).name if c == sys.executable else c.replace(str(cache), "$CACHE")
+                               for c in cmd)}
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=FLAGS.timeout,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        ok = proc.returncode == 0 and out.exists()
+        if not ok:
+            row["error"] = _error_line(proc.stderr)
+        summary = [l for l in proc.stdout.splitlines() if l.strip()]
+        row["summary"] = summary[-6:]
+    except subprocess.TimeoutExpired:
+        row["seconds"], row["error"], ok = round(time.perf_counter() - t0, 1), f"timeout after {FLAGS.timeout}s", False
+    if not ok:
+        return row
+    x = np.load(model_dir / "eval.npy", mmap_mode="r")
+    try:
+        row.update(_evaluate(out.read_bytes(), np.asarray(x), _reference(model_dir, np.asarray(x)), meta))
+    except Exception as err:  # noqa: BLE001 - recorded in the table, never a crash
+        from eq_tflite.errors import first_line
+        row["error"] = f"evaluation: {type(err).__name__}: {first_line(err)}"
+    return row
+
+
+def _fmt(v, f: str) -> str:
+    return "-" if v is None else format(v, f)
+
+
+def _cells(row: dict, kind: str) -> str:
+    if "error" in row:
+        return f"failed: `{row['error']}`"
+    outs = row.get("outputs", {})
+    per = "; ".join(f"{n}: {o['cosine']:.5f} / {o['snr_db']:.1f}" for n, o in outs.items())
+    key = {"classifier": lambda: f"agreement {100 * row['agreement']:.1f}%, cosine {row['cosine']:.5f}",
+           "detector": lambda: f"top-10 anchors {100 * row['top10_anchors']:.1f}%",
+           "segmentation": lambda: f"mask IoU {row['mask_iou']:.4f}",
+           "landmarks": lambda: f"landmarks {row['landmark_px']:.2f} px"}[kind]()
+    own = _summary_agreement(row)
+    if own:
+        key += f" (its own summary: {own})"
+    return key if kind == "classifier" else f"{key}; cosine / SNR dB per output: {per}"
+
+
+def _summary_agreement(row: dict) -> str | None:
+    """What eq-tflite's own summary claimed (agreement, and on which samples), to compare with held-out."""
+    import re
+    for line in row.get("summary", []):
+        m = re.search(r"vs float on (.*?)(?: \(.*?\))?: .*?top-1 agreement ([\d.]+)%", line)
+        if m:
+            return f"{m.group(2)}% on {m.group(1)}"
+    return None
+
+
+def _float_confidence(reference: Path) -> str:
+    """How decided the float classifier is on the evaluation crops (agreement is harsh when it is not)."""
+    import numpy as np
+    with np.load(reference) as z:
+        logits = z["out0"].astype(np.float64)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = np.sort(logits, 1)
+    return (f"The float model on these {len(logits)} crops: median top-1 probability "
+            f"{np.median(p.max(1)):.2f}, median top-1/top-2 logit margin {np.median(top[:, -1] - top[:, -2]):.2f} "
+            "(many crops are textures and scenes without one ImageNet object, so top-1 agreement is a strict test).")
+
+
+def write_markdown(results: dict, cache: Path) -> None:
+    from bench_doc import machine, update_section
+    lines = ["## Real models (issue 15)", "",
+             f"Commands: `python -m benchmarks.real_models.build` then `{COMMAND}` "
+             "(add `--models`/`--configs` to run a subset; results accumulate in "
+             "`benchmarks/real_models.json`).", "",
+             f"Machine: {machine()} (shared with other jobs while this ran: seconds are indicative).", "",
+             "Each configuration is one process converting the model (seconds: its wall time, model "
+             "loading included); the result runs on LiteRT's builtin kernels on the model's evaluation "
+             "samples: 500 seeded crops of photos *not* used for calibration (calibration: 64 crops of 6 "
+             "other photos; `manifest.json` in the cache lists them). Everything is against the float "
+             "model. Classifiers: top-1 agreement and logit cosine. Detectors: share of the float model's "
+             "10 best anchors (by score) among the quantized model's 10 best. Segmentation: mask IoU at "
+             "0.5. Landmarks: mean (x, y) error in input pixels. Per output: mean cosine / SNR in dB. "
+             "EfficientNet-Lite ports start from their SavedModel (data-free: from `model.keras`, which "
+             "has the BatchNorm statistics), MediaPipe models from the float `.tflite` as shipped. "
+             "TFLite INT8 on a `.tflite` is TFLite's calibrator + MLIR quantizer started from the "
+             "flatbuffer (TF's converter cannot start from a .tflite). LiteRT Quantizer: `ai-edge-quantizer` "
+             "on the float `.tflite`, same 64 samples. A configuration missing from a table has not been run "
+             "yet (the command above fills it in).", ""]
+    for model in MODELS:
+        rows = results.get(model)
+        if not rows:
+            continue
+        meta = json.loads((cache / model / "meta.json").read_text()) if (cache / model / "meta.json").exists() \
+            else {"kind": next(iter(rows.values())).get("kind", "classifier")}
+        kind = meta["kind"]
+        size = meta.get("input_size")
+        lines += [f"### {model}" + (f" ({size[0]}x{size[1]}, input range {meta['float_range']})" if size else ""),
+                  ""]
+        if meta.get("source"):
+            lines += [f"Source: {meta['source']}; input normalization from {meta['normalization_source']}.", ""]
+        if kind == "classifier" and (cache / model / "reference.npz").exists():
+            lines += [_float_confidence(cache / model / "reference.npz"), ""]
+        lines += ["| configuration | seconds | result |", "|---|---|---|"]
+        for config in CONFIGS:
+            if config in rows:
+                r = rows[config]
+                lines.append(f"| {r['label']} | {_fmt(r.get('seconds'), '.0f')} | {_cells(r, kind)} |")
+        lines.append("")
+    update_section(FLAGS.output, "real_models", "\n".join(lines))
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    from eq_tflite.cli import fail
+    from eq_tflite.io.flatbuffer import write_atomic
+    cache = Path(FLAGS.cache_dir) if FLAGS.cache_dir else default_cache_dir()
+    unknown = [c for c in FLAGS.configs if c not in CONFIGS] + [m for m in FLAGS.models if m not in MODELS]
+    if unknown:
+        return fail(f"unknown model or configuration: {', '.join(unknown)}")
+    missing = [m for m in FLAGS.models if not (cache / m / "meta.json").exists()]
+    if missing:
+        return fail(f"{', '.join(missing)} not built in {cache}: run python -m benchmarks.real_models.build")
+    results_path = Path(FLAGS.results)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if FLAGS.write_only:
+        write_markdown(results, cache)
+        return 0
+    for model in FLAGS.models:
+        for config in FLAGS.configs:
+            if config in results.get(model, {}) and not FLAGS.rerun:
+                continue
+            row = run_cell(model, config, cache)
+            # re-read first: another run (other models) may have added rows meanwhile
+            results = json.loads(results_path.read_text()) if results_path.exists() else {}
+            results.setdefault(model, {})[config] = row
+            write_atomic(results_path, json.dumps(results, indent=1).encode())
+            write_markdown(results, cache)
+            print(f"{model} | {row['label']} | {row.get('seconds')} s | "
+                  f"{_cells(row, json.loads((cache / model / 'meta.json').read_text())['kind'])}", flush=True)
+    write_markdown(json.loads(results_path.read_text()) if results_path.exists() else results, cache)
+    return 0
+
+
+if __name__ == "__main__":
+    from eq_tflite.cli import run_absl
+    run_absl(main)
