@@ -13,6 +13,13 @@ float32 I/O in both cases.
 successor ``litert-quantizer`` is used if that is what is installed), recipe
 ``static_wi8_ai8``, calibrated on the same samples.
 
+A float .tflite source is first expanded by eq-tflite's as-shipped stage
+(``eq_tflite.io.normalize``: float16 and sparse weights, old op codes, the
+custom-op lowering). Neither reference tool reads the MediaPipe files as
+shipped (TF's calibrator fails on float16 weights and on the custom op; the
+LiteRT Quantizer fails or writes files LiteRT refuses), so the comparison is
+on the expanded file; on a plain float file the stage changes nothing.
+
 Exit code 0 and the .tflite written, or 2 and one ``error:`` line.
 """
 from __future__ import annotations
@@ -22,6 +29,12 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _expanded(src: str) -> bytes:
+    """The float .tflite ``src`` after eq-tflite's as-shipped stage (see the module doc)."""
+    from eq_tflite.io.normalize import normalize_float_tflite
+    return normalize_float_tflite(Path(src).read_bytes(), src)[0]
 
 
 def tflite_int8(src: str, calib, out: Path) -> None:
@@ -35,7 +48,7 @@ def tflite_int8(src: str, calib, out: Path) -> None:
         return
     from eq_tflite.graph import Graph
     from eq_tflite.io.tflite_int8 import tflite_int8 as convert
-    model = Path(src).read_bytes()
+    model = _expanded(src)
     graph = Graph.from_tflite(model)
     name = graph.tensors[graph.inputs[0]].name
     out.write_bytes(convert(model, {name: calib}, [name]))
@@ -82,7 +95,7 @@ def with_signature(model: bytes) -> bytes:
 def litert_quantizer(src: str, calib, out: Path) -> None:
     from ai_edge_litert.interpreter import Interpreter
     quantizer, recipe = _aeq()
-    model = with_signature(Path(src).read_bytes())
+    model = with_signature(_expanded(src))
     signatures = Interpreter(model_content=model).get_signature_list()
     key = next(iter(signatures))
     (name,) = signatures[key]["inputs"]
