@@ -241,8 +241,16 @@ def write_markdown(results: dict, cache: Path) -> None:
              "has the BatchNorm statistics), MediaPipe models from the float `.tflite` as shipped. "
              "TFLite INT8 on a `.tflite` is TFLite's calibrator + MLIR quantizer started from the "
              "flatbuffer (TF's converter cannot start from a .tflite). LiteRT Quantizer: `ai-edge-quantizer` "
-             "on the float `.tflite`, same 64 samples. A configuration missing from a table has not been run "
-             "yet (the command above fills it in).", ""]
+             "on the float `.tflite`, same 64 samples. Neither reference tool reads the MediaPipe files as "
+             "shipped, so both run on eq-tflite's expanded float file (`eq_tflite/io/normalize.py`: float16 "
+             "weights, old op codes, selfie's custom transposed convolution lowered); eq-tflite itself "
+             "takes the shipped file. A float reference that only XNNPACK can run (selfie's custom op) "
+             "runs under XNNPACK. The photos hold no faces, hands or people, so the MediaPipe rows "
+             "measure how well each tool preserves the float model's outputs on scenes, not task "
+             "accuracy. Every calibrated method gets the same 64 samples "
+             "(`--num_calibration_samples 64`), so eq-tflite's own summary scores those (shown as such). "
+             "A configuration missing from a table has not been run yet (the command above fills it in).",
+             ""]
     for model in MODELS:
         rows = results.get(model)
         if not rows:
