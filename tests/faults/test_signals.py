@@ -32,7 +32,12 @@ def start(tmp_path: Path, src: str) -> tuple[subprocess.Popen, Path]:
         proc = subprocess.Popen(
             [sys.executable, "-m", "eq_tflite.convert", str(REPO / "examples" / src),
              "--calibration_data", str(REPO / "examples" / "fmnist_calib.npy"), "--output", str(out),
-             "--report_dir", str(tmp_path / "report"), "--noprogress"],
+             "--report_dir", str(tmp_path / "report"), "--noprogress",
+             # A deliberately slow search (its method stage alone took 58 s on an idle 2-core
+             # EPYC; the default run ends in ~7 s there), so that a kill a few seconds in
+             # always lands mid-conversion, on an idle machine as on a loaded one.
+             "--eq_search", "exhaustive", "--eq_max_rows", "0", "--eq_rounds", "4",
+             "--num_calibration_samples", "200"],
             cwd=tmp_path, env=env, stdout=so, stderr=se, start_new_session=True)
     return proc, out
 
