@@ -579,6 +579,7 @@ def fault_cases(count: int, seed: int, keras_share: float = 0.3) -> list[FaultCa
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of ``pid``, or None if it does not exist."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -605,6 +606,7 @@ def descendants(pid: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
     st = _proc_stat(pid)
     return st is not None and st[0] not in ("Z", "X")
 

@@ -1,38 +1,22 @@
-"""Process-tree helpers for the fault tests (Linux /proc)."""
+"""Process-tree helpers for the fault tests: the fault campaign's own (``tools/fuzz.py``)."""
 from __future__ import annotations
 
-import os
+import importlib.util
+import sys
 from pathlib import Path
 
-
-def _stat(pid: int) -> tuple[str, int] | None:
-    """(state, parent pid) of ``pid``, or None if it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return fields[0], int(fields[1])
+_NAME = "eq_tflite_fuzz"  # the name tests/fuzz/test_campaign.py loads it under
 
 
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of ``pid`` (children, grandchildren, ...)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            st = _stat(int(entry))
-            if st is not None:
-                parents.setdefault(st[1], []).append(int(entry))
-    out, todo = set(), [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
+def _fuzz():
+    if _NAME not in sys.modules:
+        path = Path(__file__).resolve().parents[2] / "tools" / "fuzz.py"
+        spec = importlib.util.spec_from_file_location(_NAME, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_NAME] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[_NAME]
 
 
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    st = _stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
+descendants = _fuzz().descendants
+alive = _fuzz().alive
