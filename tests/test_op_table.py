@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eq_tflite import op_table, runtime, simulate
+from eq_tflite import op_table, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
 from eq_tflite.io import flatbuffer as fb
+from litert_probe import litert_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ops"
 CASES = sorted(p.name.split(".")[0] for p in FIXTURES.glob("*.float.tflite"))
@@ -40,18 +41,6 @@ def _load(case: str) -> tuple[bytes, bytes]:
 def _samples(graph: Graph, n: int = 3) -> np.ndarray:
     shape = graph.tensors[graph.inputs[0]].shape[1:]
     return (np.random.default_rng(7).random((n, *shape), dtype=np.float32) - 0.5) * 3
-
-
-def _litert(model: bytes, x: np.ndarray, tensors, per_sample: bool = False) -> dict:
-    interp = runtime.make_interpreter(model, preserve_all_tensors=True)
-    index = interp.get_input_details()[0]["index"]
-    out: dict[int, list[np.ndarray]] = {t: [] for t in tensors}
-    for sample in x:
-        interp.set_tensor(index, sample[None])
-        interp.invoke()
-        for t in tensors:
-            out[t].append(interp.get_tensor(t).copy())
-    return out if per_sample else {t: np.concatenate(v) for t, v in out.items()}
 
 
 def test_fixtures_cover_every_row():
@@ -98,7 +87,7 @@ def test_float_matches_litert(case):
     x = _samples(graph)
     tensors = graph.activation_tensors()
     ours = simulate.run(graph, {graph.tensors[graph.inputs[0]].name: x}, tensors, batch_size=1)
-    ref = _litert(float_model, x, tensors)
+    ref = litert_tensors(float_model, x, tensors)
     for t in tensors:
         name = graph.tensors[t].name
         assert ours[t].shape == ref[t].shape, name
@@ -147,7 +136,7 @@ def test_int8_matches_litert(case):
     x = _samples(graph, 4)
     computed = {qt for qop in qops for qt in list(qop.inputs) + list(qop.outputs)
                 if qt >= 0 and fb.buffer_array(model, sg.tensors[qt]) is None}
-    real = _litert(int8_model, x, sorted(computed), per_sample=True)
+    real = litert_tensors(int8_model, x, sorted(computed), per_sample=True)
 
     def value(qt: int, n: int) -> np.ndarray:
         params = _params(sg.tensors[qt])

@@ -9,6 +9,7 @@ from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op, Tensor
 from eq_tflite.grid import BitWidths
 from eq_tflite.io import flatbuffer as fb
+from litert_probe import litert_tensors
 
 
 def _cnn(batch_size=None):
@@ -75,19 +76,6 @@ def _tflite(model, data=None) -> bytes:
     return bytes(conv.convert())
 
 
-def _litert_all_tensors(model: bytes, x: np.ndarray, tensors: list[int]) -> dict[int, np.ndarray]:
-    """Every requested tensor, one sample at a time (works for fixed-batch models)."""
-    interp = runtime.make_interpreter(model, preserve_all_tensors=True)
-    index = interp.get_input_details()[0]["index"]
-    out: dict[int, list[np.ndarray]] = {t: [] for t in tensors}
-    for sample in x:
-        interp.set_tensor(index, sample[None])
-        interp.invoke()
-        for t in tensors:
-            out[t].append(interp.get_tensor(t).copy())
-    return {t: np.concatenate(v) for t, v in out.items()}
-
-
 @pytest.fixture(scope="module")
 def cnn() -> tuple[Graph, bytes]:
     model = _tflite(_cnn())
@@ -112,7 +100,7 @@ def test_float_matches_litert_on_every_tensor(which, cnn):
     x = (np.random.default_rng(0).random((3, *shape), dtype=np.float32) - 0.3) * 3
     tensors = graph.activation_tensors()
     ours = simulate.run(graph, {graph.tensors[graph.inputs[0]].name: x}, tensors, batch_size=2)
-    ref = _litert_all_tensors(model, x, tensors)
+    ref = litert_tensors(model, x, tensors)
     for t in tensors:
         assert ours[t].shape == ref[t].shape, graph.tensors[t].name
         err = np.abs(ours[t] - ref[t]).max() / max(np.abs(ref[t]).max(), 1e-6)
