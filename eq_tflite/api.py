@@ -24,7 +24,6 @@ from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
 from eq_tflite.io import calibration as calib
-from eq_tflite.io import flatbuffer as fb
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
 from eq_tflite.io.normalize import check_custom_ops
 from eq_tflite.io.dynamic import at_input_size, size_note
