@@ -36,8 +36,6 @@ from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan, pack_int4_weights
 from eq_tflite.rewrite.skeleton import int8_from_ranges
 from eq_tflite.verify import VerifyReport, verify
 
-#: Default method with calibration data (without data: the DFQ chain, ``eq_tflite.chain``).
-DEFAULT_METHOD = "easyquant"
 #: Default number of calibration samples per method (EasyQuant: the paper's 50;
 #: Bit-Split: 256, measured better than 50 at W4A8 on both examples, see BENCHMARKS.md).
 DEFAULT_SAMPLES = {"easyquant": 50, "bitsplit": 256}
