@@ -235,7 +235,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     t0 = time.perf_counter()
     widths, budget = mixed_widths(prepared.graph, widths, layer_specs, keep, cal, weight_size,
                                   weight_size_ratio, seed)
-    if budget is not None:
+    if budget is not None and budget.low:
         pack_int4 = True  # the budget counts 4-bit layers packed: that is where the bytes go
     if pack_int4 and not any(widths.weights_of(prepared.graph.tensors[op.weight_input].name) <= 4
                              for op in prepared.graph.weighted_ops()):

@@ -65,7 +65,7 @@ def _layer_of(name: str) -> tuple[str, str] | None:
     """(model scope, layer scope) in front of a kernel op in a (fused) tensor name, or None."""
     for part in name.split(";"):
         comps = part.split("/")
-        if len(comps) >= 2 and comps[-1].split(":")[0] in _KERNEL_OPS:
+        if len(comps) >= 2 and re.sub(r"\d+$", "", comps[-1].split(":")[0]) in _KERNEL_OPS:
             return comps[0], comps[-2]
     return None
 
@@ -438,3 +438,24 @@ def check_budget(weight_size_kib: float | None, ratio: float | None) -> None:
         if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and np.isfinite(ratio)
                                            and 0 < ratio <= 1):
             raise EqTfliteError(f"--weight_size_ratio must be in (0, 1], got {ratio!r}")
+
+
+def file_weight_bytes(model_bytes: bytes) -> int:
+    """Bytes of the weighted ops' constant weight tensors as stored in a .tflite file
+    (float32: 4 per value, int8: 1, INT4: packed, two per byte)."""
+    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.quant_spec import WEIGHTED
+    model = fb.parse_model(model_bytes)
+    sg = model.subgraphs[0]
+    seen, total = set(), 0
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind not in WEIGHTED:
+            continue
+        i = int(op.inputs[WEIGHTED[kind][1]])
+        buf = model.buffers[sg.tensors[i].buffer] if sg.tensors[i].buffer < len(model.buffers) else None
+        if i in seen or buf is None or buf.data is None:
+            continue
+        seen.add(i)
+        total += len(buf.data)
+    return total
