@@ -59,6 +59,11 @@ class VerifyReport:
     def summary(self) -> str:
         lines = [f"verify: {'OK' if self.ok else 'FAILED'}; {self.quantized_ops} int8 ops "
                  f"({self.bits.label})"]
+        if self.weight_widths or self.activation_widths:  # a mixed model, as its metadata records
+            counts = Counter([f"W{b}" for b in self.weight_widths.values()]
+                             + [f"A{b}" for b in self.activation_widths.values()])
+            lines.append("  per-tensor widths checked: " + ", ".join(
+                f"{k} on {n} tensors" for k, n in sorted(counts.items(), reverse=True)))
         if self.float_ops:
             lines.append(f"  float ops kept: {', '.join(sorted(set(self.float_ops)))}")
         if self.cosine is not None:
