@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite import methods, op_table
+from eq_tflite import methods, mixed, op_table
 from eq_tflite.bn_stats import bn_stats_of
 from eq_tflite.chain import build_chain, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
@@ -84,6 +84,10 @@ class Conversion:
     timings: dict[str, float] = field(default_factory=dict)
     int4_tensors: int = 0  # weight tensors stored as packed INT4 (``pack_int4``)
     load_notes: list[str] = field(default_factory=list)  # what loading the file as shipped changed
+    weight_bytes: int = 0      # the weighted ops' weights in the file (INT4 packed: half)
+    int8_weight_bytes: int = 0  # the same weights in the int8 container
+    budget: "mixed.BudgetChoice | None" = None  # the weight-size search (``weight_size``)
+    layer_names: dict[int, str] = field(default_factory=dict)  # weighted op index -> Keras name
 
 
 def resolve_bits(bits: int = 7, weight_bits: int | None = None,
@@ -143,7 +147,10 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                   cross_layer_equalization: bool | None = None,
                   bias_absorption: bool | None = None, bias_correction: str | None = None,
                   per_tensor_weights: bool = False, input_range: Any = None,
-                  pack_int4: bool = False) -> Conversion:
+                  pack_int4: bool = False, layer_bits: Sequence[str] | None = None,
+                  keep_8bit: Sequence[str] | str | None = None,
+                  weight_size: float | None = None,
+                  weight_size_ratio: float | None = None) -> Conversion:
     """Runs the whole pipeline and returns every artifact (see :class:`Conversion`).
 
     ``method`` None: ``easyquant`` with calibration data, the data-free DFQ
@@ -154,10 +161,20 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     (weights of at most 4 bits) stores CONV_2D, DEPTHWISE_CONV_2D and
     FULLY_CONNECTED weights as packed INT4; verify checks that the file holds
     the resolved integers and gives the same outputs as its int8-container form.
+
+    Mixed precision (``eq_tflite.mixed``): ``layer_bits`` (``"REGEX=W"`` or
+    ``"REGEX=W/A"`` strings, matched against Keras layer names), ``keep_8bit``
+    (``"input,first,last"`` or a list of them), and a weight budget,
+    ``weight_size`` (KiB) or ``weight_size_ratio`` (of the int8 weights),
+    whose search lowers layers to 4 bits stored as packed INT4.
     """
     check_arguments(model, calibration_data, num_calibration_samples)
     widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
-    if pack_int4 and widths.weights > 4:
+    layer_specs = mixed.parse_layer_bits(layer_bits)
+    keep = mixed.parse_keep_8bit(keep_8bit)
+    mixed.check_budget(weight_size, weight_size_ratio)
+    budget_asked = weight_size is not None or weight_size_ratio is not None
+    if pack_int4 and widths.weights > 4 and not layer_specs and not budget_asked:
         raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
     has_data = calibration_data is not None
     size_notes: list[str] = []
@@ -214,10 +231,21 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         timings["tflite_int8"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    widths, budget = mixed_widths(prepared.graph, widths, layer_specs, keep, cal, weight_size,
+                                  weight_size_ratio, seed)
+    if budget is not None and budget.low:
+        pack_int4 = True  # the budget counts 4-bit layers packed: that is where the bytes go
+    if pack_int4 and not any(widths.weights_of(prepared.graph.tensors[op.weight_input].name) <= 4
+                             for op in prepared.graph.weighted_ops()):
+        raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
+    timings["widths"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
     ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
                         progress=progress, bn=prepared.bn, input_ranges=ranges)
     plan = method_fn(ctx)
-    plan.notes[:0] = size_notes
+    plan.notes[:0] = size_notes + mixed.describe(prepared.graph, widths) + (
+        [] if budget is None else [budget_note(budget)])
     timings["method"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -252,7 +280,30 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     if not report.ok:
         raise EqTfliteError("the rewritten model failed verification\n" + report.summary())
     return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
-                      int4_tensors, load_notes)
+                      int4_tensors, load_notes, mixed.weight_bytes(prepared.graph, widths, pack_int4),
+                      mixed.weight_bytes(prepared.graph), budget, mixed.layer_names(prepared.graph))
+
+
+def mixed_widths(graph: Graph, widths: BitWidths, specs: Sequence[mixed.LayerSpec],
+                 keep: Sequence[str], cal: Mapping[str, np.ndarray], weight_size: float | None,
+                 weight_size_ratio: float | None, seed: int = 0,
+                 ) -> tuple[BitWidths, "mixed.BudgetChoice | None"]:
+    """The per-layer widths: overrides first, then the budget search over the other layers."""
+    widths = mixed.overrides(graph, widths, specs, keep)
+    budget = mixed.budget_bytes(graph, weight_size, weight_size_ratio)
+    if budget is None:
+        return widths, None
+    sens = mixed.sensitivity(graph, cal, (mixed.LOW_BITS, widths.weights), seed=seed)
+    choice = mixed.search_budget(graph, widths, sens, budget)
+    return mixed.apply_choice(graph, widths, choice), choice
+
+
+def budget_note(choice: "mixed.BudgetChoice") -> str:
+    """One summary line on the weight-size search."""
+    return (f"weight budget {choice.budget / 1024:.1f} KiB ({choice.budget / choice.int8_bytes:.2f} "
+            f"of int8): {len(choice.low)} layers at {mixed.LOW_BITS} bits (packed INT4), weights "
+            f"{choice.bytes / 1024:.1f} KiB ({choice.bytes / choice.int8_bytes:.2f} of int8), "
+            f"predicted layer-cosine loss {choice.loss:.4f}")
 
 
 def check_arguments(model: Any, calibration_data: Any, num_calibration_samples: Any) -> None:

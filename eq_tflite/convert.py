@@ -92,6 +92,18 @@ flags.DEFINE_bool("pack_int4", False,
                   "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
                   "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
                   "the int8 container any TFLite runtime reads.")
+flags.DEFINE_multi_string("layer_bits", None,
+                          "NAME_REGEX=W[/A]: weights of the layers whose Keras name matches at W "
+                          "bits (and their input/output activations at A); repeatable, later wins. "
+                          "The summary and --report_dir list the layer names.")
+flags.DEFINE_list("keep_8bit", None,
+                  "Keep at 8 bits: input (the model inputs), first / last (the first / last "
+                  "weighted layers: weights, inputs and outputs), comma-separated.")
+flags.DEFINE_float("weight_size", None,
+                   "Weight budget in KiB: the search stores the least sensitive layers' weights "
+                   "as 4-bit packed INT4 until the weights fit (others keep --weight_bits).")
+flags.DEFINE_float("weight_size_ratio", None,
+                   "Weight budget as a share of the int8 weights (e.g. 0.6); see --weight_size.")
 flags.DEFINE_integer("seed", 0, "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
@@ -186,7 +198,9 @@ def _convert(src: str) -> int:
         mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed, pack_int4=FLAGS.pack_int4,
         cross_layer_equalization=FLAGS.cross_layer_equalization,
         bias_absorption=FLAGS.bias_absorption, bias_correction=FLAGS.bias_correction,
-        per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range)
+        per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range,
+        layer_bits=FLAGS.layer_bits, keep_8bit=FLAGS.keep_8bit, weight_size=FLAGS.weight_size,
+        weight_size_ratio=FLAGS.weight_size_ratio)
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     result.load_notes[:0] = load_notes
     # The model is the product: it is written first, and a report that cannot be
@@ -237,6 +251,10 @@ def _print_summary(result, output: Path, seconds: float) -> None:
     if result.int4_tensors:
         print(f"  {result.int4_tensors} weight tensors stored as packed INT4 "
               "(same outputs as the int8 container, checked)")
+    if result.plan.bits.mixed or result.int4_tensors:
+        print(f"  weights {result.weight_bytes / 1024:.1f} KiB "
+              f"({result.weight_bytes / max(result.int8_weight_bytes, 1):.2f} of int8's "
+              f"{result.int8_weight_bytes / 1024:.1f} KiB)")
     for note in result.load_notes + result.plan.notes:
         print(f"  {note}")
     if rep.cosine is None and not result.num_calibration:

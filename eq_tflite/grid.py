@@ -34,19 +34,58 @@ ACTIVATION_RANGES = ("strict", "container")
 
 @dataclass(frozen=True)
 class BitWidths:
-    """Weight and activation bit widths (2..8) and the activation-range mode."""
+    """Weight and activation bit widths (2..8) and the activation-range mode.
+
+    ``weights`` and ``activations`` are the model's widths; ``layer_weights``
+    (weight tensor name -> bits) and ``tensor_activations`` (activation tensor
+    name -> bits), both float-graph names, override them per layer / tensor
+    (mixed precision, ``eq_tflite.mixed``). Methods look a layer's widths up
+    (``resolve.layer_bits``) instead of reading the global ones.
+    """
 
     weights: int = 8
     activations: int = 8
     activation_range: str = "strict"
+    layer_weights: tuple[tuple[str, int], ...] = ()
+    tensor_activations: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        for name, b in (("weight", self.weights), ("activation", self.activations)):
+        pairs = [("weight", self.weights), ("activation", self.activations)]
+        pairs += [(f"weight ({n})", b) for n, b in self.layer_weights]
+        pairs += [(f"activation ({n})", b) for n, b in self.tensor_activations]
+        for name, b in pairs:
             if not isinstance(b, (int, np.integer)) or not 2 <= b <= 8:
                 raise ValueError(f"{name} bits must be an integer in 2..8, got {b!r}")
         if self.activation_range not in ACTIVATION_RANGES:
             raise ValueError(f"activation range must be one of {', '.join(ACTIVATION_RANGES)}, "
                              f"got {self.activation_range!r}")
+
+    @property
+    def mixed(self) -> bool:
+        """True when some layer or tensor has its own width."""
+        return bool(self.layer_weights or self.tensor_activations)
+
+    def weights_of(self, name: str) -> int:
+        """Width of the weight tensor ``name`` (float-graph name)."""
+        return dict(self.layer_weights).get(name, self.weights)
+
+    def activations_of(self, name: str) -> int:
+        """Width of the activation tensor ``name`` (before tied groups are united)."""
+        return dict(self.tensor_activations).get(name, self.activations)
+
+    def uniform(self, weights: int | None = None, activations: int | None = None) -> "BitWidths":
+        """These widths without per-layer overrides (one layer's widths)."""
+        return BitWidths(self.weights if weights is None else int(weights),
+                         self.activations if activations is None else int(activations),
+                         self.activation_range)
+
+    def with_overrides(self, layer_weights: dict[str, int] | None = None,
+                       tensor_activations: dict[str, int] | None = None) -> "BitWidths":
+        """These widths with per-layer/per-tensor overrides (entries equal to the default dropped)."""
+        lw = {n: int(b) for n, b in (layer_weights or {}).items() if int(b) != self.weights}
+        ta = {n: int(b) for n, b in (tensor_activations or {}).items() if int(b) != self.activations}
+        return BitWidths(self.weights, self.activations, self.activation_range,
+                         tuple(sorted(lw.items())), tuple(sorted(ta.items())))
 
     @property
     def strict(self) -> bool:
@@ -59,6 +98,10 @@ class BitWidths:
         name = f"W{self.weights}A{self.activations}"
         if not self.strict and self.activations < 8:
             name += f" ({self.activations}-bit step, 8-bit range)"
+        if self.mixed:
+            parts = [f"W{b} on {n} layers" for b, n in _counts(self.layer_weights)]
+            parts += [f"A{b} on {n} tensors" for b, n in _counts(self.tensor_activations)]
+            name += f" mixed ({', '.join(parts)})"
         return name
 
     @property
@@ -77,6 +120,18 @@ class BitWidths:
     def act_clip(self) -> tuple[int, int]:
         """Integer bounds the activation quantizer clips to: b-bit levels, or int8 (container)."""
         return (self.act_qmin, self.act_qmax) if self.strict else (INT8_MIN, INT8_MAX)
+
+    def clip_of(self, bits: int) -> tuple[int, int]:
+        """``act_clip`` of a tensor of ``bits`` bits (mixed precision)."""
+        return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if self.strict else (INT8_MIN, INT8_MAX)
+
+
+def _counts(pairs: tuple[tuple[str, int], ...]) -> list[tuple[int, int]]:
+    """(bits, how many) of per-layer overrides, widest first."""
+    counts: dict[int, int] = {}
+    for _, b in pairs:
+        counts[b] = counts.get(b, 0) + 1
+    return sorted(counts.items(), reverse=True)
 
 
 def activation_params(lo: float, hi: float, bits: int) -> tuple[float, int]:

@@ -166,6 +166,10 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
         searched = {r["op_index"]: r for r in rows}
         graph = Graph.from_tflite(conversion.float_model)
         rows = [{**searched.get(r["op_index"], {}), **r} for r in score_plan(graph, plan, inputs)]
+    widths = _width_rows(conversion)
+    if widths:  # mixed precision: every layer's Keras name and widths
+        rows = [{**r, **widths.get(r["op_index"], {})} for r in rows] if rows \
+            else list(widths.values())
     rep = conversion.report
     summary = ["", "## Conversion", "",
                f"Method {plan.method}, {plan.bits.label}, "
@@ -178,12 +182,36 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
                        f"top-1 agreement {100 * rep.agreement:.2f}%.")
     if rep.levels is not None:
         name, worst = rep.levels.worst()
-        summary.append(f"Held-back activation values outside the {plan.bits.activations}-bit levels: "
+        summary.append(f"Held-back activation values outside the {rep.levels.label} levels: "
                        f"{100 * rep.levels.share:.3f}% overall; worst tensor `{name}` "
                        f"{100 * worst:.2f}%.")
+    budget = getattr(conversion, "budget", None)
+    if budget is not None:
+        summary += ["", "## Weight budget", "",
+                    f"Budget {budget.budget} bytes ({budget.budget / budget.int8_bytes:.2f} of the int8 "
+                    f"weights, {budget.int8_bytes} bytes); chosen: {budget.bytes} bytes, "
+                    f"{len(budget.low)} layers at 4 bits (`w_bits` above). The search's frontier "
+                    "(predicted: sum of the lowered layers' layer-cosine drops; measured agreement "
+                    "per budget: BENCHMARKS.md, *Mixed precision*):", "",
+                    "| budget (of int8) | weight bytes | predicted loss |", "|---|---|---|"]
+        summary += [f"| {r:.2f} | {b} | {loss:.4f} |" for r, b, loss in budget.frontier]
     if not rows:
         summary.append(f"`{plan.method}` records no per-layer rows; give samples to score layers.")
     return write_layer_report({plan.method: rows}, out_dir, "\n".join(summary) + "\n")
+
+
+def _width_rows(conversion: Any) -> dict[int, dict[str, Any]]:
+    """op index -> {op_index, op_type, layer, w_bits, a_bits} of a mixed-precision conversion."""
+    plan, names = conversion.plan, getattr(conversion, "layer_names", {})
+    if not plan.bits.mixed or not names:
+        return {}
+    from eq_tflite import resolve
+    graph = Graph.from_tflite(conversion.float_model)
+    widths = resolve.tensor_bits(graph, plan.bits)
+    return {op.index: {"op_index": op.index, "op_type": op.type, "layer": names.get(op.index, ""),
+                       "w_bits": plan.bits.weights_of(graph.tensors[op.weight_input].name),
+                       "a_bits": widths.get(op.data_input, plan.bits.activations)}
+            for op in graph.weighted_ops() if op.index in names}
 
 
 def write_layer_report(plans_or_rows: Plan | Sequence[Plan] | Mapping[str, Rows],

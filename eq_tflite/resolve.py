@@ -46,6 +46,7 @@ class LayerNumbers:
     dead_channels: int = 0
     overflow_channels: int = 0
     per_tensor: bool = False           # one step for the whole tensor (all ``scales`` equal)
+    bits: int = 8                      # the layer's weight width
 
     @property
     def file_scales(self) -> np.ndarray:
@@ -81,6 +82,7 @@ class Resolved:
     bits: BitWidths
     activations: dict[str, ActParams] = field(default_factory=dict)
     layers: dict[str, LayerNumbers] = field(default_factory=dict)  # by weight name
+    activation_bits: dict[str, int] = field(default_factory=dict)  # width of every activation
     tied_groups: int = 0
     fixed_outputs: int = 0
 
@@ -115,15 +117,50 @@ def fixed_output_params(graph: Graph) -> dict[int, ActParams]:
             for op in graph.ops if op.type in FIXED_OUTPUT_PARAMS}
 
 
-def activation_params(graph: Graph, ranges: Mapping[int, tuple[float, float]], bits: int,
+def tensor_bits(graph: Graph, bits: BitWidths,
+                groups: Mapping[int, tuple[int, ...]] | None = None) -> dict[int, int]:
+    """Width of every activation tensor (index): the widest of its tied group's members.
+
+    Tied tensors share one (scale, zero point), so one width: a tensor kept at
+    8 bits keeps the tensors tied to it at 8 bits too.
+    """
+    if not bits.tensor_activations:
+        return {t: bits.activations for t in graph.activation_tensors()}
+    groups = tied_groups(graph) if groups is None else groups
+    own = dict(bits.tensor_activations)
+    out = {}
+    for t in graph.activation_tensors():
+        out[t] = max(own.get(graph.tensors[m].name, bits.activations) for m in groups.get(t, (t,)))
+    return out
+
+
+def layer_bits(graph: Graph, op: Op, bits: BitWidths,
+               widths: Mapping[int, int] | None = None) -> BitWidths:
+    """One weighted op's widths (uniform): its weight's width, its data input's width.
+
+    ``widths``: ``tensor_bits`` of the graph (computed when None).
+    """
+    if not bits.mixed:
+        return bits
+    widths = tensor_bits(graph, bits) if widths is None else widths
+    return bits.uniform(bits.weights_of(graph.tensors[op.weight_input].name),
+                        widths.get(op.data_input, bits.activations))
+
+
+def activation_params(graph: Graph, ranges: Mapping[int, tuple[float, float]],
+                      bits: int | BitWidths,
                       groups: Mapping[int, tuple[int, ...]] | None = None,
                       ) -> dict[int, ActParams]:
     """(scale, zp) per tensor index: ranges united over tied groups, fixed outputs kept.
 
-    A group with a fixed-scale member takes the fixed parameters on every member
-    (the kernels of the tying ops require one scale).
+    ``bits``: one width for all, or the plan's ``BitWidths`` (each tensor on
+    its own width, ``tensor_bits``). A group with a fixed-scale member takes
+    the fixed parameters on every member (the kernels of the tying ops
+    require one scale).
     """
     groups = tied_groups(graph) if groups is None else groups
+    widths = tensor_bits(graph, bits, groups) if isinstance(bits, BitWidths) else {}
+    default = bits.activations if isinstance(bits, BitWidths) else bits
     fixed = fixed_output_params(graph)
     params: dict[int, ActParams] = {}
     per_group: dict[tuple[int, ...], ActParams] = {}  # computed once per group, then copied
@@ -133,7 +170,7 @@ def activation_params(graph: Graph, ranges: Mapping[int, tuple[float, float]], b
             pinned = [fixed[m] for m in members if m in fixed]
             rs = [ranges[m] for m in members if m in ranges]
             per_group[members] = pinned[0] if pinned else grid.activation_params(
-                min(r[0] for r in rs), max(r[1] for r in rs), bits)
+                min(r[0] for r in rs), max(r[1] for r in rs), widths.get(t, default))
         params[t] = per_group[members]
     return params
 
@@ -200,7 +237,7 @@ def layer_numbers(op: Op, weight_name: str, w: np.ndarray, bias: np.ndarray | No
     else:
         q = grid.quantize_weights(w, s32.astype(np.float64), axis, bits.weights)
     numbers = LayerNumbers(weight_name, axis, s32, q, bias_name, dead_channels=dead,
-                           overflow_channels=grown, per_tensor=per_tensor)
+                           overflow_channels=grown, per_tensor=per_tensor, bits=bits.weights)
     if bias is not None and input_scale is not None:
         numbers.bias_values, numbers.bias_scales = bias_numbers(bias, input_scale, s32)
     return numbers
@@ -225,8 +262,10 @@ def resolve(graph: Graph, plan: Plan, defaults: Mapping[str, ActParams] | None =
         if t is not None and t not in ranges:
             ranges[t] = grid.activation_range(*p, 8)
     groups = tied_groups(graph)
-    params = activation_params(graph, ranges, bits.activations, groups)
+    widths = tensor_bits(graph, bits, groups)
+    params = activation_params(graph, ranges, bits, groups)
     out = Resolved(bits, {graph.tensors[t].name: p for t, p in params.items()})
+    out.activation_bits = {graph.tensors[t].name: b for t, b in widths.items()}
     out.tied_groups = len({g for g in groups.values() if len(g) > 1})
     out.fixed_outputs = len(fixed_output_params(graph))
     for op in graph.weighted_ops():
@@ -241,6 +280,7 @@ def resolve(graph: Graph, plan: Plan, defaults: Mapping[str, ActParams] | None =
         in_params = params.get(op.data_input)
         out.layers[w_name] = layer_numbers(
             op, w_name, w, bias, b_name, None if in_params is None else in_params[0],
-            plan.weight_scales.get(w_name), bits, plan.int_weights.get(w_name),
+            plan.weight_scales.get(w_name), layer_bits(graph, op, bits, widths),
+            plan.int_weights.get(w_name),
             plan.per_tensor_weights)
     return out

@@ -66,6 +66,11 @@ class QuantParams:
     bits: BitWidths
     activations: dict[int, tuple[float, int]] = field(default_factory=dict)
     layers: dict[int, LayerNumbers] = field(default_factory=dict)
+    act_bits: dict[int, int] = field(default_factory=dict)  # per-tensor widths (mixed; else bits)
+
+    def clip_of(self, t: int) -> tuple[int, int]:
+        """Integer bounds tensor ``t`` is clipped to (its own width's levels when strict)."""
+        return self.bits.clip_of(self.act_bits.get(t, self.bits.activations))
 
 
 def plan_quant_params(graph: Graph, plan: Plan) -> tuple[QuantParams, dict[int, np.ndarray]]:
@@ -76,7 +81,8 @@ def plan_quant_params(graph: Graph, plan: Plan) -> tuple[QuantParams, dict[int, 
     numbers = resolve(graph, plan)
     idx = graph.by_name
     params = QuantParams(plan.bits, {idx[n]: p for n, p in numbers.activations.items()},
-                         {idx[n]: layer for n, layer in numbers.layers.items()})
+                         {idx[n]: layer for n, layer in numbers.layers.items()},
+                         {idx[n]: b for n, b in numbers.activation_bits.items()})
     weights = {idx[n]: np.asarray(v, np.float32) for n, v in plan.float_weights.items() if n in idx}
     return params, weights
 
@@ -318,16 +324,16 @@ class Executor:
 
     def _store(self, t: int, value: np.ndarray) -> None:
         params = self.quant.activations.get(t) if self.quant and t not in self._float else None
-        self.values[t] = self._fake_quant(value, params) if params else value
+        self.values[t] = self._fake_quant(value, params, t) if params else value
 
-    def _fake_quant(self, value: np.ndarray, params: tuple[float, int]) -> np.ndarray:
-        return grid.fake_quant_activation(value, *params, clip=self.quant.bits.act_clip)
+    def _fake_quant(self, value: np.ndarray, params: tuple[float, int], t: int) -> np.ndarray:
+        return grid.fake_quant_activation(value, *params, clip=self.quant.clip_of(t))
 
     def set_activation(self, t: int, params: tuple[float, int]) -> None:
         """Sets (scale, zp) of tensor ``t``; a live value is quantized now."""
         self.quant.activations[t] = params
         if t in self.values:
-            self.values[t] = self._fake_quant(self.values[t], params)
+            self.values[t] = self._fake_quant(self.values[t], params, t)
 
     def value(self, t: int) -> np.ndarray:
         """The value of tensor ``t`` as consumers see it (constants included)."""

@@ -23,7 +23,8 @@ from eq_tflite.io.calibration import load_data_for
 from eq_tflite.metrics import mean_cosine
 from eq_tflite.quant_spec import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 from eq_tflite.resolve import Resolved
-from eq_tflite.rewrite.rewriter import RewriteLog, read_metadata, unpack_int4_weights
+from eq_tflite.rewrite.rewriter import (RewriteLog, read_metadata, recorded_widths,
+                                        unpack_int4_weights)
 
 #: Samples used for the run check when the caller gives none.
 SMOKE_SAMPLES = 4
@@ -47,6 +48,9 @@ class VerifyReport:
     samples: int = 0
     levels: "LevelsReport | None" = None
     int4_tensors: int = 0  # packed INT4 weights, checked against their int8-container twin
+    #: mixed precision: int8 tensor index -> width, where it differs from ``bits``
+    weight_widths: dict[int, int] = field(default_factory=dict)
+    activation_widths: dict[int, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -55,6 +59,11 @@ class VerifyReport:
     def summary(self) -> str:
         lines = [f"verify: {'OK' if self.ok else 'FAILED'}; {self.quantized_ops} int8 ops "
                  f"({self.bits.label})"]
+        if self.weight_widths or self.activation_widths:  # a mixed model, as its metadata records
+            counts = Counter([f"W{b}" for b in self.weight_widths.values()]
+                             + [f"A{b}" for b in self.activation_widths.values()])
+            lines.append("  per-tensor widths checked: " + ", ".join(
+                f"{k} on {n} tensors" for k, n in sorted(counts.items(), reverse=True)))
         if self.float_ops:
             lines.append(f"  float ops kept: {', '.join(sorted(set(self.float_ops)))}")
         if self.cosine is not None:
@@ -88,6 +97,8 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
     if bits is None:
         bits = bits_of(model_bytes)
     report = VerifyReport(bits)
+    # A mixed model records each tensor's own width; every range is checked against it.
+    report.weight_widths, report.activation_widths = recorded_widths(model_bytes)
     _check_invariants(model, report)
     if written is not None and written.resolved is not None:
         report.errors += check_numbers(model, written.resolved, written.mapping)
@@ -115,12 +126,13 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         report.cosine, report.agreement = compare_outputs(ref, outs)
         report.samples = int(ref[0].shape[0])
     if samples is not None:
-        report.levels = activation_levels(model_bytes, data, bits.activations)
+        report.levels = activation_levels(model_bytes, data, bits.activations,
+                                          widths=report.activation_widths)
         name, worst = report.levels.worst()
         if bits.strict and (report.levels.share > LEVELS_LIMIT_ALL or worst > LEVELS_LIMIT_TENSOR):
             report.warnings.append(
                 f"{100 * report.levels.share:.2f}% of the activations (worst tensor {name}: "
-                f"{100 * worst:.1f}%) lie outside the {bits.activations}-bit levels; stock kernels "
+                f"{100 * worst:.1f}%) lie outside the {report.levels.label} levels; stock kernels "
                 "keep them in the int8 headroom. Calibrate with data like this.")
     return report
 
@@ -227,6 +239,13 @@ class LevelsReport:
     total: int = 0
     outside: int = 0
     per_tensor: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (outside, total)
+    mixed: dict[int, int] = field(default_factory=dict)  # bits -> tensors at another width
+
+    @property
+    def label(self) -> str:
+        """``7-bit``, or ``7-bit (8-bit on 3 tensors)`` when tensors have their own widths."""
+        other = ", ".join(f"{b}-bit on {n} tensors" for b, n in sorted(self.mixed.items(), reverse=True))
+        return f"{self.bits}-bit" + (f" ({other})" if other else "")
 
     @property
     def share(self) -> float:
@@ -242,25 +261,33 @@ class LevelsReport:
 
     def summary(self) -> str:
         name, worst = self.worst()
-        return (f"activations outside the {self.bits}-bit levels: {100 * self.share:.3f}% of "
+        return (f"activations outside the {self.label} levels: {100 * self.share:.3f}% of "
                 f"{self.total} values; worst tensor {name} {100 * worst:.2f}%")
 
 
 def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | list[np.ndarray],
-                      bits: int, batch_size: int = 100) -> LevelsReport:
-    """Runs ``model_bytes`` on ``samples`` and counts int8 activations outside the b-bit levels."""
+                      bits: int, batch_size: int = 100,
+                      widths: Mapping[int, int] | None = None) -> LevelsReport:
+    """Runs ``model_bytes`` on ``samples`` and counts int8 activations outside the b-bit levels.
+
+    ``widths``: int8 tensor index -> its own width (mixed precision; others ``bits``).
+    """
+    widths = widths or {}
     model = fb.parse_model(model_bytes)
     sg = model.subgraphs[0]
     fixed = {o for op in sg.operators if fb.op_name(model, op) in FIXED_OUTPUT_OPS for o in op.outputs}
     watched = {i: fb.tensor_name(t) for i, t in enumerate(sg.tensors)
                if i not in fixed and fb.is_int8_activation(model, t)}
     report = LevelsReport(bits)
+    for i in watched:
+        if widths.get(i, bits) != bits:
+            report.mixed[widths[i]] = report.mixed.get(widths[i], 0) + 1
     arrays = [samples[fb.tensor_name(sg.tensors[i])] for i in sg.inputs] \
         if isinstance(samples, Mapping) else list(samples)
     counts = {i: [0, 0] for i in watched}
     for values in runtime.iterate_tensors(model_bytes, arrays, list(watched), batch_size):
         for i, q in values.items():
-            counts[i][0] += grid.outside_levels(q, bits)
+            counts[i][0] += grid.outside_levels(q, widths.get(i, bits))
             counts[i][1] += q.size
     for i, (out, tot) in counts.items():
         report.per_tensor[watched[i]] = (out, tot)
@@ -305,7 +332,6 @@ def _random_inputs(interp: Any) -> dict[str, np.ndarray]:
 
 def _check_invariants(model: Any, report: VerifyReport) -> None:
     sg = model.subgraphs[0]
-    qmax = report.bits.weight_qmax
     counts: Counter = Counter()
     for op in sg.operators:
         kind = fb.op_name(model, op)
@@ -317,27 +343,32 @@ def _check_invariants(model: Any, report: VerifyReport) -> None:
             elif any(fb.type_name(sg.tensors[i].type) == "INT8" for i in op.outputs):
                 report.quantized_ops += 1  # int8 compute (not int32 shape arithmetic)
         if kind in WEIGHTED:
-            _check_weighted(model, sg, op, kind, qmax, report)
+            w_bits = report.weight_widths.get(int(op.inputs[WEIGHTED[kind][1]]), report.bits.weights)
+            _check_weighted(model, sg, op, kind, w_bits, report)
         _check_tied(sg, op, kind, report)
         if kind not in FIXED_OUTPUT_OPS:
             for out in op.outputs:
-                _check_activation(model, sg.tensors[out], report)
+                _check_activation(model, sg.tensors[out], report,
+                                  report.activation_widths.get(int(out), report.bits.activations))
     report.op_counts = dict(counts)
 
 
-def _check_activation(model: Any, t: Any, report: VerifyReport) -> None:
+def _check_activation(model: Any, t: Any, report: VerifyReport, bits: int) -> None:
+    """Scale valid and zero point on the tensor's own ``bits``-bit levels."""
     if fb.type_name(t.type) != "INT8" or t.quantization is None or t.quantization.scale is None:
         return
     scale, zp = float(t.quantization.scale[0]), int(t.quantization.zeroPoint[0])
-    bits = report.bits
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     if not (np.isfinite(scale) and scale > 0):
         report.errors.append(f"{fb.tensor_name(t)}: invalid scale {scale}")
-    if not bits.act_qmin <= zp <= bits.act_qmax:
+    if not qmin <= zp <= qmax:
         report.errors.append(f"{fb.tensor_name(t)}: zero point {zp} outside the "
-                             f"{bits.activations}-bit range [{bits.act_qmin}, {bits.act_qmax}]")
+                             f"{bits}-bit range [{qmin}, {qmax}]")
 
 
-def _check_weighted(model: Any, sg: Any, op: Any, kind: str, qmax: int, report: VerifyReport) -> None:
+def _check_weighted(model: Any, sg: Any, op: Any, kind: str, bits: int, report: VerifyReport) -> None:
+    """Weights within the layer's own ``bits``-bit range, zero points 0, bias scales s_in * s_w."""
+    qmax = 2 ** (bits - 1) - 1
     data_pos, w_pos, b_pos, axis = WEIGHTED[kind]
     w_t = sg.tensors[op.inputs[w_pos]]
     w = fb.buffer_array(model, w_t)
@@ -349,7 +380,7 @@ def _check_weighted(model: Any, sg: Any, op: Any, kind: str, qmax: int, report: 
         report.errors.append(f"{name}: weight zero points must be 0")
     peak = int(np.abs(w.astype(np.int32)).max(initial=0))
     if peak > qmax:
-        report.errors.append(f"{name}: |weight| reaches {peak} > {qmax} ({report.bits.weights}-bit)")
+        report.errors.append(f"{name}: |weight| reaches {peak} > {qmax} ({bits}-bit)")
     s_w = np.asarray(q.scale, np.float64)
     if len(s_w) > 1 and (q.quantizedDimension != axis or len(s_w) != w.shape[axis]):
         report.errors.append(f"{name}: per-channel scales must run along axis {axis}")
@@ -407,6 +438,9 @@ def _check_metadata(model: bytes, path: str) -> None:
         meta = read_metadata(model)
         if meta is not None:
             BitWidths(meta.get("weight_bits", 8), meta.get("activation_bits", 8))  # as verify() reads them
+            for widths in recorded_widths(model):  # a mixed model's per-tensor widths
+                if any(not 2 <= b <= 8 for b in widths.values()):
+                    raise ValueError("per-tensor bit width out of 2..8")
     except (ValueError, TypeError, AttributeError, IndexError) as err:  # JSON, types, ranges
         raise EqTfliteError(f"{path}: its eq_tflite metadata is corrupt ({type(err).__name__})") from None
 

@@ -66,6 +66,18 @@ CONFIGS = {
     "eq_w6a6_linear": ("EasyQuant W6A6 --eq_objective linear (the old default)", "eq",
                        ["--bits", "6", "--eq_objective", "linear"]),
     "kl_w7a7": ("KL W7A7", "eq", ["--method", "kl", "--bits", "7"]),
+    # Mixed precision (issue 21): EasyQuant, 8-bit activations, weight-size budget search
+    # (layers lowered to 4 bits are stored as packed INT4), and --keep_8bit on --bits 7.
+    "mixed_eq_w8_budget50": ("EasyQuant W8A8, weight budget 50% of int8 (--weight_size_ratio 0.5)", "eq",
+                             ["--bits", "8", "--weight_size_ratio", "0.5"]),
+    "mixed_eq_w8_budget60": ("EasyQuant W8A8, weight budget 60% of int8", "eq",
+                             ["--bits", "8", "--weight_size_ratio", "0.6"]),
+    "mixed_eq_w8_budget75": ("EasyQuant W8A8, weight budget 75% of int8", "eq",
+                             ["--bits", "8", "--weight_size_ratio", "0.75"]),
+    "mixed_eq_w7a7_keep8": ("EasyQuant W7A7 --keep_8bit input,first,last", "eq",
+                            ["--bits", "7", "--keep_8bit", "input,first,last"]),
+    "mixed_bs_w8_budget60": ("Bit-Split W8A8, weight budget 60% of int8", "eq",
+                             ["--method", "bitsplit", "--bits", "8", "--weight_size_ratio", "0.6"]),
 }
 #: One-flag variations of a default configuration: the tables that chose the defaults (BENCHMARKS.md).
 #: Each changes exactly one option of its base row ("eq_w7a7" or "datafree_w8a8").
@@ -204,6 +216,8 @@ def run_cell(model: str, config: str, cache: Path) -> dict:
         row["seconds"], row["error"], ok = round(time.perf_counter() - t0, 1), f"timeout after {FLAGS.timeout}s", False
     if not ok:
         return row
+    from eq_tflite.mixed import file_weight_bytes
+    row["weight_bytes"] = file_weight_bytes(out.read_bytes())
     x = np.load(model_dir / "eval.npy", mmap_mode="r")
     try:
         row.update(_evaluate(out.read_bytes(), np.asarray(x), _reference(model_dir, np.asarray(x)), meta))

@@ -365,7 +365,7 @@ def mse_range(values: np.ndarray, base: tuple[float, float], bits: grid.BitWidth
 # --------------------------------------------------------------------------
 # The layer walk
 
-RangeChooser = Callable[[np.ndarray, tuple[float, float]], tuple[float, float]]
+RangeChooser = Callable[[np.ndarray, tuple[float, float], grid.BitWidths], tuple[float, float]]
 
 
 @dataclass
@@ -430,8 +430,10 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
     groups = resolve.tied_groups(graph)
     decider = _deciders(graph, groups) if choose_range is not None else {}
     pending = {t for g in decider for t in g}
-    act_params = resolve.activation_params(graph, ranges, bits.activations, groups)
-    quant = simulate.QuantParams(bits, {t: p for t, p in act_params.items() if t not in pending})
+    widths = resolve.tensor_bits(graph, bits, groups)  # per-tensor widths (mixed precision)
+    act_params = resolve.activation_params(graph, ranges, bits, groups)
+    quant = simulate.QuantParams(bits, {t: p for t, p in act_params.items() if t not in pending},
+                                 act_bits=widths)
     edits = {idx[n]: np.asarray(v, np.float32) for n, v in (float_weights or {}).items() if n in idx}
     fsim = simulate.Executor(graph, ctx.calibration, weights=edits)
     qsim = simulate.Executor(graph, ctx.calibration, quant, weights=edits)
@@ -443,11 +445,12 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
             qsim.step(prev)
         t0 = time.perf_counter()
         group = groups.get(op.data_input, (op.data_input,))
+        lbits = resolve.layer_bits(graph, op, bits, widths)
         if decider.get(group) == op.index:
             base = (min(ranges[t][0] for t in group if t in ranges),
                     max(ranges[t][1] for t in group if t in ranges))
-            chosen = choose_range(qsim.value(op.data_input), base)
-            params = grid.activation_params(*chosen, bits.activations)
+            chosen = choose_range(qsim.value(op.data_input), base, lbits)
+            params = grid.activation_params(*chosen, lbits.activations)
             for t in group:
                 out.activation_ranges[graph.tensors[t].name] = chosen
                 act_params[t] = params
@@ -464,7 +467,7 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
         lin = fsim.linear(op)
         grouped = simulate.conv_groups(op.type, w_t.shape, lin.in_channels) > 1
         free = lin.matrix(np.ones(w_t.shape, np.float32)) != 0 if grouped else None
-        res = bit_split(problem, matrix, bits.weights, opts.rounds, opts.init_steps, free)
+        res = bit_split(problem, matrix, lbits.weights, opts.rounds, opts.init_steps, free)
         q = lin.weights(res.q).astype(np.int8)
         out.int_weights[w_t.name] = q
         out.weight_scales[w_t.name] = res.alpha
@@ -474,7 +477,7 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
             out.float_weights[bias.name] = b_values
         qsim.quant.layers[op.weight_input] = resolve.layer_numbers(
             op, w_t.name, fsim.value(op.weight_input), b_values, None if bias is None else bias.name,
-            act_params[op.data_input][0], res.alpha, bits, q)
+            act_params[op.data_input][0], res.alpha, lbits, q)
         qsim.step(op)
         fsim.step(op)
         done = op.index + 1
@@ -501,8 +504,9 @@ def bitsplit(ctx: MethodContext) -> Plan:
         base = methods.get("minmax")(ctx).activation_ranges
     chooser = None
     if choice == "mse":
-        def chooser(values: np.ndarray, rng: tuple[float, float]) -> tuple[float, float]:
-            return mse_range(values, rng, ctx.bits, opts.mse_iters, opts.clip_budget)
+        def chooser(values: np.ndarray, rng: tuple[float, float],
+                    bits: grid.BitWidths) -> tuple[float, float]:
+            return mse_range(values, rng, bits, opts.mse_iters, opts.clip_budget)
     step = split_weights(ctx, base, opts, chooser)
     return Plan("bitsplit", ctx.bits, activation_ranges=step.activation_ranges,
                 weight_scales=step.weight_scales, int_weights=step.int_weights,

@@ -494,14 +494,15 @@ def easyquant(ctx: MethodContext) -> Plan:
     init_ranges = {graph.by_name[n]: r for n, r in init_plan.activation_ranges.items()}
     groups = resolve.tied_groups(graph)
     decider = _deciders(graph, groups)
-    act_params = resolve.activation_params(graph, init_ranges, bits.activations, groups)
+    widths = resolve.tensor_bits(graph, bits, groups)  # per-tensor widths (mixed precision)
+    act_params = resolve.activation_params(graph, init_ranges, bits, groups)
     pending = {t for g in decider for t in g}
 
     fsim = simulate.Executor(graph, ctx.calibration)
     qsim = None
     if opts.inputs == "quantized":
         quant = simulate.QuantParams(bits, {t: p for t, p in act_params.items()
-                                            if t not in pending})
+                                            if t not in pending}, act_bits=widths)
         qsim = simulate.Executor(graph, ctx.calibration, quant)
     plan = Plan("easyquant", bits,
                 activation_ranges={graph.tensors[t].name: r for t, r in init_ranges.items()})
@@ -516,19 +517,20 @@ def easyquant(ctx: MethodContext) -> Plan:
         searched = decider.get(group) == op.index
         lo = min(init_ranges[t][0] for t in group if t in init_ranges)
         hi = max(init_ranges[t][1] for t in group if t in init_ranges)
-        problem = _problem(ctx, opts, op, fsim, qsim, (lo, hi) if searched else None)
+        lbits = resolve.layer_bits(graph, op, bits, widths)
+        problem = _problem(ctx, opts, op, fsim, qsim, (lo, hi) if searched else None, lbits)
         row, act_range, scales = _search(problem, opts, act_params[op.data_input],
                                          (lo, hi) if searched else None)
         plan.weight_scales[graph.tensors[op.weight_input].name] = scales
         if searched:
-            params = grid.activation_params(*act_range, bits.activations)
+            params = grid.activation_params(*act_range, lbits.activations)
             for t in group:
                 plan.activation_ranges[graph.tensors[t].name] = act_range
                 act_params[t] = params
                 if qsim is not None:
                     qsim.set_activation(t, params)
         if qsim is not None:
-            qsim.quant.layers[op.weight_input] = _shipped(graph, op, act_params, scales, bits)
+            qsim.quant.layers[op.weight_input] = _shipped(graph, op, act_params, scales, lbits)
         _advance(fsim, qsim, [op], pool)
         done = op.index + 1
         row = {"op_index": op.index, "op_type": op.type,
@@ -559,8 +561,13 @@ def _advance(fsim: simulate.Executor, qsim: simulate.Executor | None, ops: list[
 
 def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
              qsim: simulate.Executor | None,
-             base_range: tuple[float, float] | None = None) -> LayerProblem:
-    """Samples rows of ``op``: float target, input rows from the quantized (or float) model."""
+             base_range: tuple[float, float] | None = None,
+             bits: BitWidths | None = None) -> LayerProblem:
+    """Samples rows of ``op``: float target, input rows from the quantized (or float) model.
+
+    ``bits``: the layer's own widths (``resolve.layer_bits``; default ``ctx.bits``).
+    """
+    bits = ctx.bits if bits is None else bits
     x_float = fsim.value(op.data_input)
     lin = fsim.linear(op)
     if op.type == "FULLY_CONNECTED":
@@ -580,9 +587,9 @@ def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
     x_in = x_float if qsim is None else qsim.value(op.data_input)
     rows = lin.rows(x_in, positions)
     tails = None
-    if ctx.bits.strict and base_range is not None:
+    if bits.strict and base_range is not None:
         tails = InputTails.of(x_in, *base_range, 0.9 / opts.beta)
-    return LayerProblem(lin, rows, target, matrix, bias, activation, ctx.bits, tails,
+    return LayerProblem(lin, rows, target, matrix, bias, activation, bits, tails,
                         linear_target, opts.preselect)
 
 

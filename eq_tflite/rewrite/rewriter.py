@@ -46,6 +46,9 @@ class RewriteLog:
     mapping: dict[int, str] = field(default_factory=dict)
     #: the numbers written (``eq_tflite.resolve``)
     resolved: resolve_mod.Resolved | None = None
+    #: int8 tensor index -> bit width, for weights and activations (mixed precision)
+    weight_widths: dict[int, int] = field(default_factory=dict)
+    activation_widths: dict[int, int] = field(default_factory=dict)
 
 
 def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
@@ -60,9 +63,9 @@ def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
     numbers = log.resolved = resolve_mod.resolve(graph, plan, defaults)
     log.tied_groups, log.fixed_outputs = numbers.tied_groups, numbers.fixed_outputs
     unmapped = _write_activations(sg, acts, numbers, log)
-    _copy_tied_params(model, sg, acts, unmapped)
+    _copy_tied_params(model, sg, acts, unmapped, log.activation_widths)
     _write_weights(model, sg, numbers, log)
-    _write_metadata(model, plan, float_model)
+    _write_metadata(model, plan, float_model, log)
     fb.drop_unused_buffers(model)  # TFLite's replaced weights and biases
     return fb.serialize_model(model), log
 
@@ -80,8 +83,12 @@ def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
 
     Returns (model bytes, number of weight tensors packed). Values, scales
     and everything else stay as they are; a weight shared by an op that
-    cannot take INT4, or with values beyond 4 bits, stays int8.
+    cannot take INT4, or with values beyond 4 bits, stays int8. In a mixed
+    model (per-layer widths in the metadata), only layers of at most 4 bits
+    are packed.
     """
+    widths, default = recorded_widths(model_bytes)[0], (read_metadata(model_bytes) or {}).get(
+        "weight_bits", 8)
     model = fb.parse_model(model_bytes)
     sg = model.subgraphs[0]
     readers: dict[int, set[str]] = {}
@@ -95,8 +102,10 @@ def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
             continue
         t = sg.tensors[op.inputs[WEIGHTED[kind][1]]]
         w = fb.buffer_array(model, t)
+        w_idx = int(op.inputs[WEIGHTED[kind][1]])
         if fb.type_name(t.type) != "INT8" or w is None or np.abs(w.astype(np.int32)).max(initial=0) > 7 \
-                or not readers[int(op.inputs[WEIGHTED[kind][1]])] <= INT4_WEIGHT_OPS:
+                or not readers[w_idx] <= INT4_WEIGHT_OPS \
+                or (widths and widths.get(w_idx, default) > 4):
             continue
         fb.set_int4_buffer(model, t, w)
         packed += 1
@@ -234,6 +243,7 @@ def _write_activations(sg: Any, acts: list[int], numbers: resolve_mod.Resolved,
     for i in acts:
         t = sg.tensors[i]
         params = numbers.activations.get(log.mapping.get(i, ""))
+        log.activation_widths[i] = numbers.activation_bits.get(log.mapping.get(i, ""), bits)
         if params is None:  # not in the float graph: TFLite's range on the b-bit levels
             log.unmapped.append(fb.tensor_name(t))
             unmapped.add(i)
@@ -244,7 +254,8 @@ def _write_activations(sg: Any, acts: list[int], numbers: resolve_mod.Resolved,
     return unmapped
 
 
-def _copy_tied_params(model: Any, sg: Any, acts: list[int], unmapped: set[int]) -> int:
+def _copy_tied_params(model: Any, sg: Any, acts: list[int], unmapped: set[int],
+                      widths: dict[int, int] | None = None) -> int:
     """Gives every same-scale group of the int8 model one (scale, zero point); returns changes.
 
     The plan's numbers already tie the float graph's groups, but a group of the
@@ -252,7 +263,7 @@ def _copy_tied_params(model: Any, sg: Any, acts: list[int], unmapped: set[int]) 
     names, converter-made tensors) whose parameters came from TFLite's own
     range. The group's parameters are decided once, and copied bit for bit:
     those of its first member with plan numbers (``resolve`` gave them all the
-    same), else of its first member.
+    same), else of its first member; ``widths`` (tensor -> bits) follow them.
     """
     act_set = set(acts)
     parent = {i: i for i in acts}
@@ -277,6 +288,9 @@ def _copy_tied_params(model: Any, sg: Any, acts: list[int], unmapped: set[int]) 
             continue
         planned = [t for t in members if t not in unmapped]
         source = sg.tensors[(planned or members)[0]].quantization
+        if widths is not None and (planned or members)[0] in widths:
+            for t in members:
+                widths[t] = widths[(planned or members)[0]]
         for t in members:
             q = sg.tensors[t].quantization
             if (list(q.scale), list(q.zeroPoint)) != (list(source.scale), list(source.zeroPoint)):
@@ -316,6 +330,7 @@ def _write_weights(model: Any, sg: Any, numbers: resolve_mod.Resolved, log: Rewr
         w_t = own(op, w_pos)
         fb.set_buffer(model, w_t, layer.values.astype(np.int8))
         _set_quant(w_t, layer.file_scales, axis)  # one scale when per-tensor
+        log.weight_widths[int(op.inputs[w_pos])] = layer.bits
         log.weights += 1
         log.dead_channels += layer.dead_channels
         log.bias_overflow_channels += layer.overflow_channels
@@ -347,8 +362,14 @@ def _set_quant(t: Any, scales: np.ndarray, axis: int) -> None:
 
 # --- metadata -------------------------------------------------------------------
 
-def _write_metadata(model: Any, plan: Plan, float_model: bytes | None) -> None:
-    """Keeps the float model's metadata and records how this model was made."""
+def _write_metadata(model: Any, plan: Plan, float_model: bytes | None,
+                    log: RewriteLog | None = None) -> None:
+    """Keeps the float model's metadata and records how this model was made.
+
+    A mixed-precision plan also records every tensor whose width differs from
+    the model's (``"mixed"``: int8 tensor index -> bits), which verify checks
+    each tensor against.
+    """
     from eq_tflite import __version__
 
     existing = {_name(m) for m in (model.metadata or [])}
@@ -361,6 +382,12 @@ def _write_metadata(model: Any, plan: Plan, float_model: bytes | None) -> None:
     info = {"version": __version__, "method": plan.method,
             "weight_bits": plan.bits.weights, "activation_bits": plan.bits.activations,
             "activation_range": plan.bits.activation_range, "label": plan.bits.label}
+    if plan.bits.mixed and log is not None:
+        info["mixed"] = {
+            "weight_bits": {str(i): b for i, b in sorted(log.weight_widths.items())
+                            if b != plan.bits.weights},
+            "activation_bits": {str(i): b for i, b in sorted(log.activation_widths.items())
+                                if b != plan.bits.activations}}
     if METADATA_NAME in existing:
         model.metadata = [m for m in model.metadata if _name(m) != METADATA_NAME]
     _add_metadata(model, METADATA_NAME, json.dumps(info, sort_keys=True).encode())
@@ -378,6 +405,14 @@ def _add_metadata(model: Any, name: str, data: bytes) -> None:
     meta.name = name
     meta.buffer = len(model.buffers) - 1
     model.metadata = list(model.metadata or []) + [meta]
+
+
+def recorded_widths(model_bytes: bytes) -> tuple[dict[int, int], dict[int, int]]:
+    """(weight widths, activation widths) by int8 tensor index that a mixed model records
+    (tensors not listed have the model's widths); two empty dicts for other models."""
+    mixed = (read_metadata(model_bytes) or {}).get("mixed") or {}
+    return ({int(i): int(b) for i, b in (mixed.get("weight_bits") or {}).items()},
+            {int(i): int(b) for i, b in (mixed.get("activation_bits") or {}).items()})
 
 
 def read_metadata(model_bytes: bytes) -> dict[str, Any] | None:
