@@ -91,6 +91,10 @@ SWEEPS = {
         "rows_1024": ("--eq_max_rows", "1024"),
         "rows_16384": ("--eq_max_rows", "16384"),
         "samples_32": ("--num_calibration_samples", "32"),
+        "keep_8bit_input": ("--keep_8bit", "input"),
+    },
+    "eq_w6a6": {
+        "keep_8bit_input": ("--keep_8bit", "input"),
     },
     "datafree_w8a8": {
         "k_4": ("--dfq_sigmas", "4"),
