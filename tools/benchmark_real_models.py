@@ -52,6 +52,7 @@ CONFIGS = {
     "eq_w8a8_linear": ("EasyQuant W8A8 --eq_objective linear", "eq",
                        ["--bits", "8", "--eq_objective", "linear"]),
     "minmax_w7a7": ("min/max W7A7", "eq", ["--method", "minmax", "--bits", "7"]),
+    "minmax_w8a8": ("min/max W8A8", "eq", ["--method", "minmax", "--bits", "8"]),
     "datafree_w8a8": ("data-free W8A8 (default chain)", "datafree", ["--bits", "8"]),
     "bitsplit_w4a8": ("Bit-Split W4A8", "eq", ["--method", "bitsplit", "--weight_bits", "4",
                                                "--activation_bits", "8"]),
