@@ -53,6 +53,10 @@ CONFIGS = {
                        ["--bits", "8", "--eq_objective", "linear"]),
     "minmax_w7a7": ("min/max W7A7", "eq", ["--method", "minmax", "--bits", "7"]),
     "minmax_w8a8": ("min/max W8A8", "eq", ["--method", "minmax", "--bits", "8"]),
+    # Detectors: the score logits quantized over [-20, 20] (sigmoid 2e-9 .. 1 - 2e-9) instead of
+    # their calibrated tail (BlazeFace: [-265, 2]); {scores} is the detector's score output.
+    "eq_w8a8_scores": ("EasyQuant W8A8 --output_range SCORES=-20,20", "eq",
+                       ["--bits", "8", "--output_range", "{scores}=-20,20"]),
     "datafree_w8a8": ("data-free W8A8 (default chain)", "datafree", ["--bits", "8"]),
     "bitsplit_w4a8": ("Bit-Split W4A8", "eq", ["--method", "bitsplit", "--weight_bits", "4",
                                                "--activation_bits", "8"]),
@@ -159,9 +163,21 @@ def _command(config: str, model_dir: Path, meta: dict, out: Path) -> list[str]:
         lo, hi = meta["float_range"]
         return [*base[:3], str(keras if keras.exists() else model_dir / "float.tflite"), *base[3:], *extra,
                 "--input_range", f"{lo},{hi}"]
+    if any("{scores}" in e for e in extra):
+        extra = [e.replace("{scores}", _score_output(model_dir / "float.tflite")) for e in extra]
     samples = [] if "--num_calibration_samples" in extra else \
         ["--num_calibration_samples", str(FLAGS.num_calibration_samples)]
     return [*base[:3], src, *base[3:], *extra, "--calibration_data", calib, *samples]
+
+
+def _score_output(float_tflite: Path) -> str:
+    """A detector's score output (one value per anchor, as ``metrics.score_outputs`` picks it)."""
+    from eq_tflite.graph import Graph
+    from eq_tflite.io.sources import float_model_of, signature_output_names
+    model = float_model_of(str(float_tflite), [])
+    g, names = Graph.from_tflite(model), signature_output_names(model)
+    t = next(t for t in g.outputs if len(g.tensors[t].shape) == 3 and g.tensors[t].shape[-1] == 1)
+    return names.get(t, g.tensors[t].name)
 
 
 def _reference(model_dir: Path, x) -> list:
