@@ -22,7 +22,8 @@ def two_outputs():
     probs = L.Softmax(name="probs")(logits)
     model = keras.Model(inp, {"logits": logits, "probs": probs})
     data = np.random.default_rng(0).random((40, 8, 8, 3), dtype=np.float32)
-    return model, data
+    from eq_tflite.io.sources import float_model_of
+    return float_model_of(model, []), data  # float .tflite bytes: converted once for every test
 
 
 def _logits_index(conv: api.Conversion, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
