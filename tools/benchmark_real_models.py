@@ -101,6 +101,10 @@ SWEEPS = {
     "eq_w6a6": {
         "keep_8bit_input": ("--keep_8bit", "input"),
     },
+    "eq_w8a8": {
+        "clip_budget_0": ("--eq_clip_budget", "0"),
+        "inputs_float": ("--eq_inputs", "float"),
+    },
     "datafree_w8a8": {
         "k_4": ("--dfq_sigmas", "4"),
         "k_6": ("--dfq_sigmas", "6"),
