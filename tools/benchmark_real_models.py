@@ -350,14 +350,25 @@ def write_markdown(results: dict, cache: Path) -> None:
     update_section(FLAGS.output, "real_models", "\n".join(lines))
 
 
+def _key_metric(row: dict) -> str:
+    """The one number per model kind a sweep table compares."""
+    if "agreement" in row:
+        return f"{100 * row['agreement']:.1f}% / {row['cosine']:.5f}"
+    for key, fmt in (("detection_iou", "detections IoU {:.4f}"), ("mask_iou", "mask IoU {:.4f}"),
+                     ("landmark_px", "{:.2f} px")):
+        if key in row:
+            return fmt.format(row[key])
+    return "-"
+
+
 def _sweep_tables(results: dict) -> list[str]:
     """One table per swept default: each one-flag variant against its base row, per classifier."""
     models = [m for m in MODELS if any("__" in c for c in results.get(m, {}))]
     if not models:
         return []
     lines = ["### Defaults chosen on the suite", "",
-             "Each row changes one option of the default row above it (agreement / cosine on the held-out "
-             "crops, seconds). The default is the first row of each table.", ""]
+             "Each row changes one option of the default row above it (classifiers: agreement / cosine "
+             "on the held-out crops; detectors: detections IoU; segmentation: mask IoU; seconds). The default is the first row of each table.", ""]
     for base, variants in SWEEPS.items():
         lines += [f"**{CONFIGS[base][0]}**", "", "| variant | " + " | ".join(models) + " |",
                   "|---|" + "---|" * len(models)]
@@ -366,7 +377,7 @@ def _sweep_tables(results: dict) -> list[str]:
             for m in models:
                 r = results.get(m, {}).get(config)
                 cells.append("-" if r is None else f"failed: `{r['error'][:60]}`" if "error" in r else
-                             f"{100 * r['agreement']:.1f}% / {r['cosine']:.5f} ({r.get('seconds', 0):.0f} s)")
+                             f"{_key_metric(r)} ({r.get('seconds', 0):.0f} s)")
             name = "default" if config == base else " ".join(SWEEPS[base][config.split("__")[1]])
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
