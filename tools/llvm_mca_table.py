@@ -120,6 +120,8 @@ FILES = {  # delegate source -> operation
 
 def find_mca() -> str:
     if FLAGS.llvm_mca:
+        if not shutil.which(FLAGS.llvm_mca):
+            raise SystemExit(f"error: --llvm_mca {FLAGS.llvm_mca!r} is not an executable")
         return FLAGS.llvm_mca
     for v in range(30, 13, -1):
         p = shutil.which(f"llvm-mca-{v}")
@@ -387,6 +389,11 @@ def x86_table(mca: str) -> list[str]:
 def main(argv: list[str]) -> None:
     del argv
     mca = find_mca()
+    for tool in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-objdump"):
+        if not shutil.which(tool):
+            raise SystemExit(f"error: {tool} not found (bash .ci/setup_aarch64.sh)")
+    if FLAGS.xnnpack and not os.path.isdir(FLAGS.xnnpack):
+        raise SystemExit(f"error: --xnnpack {FLAGS.xnnpack!r} is not a directory")
     mca_version = subprocess.run([mca, "--version"], capture_output=True,
                                  text=True).stdout.split("\n")
     mca_version = next((l.strip() for l in mca_version if "version" in l.lower()), "?")
@@ -441,5 +448,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-    app.run(main)
+    try:
+        import eq_tflite  # noqa: F401
+    except ImportError:  # a plain checkout that was never installed
+        sys.path.insert(0, REPO)
+    from eq_tflite.cli import run_absl
+    run_absl(main)
