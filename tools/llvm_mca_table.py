@@ -196,6 +196,8 @@ def delegate_rows(tmp: str) -> list[dict]:
                 continue
             seen.add(key)
             macs = sum(macs_of(x[1], x[2]) for x in body)
+            if not macs:  # a scalar multiply (address arithmetic), not a kernel loop
+                continue
             asm = body_asm(body)
             src = f"`{f}` ({fn}), compiled"
             if f == "qs8_conv_direct_neon.c":
@@ -223,6 +225,11 @@ def delegate_rows(tmp: str) -> list[dict]:
                 rows.append(dict(op=op, kernel="winograd_neon (per direct-equivalent MAC, "
                                  "x2.25, transforms excluded)", src=src, asm=asm,
                                  macs=macs * 2.25))
+            elif fn == "dw_row_r8":
+                if macs >= 128:  # the 8-tap run (the shorter loop is a run's leftover taps)
+                    rows.append(dict(op=op, kernel="dwconv_neon_r8 (7-bit data: int8 SMLAL, "
+                                     "runs of 8 taps, 16 channels)", src=src, asm=asm,
+                                     macs=macs))
             else:
                 rows.append(dict(op=op, kernel="dwconv_neon (int16 SMLAL per tap)", src=src,
                                  asm=asm, macs=macs))
