@@ -179,13 +179,13 @@ def main(argv: list[str]) -> None:
         "",
         "| measurement | XNNPACK ms | delegate ms | gain ms (median over trials) | gain per trial [min-max] |",
         "|---|---:|---:|---:|---|",
-        f"| {k}x{k} depthwise layer alone | {np.median(lx):.3f} | {np.median(ld):.3f} | {lg:.4f} | "
+        f"| {k}x{k} depthwise layer alone | {np.median(lx):.4f} | {np.median(ld):.4f} | {lg:.4f} | "
         f"[{min(layer_gain):.4f} to {max(layer_gain):.4f}] |",
-        f"| chain of {n} blocks | {np.median(cx):.3f} | {np.median(cd):.3f} | {cg:.4f} | "
+        f"| chain of {n} blocks | {np.median(cx):.4f} | {np.median(cd):.4f} | {cg:.4f} | "
         f"[{min(chain_gain):.4f} to {max(chain_gain):.4f}] |",
         "",
         f"Boundary cost per claimed node = layer gain - chain gain / {max(claimed, 1)} = "
-        f"**{per_node * 1e3:.1f} us** (chain: XNNPACK / (default+delegate) = "
+        f"**{per_node * 1e3:.2f} us** (chain: XNNPACK / (default+delegate) = "
         f"{np.median(cx) / np.median(cd):.3f}).",
     ]
     report = "\n".join(lines) + "\n"

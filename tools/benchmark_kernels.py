@@ -245,7 +245,9 @@ def main(argv: list[str]) -> None:
         "the delegate's variant (builtin resolver, `policy=all`) against XNNPACK (default "
         "resolver) on the same model. Speedup = XNNPACK ms / variant ms (> 1: the variant "
         "is faster). `policy=fastest` claims a node only where its nearest row of the same "
-        "CPU class, kernel, kernel size and stride reaches 1.05x.",
+        "CPU class, kernel, kernel size and stride lies within a log shape distance of 1.0 "
+        "and reaches 1.05x at 1 thread, and claims nothing at 2 or more threads "
+        "(delegates/README.md, \"Claim policy\").",
         "",
         f"Command (from the repo root): `{cmd}`",
         "",

@@ -120,6 +120,8 @@ FILES = {  # delegate source -> operation
 
 def find_mca() -> str:
     if FLAGS.llvm_mca:
+        if not shutil.which(FLAGS.llvm_mca):
+            raise SystemExit(f"error: --llvm_mca {FLAGS.llvm_mca!r} is not an executable")
         return FLAGS.llvm_mca
     for v in range(30, 13, -1):
         p = shutil.which(f"llvm-mca-{v}")
@@ -194,6 +196,8 @@ def delegate_rows(tmp: str) -> list[dict]:
                 continue
             seen.add(key)
             macs = sum(macs_of(x[1], x[2]) for x in body)
+            if not macs:  # a scalar multiply (address arithmetic), not a kernel loop
+                continue
             asm = body_asm(body)
             src = f"`{f}` ({fn}), compiled"
             if f == "qs8_conv_direct_neon.c":
@@ -221,6 +225,11 @@ def delegate_rows(tmp: str) -> list[dict]:
                 rows.append(dict(op=op, kernel="winograd_neon (per direct-equivalent MAC, "
                                  "x2.25, transforms excluded)", src=src, asm=asm,
                                  macs=macs * 2.25))
+            elif fn == "dw_row_r8":
+                if macs >= 128:  # the 8-tap run (the shorter loop is a run's leftover taps)
+                    rows.append(dict(op=op, kernel="dwconv_neon_r8 (7-bit data: int8 SMLAL, "
+                                     "runs of 8 taps, 16 channels)", src=src, asm=asm,
+                                     macs=macs))
             else:
                 rows.append(dict(op=op, kernel="dwconv_neon (int16 SMLAL per tap)", src=src,
                                  asm=asm, macs=macs))
@@ -387,6 +396,11 @@ def x86_table(mca: str) -> list[str]:
 def main(argv: list[str]) -> None:
     del argv
     mca = find_mca()
+    for tool in ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-objdump"):
+        if not shutil.which(tool):
+            raise SystemExit(f"error: {tool} not found (bash .ci/setup_aarch64.sh)")
+    if FLAGS.xnnpack and not os.path.isdir(FLAGS.xnnpack):
+        raise SystemExit(f"error: --xnnpack {FLAGS.xnnpack!r} is not a directory")
     mca_version = subprocess.run([mca, "--version"], capture_output=True,
                                  text=True).stdout.split("\n")
     mca_version = next((l.strip() for l in mca_version if "version" in l.lower()), "?")
@@ -441,5 +455,9 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import app
-    app.run(main)
+    try:
+        import eq_tflite  # noqa: F401
+    except ImportError:  # a plain checkout that was never installed
+        sys.path.insert(0, REPO)
+    from eq_tflite.cli import run_absl
+    run_absl(main)

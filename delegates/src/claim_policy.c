@@ -29,9 +29,10 @@
  * delegate claims convolutions, on the seed's measurement that 7-bit SMLAL
  * with int16 accumulation beats int8 there (not timed here: qemu cannot time
  * code; llvm-mca's static estimates agree on A53/A55, tools/llvm_mca_table.py)
- * and declines depthwise nodes, whose NEON loop llvm-mca estimates slower
- * than XNNPACK's; everywhere else it declines, because "never slower" needs
- * a measurement.
+ * and claims depthwise nodes with 7-bit weights (llvm-mca estimates the
+ * 7-bit path faster than XNNPACK's depthwise kernel), not those with 8-bit
+ * weights (its int16 path, estimated slower); everywhere else it declines,
+ * because "never slower" needs a measurement.
  */
 #include <math.h>
 #include <stdio.h>
@@ -171,13 +172,21 @@ int eqd_policy_claims(const eqd_options* opt, const eqd_policy_node* n, int nthr
     return 0;
   }
   if (!strcmp(cls, "neon") && opt->features != 0) {
-    if (n->depthwise) {
+    if (n->depthwise && n->wbits != 7) {
       snprintf(reason, cap,
-               "no measurement for %s on neon; llvm-mca estimates it slower than XNNPACK's "
-               "int8 depthwise kernel (cycles per MAC on Cortex-A53, A55 and Neoverse N1, "
-               "BENCHMARKS.md): declined",
+               "no measurement for %s on neon; with 8-bit weights it runs its int16 path, "
+               "which llvm-mca estimates slower than XNNPACK's int8 depthwise kernel (cycles "
+               "per MAC on Cortex-A53, A55 and Neoverse N1, BENCHMARKS.md): declined",
                kernel0 ? kernel0 : "?");
       return 0;
+    }
+    if (n->depthwise) {
+      snprintf(reason, cap,
+               "no measurement for %s on neon; 7-bit weights: llvm-mca estimates its 7-bit "
+               "path (runs of 8 taps in int16) faster than XNNPACK's int8 depthwise kernel "
+               "on Cortex-A53, A55 and Neoverse N1 (BENCHMARKS.md): claimed",
+               kernel0 ? kernel0 : "?");
+      return 1;
     }
     snprintf(reason, cap,
              "no measurement for %s on neon; claimed on the seed's Cortex-A53/A72 result "
