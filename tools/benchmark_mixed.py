@@ -147,7 +147,7 @@ def write(results: dict, suite: dict, cache: Path) -> None:
             lines += [f"`--bits 7 --keep_8bit input,first,last`: {_value(keep, kind)} against strict "
                       f"W7A7 {_value(ref['eq_w7a7'], kind)} and TFLite INT8 "
                       f"{_value(ref['tflite_int8'], kind)} ({note}).", ""]
-    lines += [f"Plot: `benchmarks/mixed_pareto.png` (weight bytes against the main metric per model).", ""]
+    lines += ["Plot: `benchmarks/mixed_pareto.png` (weight bytes against the main metric per model).", ""]
     update_section(FLAGS.output, "mixed_precision", "\n".join(lines))
     _plot(results, suite, cache)
 
