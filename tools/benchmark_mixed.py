@@ -80,6 +80,8 @@ def _value(row: dict, kind: str) -> str:
     out = "-" if v is None else format(scale * v, fmt) + ("%" if kind == "classifier" else "")
     if kind == "classifier" and row.get("cosine") is not None:
         out += f" / {row['cosine']:.5f}"
+    elif row.get("outputs"):  # the task metric is noisy on these photos: the outputs' cosines too
+        out += " / " + ", ".join(f"{o['cosine']:.4f}" for o in row["outputs"].values())
     return out
 
 
@@ -104,7 +106,13 @@ def write(results: dict, suite: dict, cache: Path) -> None:
              "activations, `--bits 8 --weight_size_ratio R`: the search lowers the least "
              "sensitive layers to 4-bit weights (packed INT4) until the weights fit R of the int8 "
              "bytes. TFLite INT8, all-8 and all-4 are the suite's rows (all-4 ran unpacked; its "
-             "bytes are the packed size, same outputs).", ""]
+             "bytes are the packed size, same outputs).", "",
+             "Sony MCT's mixed precision is not beside it: `pip install model-compression-toolkit` "
+             "installs 2.6.1, whose Keras entry point (`mct.ptq.keras_post_training_quantization`) "
+             "refuses this TensorFlow: \"Tensorflow must be installed with a version of 2.15 or lower "
+             "to use keras_post_training_quantization\" (the project needs 2.20-2.21). Its PyTorch "
+             "entry point would need torch and a PyTorch definition of the models, and exports "
+             "ONNX or fake-quantized models, not a stock .tflite.", ""]
     for model in FLAGS.models:
         meta_path = cache / model / "meta.json"
         if not meta_path.exists():
@@ -116,7 +124,7 @@ def write(results: dict, suite: dict, cache: Path) -> None:
             continue
         int8, all4 = _float_sizes(cache / model)
         _, label, _, _, _ = METRIC[kind]
-        metric = label + (" / cosine" if kind == "classifier" else "")
+        metric = label + (" / cosine" if kind == "classifier" else " / cosine per output")
         lines += [f"### {model}", "", f"| configuration | weight bytes (of int8) | {metric} | "
                   "4-bit layers |", "|---|---|---|---|"]
         for config, name in SUITE_ROWS.items():
