@@ -34,7 +34,7 @@ from absl import flags  # noqa: E402
 from benchmarks.real_models import default_cache_dir  # noqa: E402
 
 MIXED_CONFIGS = ["mixed_eq_w8_budget50", "mixed_eq_w8_budget60", "mixed_eq_w8_budget75",
-                 "mixed_eq_w7a7_keep8"]
+                 "mixed_eq_w7a7_keep8", "mixed_eq_w8_budget60_bc"]
 MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range",
           "selfie_segmentation", "palm_detection_lite", "hand_landmark_lite"]
 #: The suite's rows each table starts from (benchmarks/real_models.json).
@@ -42,7 +42,8 @@ SUITE_ROWS = {"tflite_int8": "TFLite INT8", "eq_w8a8": "all-8 (EasyQuant W8A8)",
               "eq_w4a8": "all-4 (EasyQuant W4A8)"}
 BUDGET_ROWS = {"mixed_eq_w8_budget50": "budget 50% (EasyQuant, A8)",
                "mixed_eq_w8_budget60": "budget 60% (EasyQuant, A8)",
-               "mixed_eq_w8_budget75": "budget 75% (EasyQuant, A8)"}
+               "mixed_eq_w8_budget75": "budget 75% (EasyQuant, A8)",
+               "mixed_eq_w8_budget60_bc": "budget 60%, --bias_correction empirical"}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", MODELS, "Suite models.")
