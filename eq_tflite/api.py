@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite import methods, mixed, op_table
+from eq_tflite import methods, mixed, op_table, output_ranges
 from eq_tflite.bn_stats import bn_stats_of
 from eq_tflite.chain import build_chain, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
@@ -27,7 +27,7 @@ from eq_tflite.io import calibration as calib
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
 from eq_tflite.io.normalize import check_custom_ops
 from eq_tflite.io.dynamic import at_input_size, size_note
-from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names
+from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names, signature_output_names
 from eq_tflite.io.tflite_int8 import float_ops_left, tflite_int8
 from eq_tflite.op_table import ISLANDS
 from eq_tflite.plan import MethodContext, Plan
@@ -36,8 +36,6 @@ from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan, pack_int4_weights
 from eq_tflite.rewrite.skeleton import int8_from_ranges
 from eq_tflite.verify import VerifyReport, verify
 
-#: Default method with calibration data (without data: the DFQ chain, ``eq_tflite.chain``).
-DEFAULT_METHOD = "easyquant"
 #: Default number of calibration samples per method (EasyQuant: the paper's 50;
 #: Bit-Split: 256, measured better than 50 at W4A8 on both examples, see BENCHMARKS.md).
 DEFAULT_SAMPLES = {"easyquant": 50, "bitsplit": 256}
@@ -152,7 +150,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                   pack_int4: bool = False, layer_bits: Sequence[str] | None = None,
                   keep_8bit: Sequence[str] | str | None = None,
                   weight_size: float | None = None,
-                  weight_size_ratio: float | None = None) -> Conversion:
+                  weight_size_ratio: float | None = None, output_range: Any = None) -> Conversion:
     """Runs the whole pipeline and returns every artifact (see :class:`Conversion`).
 
     ``method`` None: ``easyquant`` with calibration data, the data-free DFQ
@@ -169,12 +167,16 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     (``"input,first,last"`` or a list of them), and a weight budget,
     ``weight_size`` (KiB) or ``weight_size_ratio`` (of the int8 weights),
     whose search lowers layers to 4 bits stored as packed INT4.
+
+    ``output_range`` (``"NAME=LO,HI"`` strings or ``{name: (lo, hi)}``) sets the
+    range a model output is quantized over (``eq_tflite.output_ranges``).
     """
     check_arguments(model, calibration_data, num_calibration_samples)
     widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
     layer_specs = mixed.parse_layer_bits(layer_bits)
     keep = mixed.parse_keep_8bit(keep_8bit)
     mixed.check_budget(weight_size, weight_size_ratio)
+    out_ranges = output_ranges.parse(output_range)
     budget_asked = weight_size is not None or weight_size_ratio is not None
     if pack_int4 and widths.weights > 4 and not layer_specs and not budget_asked:
         raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
@@ -195,6 +197,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     graph = Graph.from_tflite(float_model)
     specs = calib.input_specs(graph, signature_input_names(float_model))
     ranges = parse_input_ranges(input_range, [s.name for s in specs])
+    out_groups = output_ranges.resolve_names(graph, out_ranges, signature_output_names(float_model))
     if not has_data and not ranges:
         raise EqTfliteError("a data-free conversion needs the input's real range: pass "
                             "--input_range LO,HI (e.g. --input_range 0,1), or --calibration_data")
@@ -252,6 +255,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
 
     t0 = time.perf_counter()
     plan = run_corrections(plan, prepared, chain, cal, ranges, options, progress)
+    output_ranges.apply(prepared.graph, plan, out_groups)
     timings["corrections"] = time.perf_counter() - t0
 
     if int8_model is None:  # data-free: the int8 structure from the plan's own ranges

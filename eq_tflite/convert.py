@@ -102,6 +102,10 @@ flags.DEFINE_list("keep_8bit", None,
 flags.DEFINE_float("weight_size", None,
                    "Weight budget in KiB: the search stores the least sensitive layers' weights "
                    "as 4-bit packed INT4 until the weights fit (others keep --weight_bits).")
+flags.DEFINE_multi_string("output_range", None,
+                          "NAME=LO,HI: quantize model output NAME (signature or tensor name) over [LO, HI] "
+                          "instead of its calibrated range, e.g. a detector's score logits "
+                          "(repeatable; see eq_tflite/output_ranges.py).")
 flags.DEFINE_float("weight_size_ratio", None,
                    "Weight budget as a share of the int8 weights (e.g. 0.6); see --weight_size.")
 flags.DEFINE_integer("seed", 0, "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
@@ -200,7 +204,7 @@ def _convert(src: str) -> int:
         bias_absorption=FLAGS.bias_absorption, bias_correction=FLAGS.bias_correction,
         per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range,
         layer_bits=FLAGS.layer_bits, keep_8bit=FLAGS.keep_8bit, weight_size=FLAGS.weight_size,
-        weight_size_ratio=FLAGS.weight_size_ratio)
+        weight_size_ratio=FLAGS.weight_size_ratio, output_range=FLAGS.output_range)
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     result.load_notes[:0] = load_notes
     # The model is the product: it is written first, and a report that cannot be

@@ -139,6 +139,16 @@ def test_topk_anchor_agreement():
     other[0, 95:, 0] = -1                                        # 5 of the top 10 demoted
     assert metrics.topk_anchor_agreement(scores, scores) == 1.0
     assert metrics.topk_anchor_agreement(scores, other) == pytest.approx((0.5 + 3) / 4)
+    coarse = np.floor(scores / 4)                                # steps of 4: anchors 88..99 share 22..24
+    # 96..99 (24) are in; 92..95 (23) are in; 88..91 (22) tie for the last 2 places: 90, 91 count 1/2
+    assert metrics.topk_anchor_agreement(scores, coarse) == pytest.approx((8 + 2 * 0.5) / 10)
+
+
+def test_detection_iou():
+    ref = np.array([[-3.0, 0.5, 2.0, -0.1], [-5.0, -4.0, -3.0, -2.0]])[..., None]
+    out = np.array([[-3.0, -0.2, 2.0, 0.3], [-5.0, -4.0, -3.0, -2.0]])[..., None]
+    # sample 0: float {1, 2}, quantized {2, 3}: IoU 1/3; sample 1: both empty: 1
+    assert metrics.detection_iou(ref, out) == pytest.approx((1 / 3 + 1) / 2)
 
 
 def test_mask_iou_and_landmarks():

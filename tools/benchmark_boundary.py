@@ -18,6 +18,15 @@ each under XNNPACK alone and with the delegate) are interleaved round by round
 in a random order in one process; medians over trials.
 
     python tools/benchmark_boundary.py --blocks 8 --trials 9 --output BENCHMARKS.md
+
+--mode=cut isolates the boundary: a chain of N blocks [3x3 max pool, small
+3x3 depthwise] (default 8x8x16, a few microseconds each) where the delegate
+claims every depthwise node (`policy=all`) and XNNPACK keeps the pools, so
+the graph is cut 2N times while the kernels themselves take microseconds;
+the single depthwise layer gives the kernel-time difference as above.
+
+    python tools/benchmark_boundary.py --mode cut --blocks 16 --size 8 --channels 16 \
+        --trials 15 --rounds 200 --output BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -39,6 +48,8 @@ except ImportError:
     sys.path.insert(0, REPO)
 
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("mode", "chain", ["chain", "cut"], "chain: EfficientNet-like blocks, "
+                  "policy=fastest; cut: max pool + small depthwise blocks, policy=all.")
 flags.DEFINE_integer("blocks", 8, "Blocks in the chain.")
 flags.DEFINE_integer("size", 28, "Height = width of the blocks' tensors.")
 flags.DEFINE_integer("channels", 240, "Channels of the depthwise layer.")
@@ -63,6 +74,19 @@ def chain_model(n: int, h: int, c: int, rng: np.random.Generator) -> bytes:
     return quantize_keras(tf.keras.Model(inp, x), 7, rng)
 
 
+def cut_model(n: int, h: int, c: int, rng: np.random.Generator) -> bytes:
+    import tensorflow as tf
+
+    from bench_models import quantize_keras
+
+    inp = tf.keras.Input((h, h, c), batch_size=1)
+    x = inp
+    for _ in range(n):
+        x = tf.keras.layers.MaxPooling2D(3, strides=1, padding="same")(x)
+        x = tf.keras.layers.DepthwiseConv2D(3, padding="same", activation="relu")(x)
+    return quantize_keras(tf.keras.Model(inp, x), 7, rng)
+
+
 def time_trials(layer: bytes, chain: bytes, rng: np.random.Generator
                 ) -> tuple[dict[str, list[float]], dict, dict]:
     """Per trial, the median ms of four interpreters interleaved in one loop:
@@ -79,7 +103,7 @@ def time_trials(layer: bytes, chain: bytes, rng: np.random.Generator
     t = FLAGS.threads
     for _ in range(FLAGS.trials):
         d_layer = load_delegate({"policy": "all"})
-        d_chain = load_delegate({"policy": "fastest"})
+        d_chain = load_delegate({"policy": "fastest" if FLAGS.mode == "chain" else "all"})
         make = {
             "layer_xnn": lambda: Interpreter(model_content=layer, num_threads=t),
             "layer_dlg": lambda: Interpreter(model_content=layer, num_threads=t,
@@ -119,8 +143,9 @@ def main(argv: list[str]) -> None:
     rng = np.random.default_rng(FLAGS.seed)
     n, h, c = FLAGS.blocks, FLAGS.size, FLAGS.channels
     load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    layer = build_conv_model(h, c, 0, 5, 1, 7, rng)
-    chain = chain_model(n, h, c, rng)
+    k = 5 if FLAGS.mode == "chain" else 3
+    layer = build_conv_model(h, c, 0, k, 1, 7, rng)
+    chain = chain_model(n, h, c, rng) if FLAGS.mode == "chain" else cut_model(n, h, c, rng)
     m, lst, cst = time_trials(layer, chain, rng)
     lx, ld, cx, cd = m["layer_xnn"], m["layer_dlg"], m["chain_xnn"], m["chain_dlg"]
     claimed = cst["claimed"]
@@ -132,7 +157,8 @@ def main(argv: list[str]) -> None:
     cmd = "python " + " ".join(shlex.quote(a) for a in
                                [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
     lines = [
-        "## Partition boundaries: what a claimed node costs under the default resolver",
+        "## Partition boundaries: what a claimed node costs under the default resolver"
+        + ("" if FLAGS.mode == "chain" else " (cut: microsecond kernels)"),
         "",
         f"{machine()}; CPU class `{cst.get('cpu_class', '?')}`; {FLAGS.threads} thread(s); "
         f"{FLAGS.trials} trials with fresh interpreters, {FLAGS.rounds} interleaved invokes "
@@ -141,16 +167,19 @@ def main(argv: list[str]) -> None:
         "",
         f"Command (from the repo root): `{cmd}`",
         "",
-        f"Chain: {n} blocks [1x1 conv {c // 6}->{c}, 5x5 depthwise {h}x{h}x{c}, 1x1 conv "
-        f"{c}->{c // 6}] (7-bit weights); the delegate (default resolver, `policy=fastest`) "
-        f"claimed {claimed} of {cst['considered']} nodes "
+        (f"Chain: {n} blocks [1x1 conv {c // 6}->{c}, 5x5 depthwise {h}x{h}x{c}, 1x1 conv "
+         f"{c}->{c // 6}] (7-bit weights); the delegate (default resolver, `policy=fastest`) "
+         if FLAGS.mode == "chain" else
+         f"Chain: {n} blocks [3x3 max pool, 3x3 depthwise {h}x{h}x{c}] (7-bit weights); the "
+         f"delegate (default resolver, `policy=all`) ")
+        + f"claimed {claimed} of {cst['considered']} nodes "
         f"({', '.join(sorted({x['kernel'] for x in cst['nodes']})) or 'none'}), so XNNPACK's "
-        f"graph is cut into {claimed + 1} partitions. Layer: the 5x5 depthwise alone "
+        f"graph is cut into {claimed + 1} partitions. Layer: the {k}x{k} depthwise alone "
         f"(builtin resolver + delegate, `policy=all`, claimed {lst['claimed']}).",
         "",
         "| measurement | XNNPACK ms | delegate ms | gain ms (median over trials) | gain per trial [min-max] |",
         "|---|---:|---:|---:|---|",
-        f"| 5x5 depthwise layer alone | {np.median(lx):.3f} | {np.median(ld):.3f} | {lg:.4f} | "
+        f"| {k}x{k} depthwise layer alone | {np.median(lx):.3f} | {np.median(ld):.3f} | {lg:.4f} | "
         f"[{min(layer_gain):.4f} to {max(layer_gain):.4f}] |",
         f"| chain of {n} blocks | {np.median(cx):.3f} | {np.median(cd):.3f} | {cg:.4f} | "
         f"[{min(chain_gain):.4f} to {max(chain_gain):.4f}] |",
@@ -162,7 +191,9 @@ def main(argv: list[str]) -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if FLAGS.output:
-        update_section(FLAGS.output, "boundary", report)
+        name = "boundary" if FLAGS.mode == "chain" else "boundary_cut"
+        update_section(FLAGS.output, name + ("" if FLAGS.threads == 1 else
+                                             f"_{FLAGS.threads}threads"), report)
 
 
 if __name__ == "__main__":

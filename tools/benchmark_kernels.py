@@ -48,6 +48,8 @@ flags.DEFINE_list("layers", [], "Subset of the layers by name (default: all).")
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_string("table", "", "Write the cost table (C header), e.g. delegates/src/claim_table.h.")
 flags.DEFINE_string("output", "", "Write the 'kernels' section of this Markdown file.")
+flags.DEFINE_string("section", "kernels", "Name of the BENCHMARKS.md section --output writes "
+                    "(another name for a subset of --layers, so the full table stays).")
 
 # name: (H=W, Cin, Cout, kernel, stride); Cout == 0: depthwise (multiplier 1).
 LAYERS: dict[str, tuple[int, int, int, int, int]] = {
@@ -234,7 +236,8 @@ def main(argv: list[str]) -> None:
     cmd = "python " + " ".join(shlex.quote(a) for a in
                                [os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
     lines = [
-        "## Delegate kernels vs XNNPACK, per layer (the claim policy's cost table)",
+        "## Delegate kernels vs XNNPACK, per layer (the claim policy's cost table)"
+        if FLAGS.section == "kernels" else f"## Delegate kernels vs XNNPACK ({FLAGS.section})",
         "",
         f"CPU class `{cpu_class}`: {conditions}",
         "",
@@ -257,7 +260,7 @@ def main(argv: list[str]) -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     if FLAGS.output:
-        update_section(FLAGS.output, "kernels", report)
+        update_section(FLAGS.output, FLAGS.section, report)
 
 
 if __name__ == "__main__":

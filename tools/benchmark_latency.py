@@ -74,6 +74,10 @@ flags.DEFINE_list("saved_models", [], "SavedModel dirs to quantize with eq_tflit
 flags.DEFINE_string("calibration", "", ".npy calibration data for --saved_models.")
 flags.DEFINE_string("quantize_method", "easyquant", "eq_tflite method for --saved_models.")
 flags.DEFINE_list("delegate_options", [], "Delegate options as key=value.")
+flags.DEFINE_bool("time_builtin", True, "Time the two builtin-resolver backends too. With "
+                  "--notime_builtin they run once per trial, untimed, only for the "
+                  "bit-exactness check (the builtin kernels take hundreds of ms per "
+                  "invoke at 2 threads on big models).")
 flags.DEFINE_string("section", "latency", "Name of the BENCHMARKS.md section --output writes.")
 flags.DEFINE_string("output", "", "Write the report as the 'latency' section of this Markdown file (e.g. BENCHMARKS.md).")
 
@@ -136,21 +140,23 @@ def _trial(model: bytes, rng: np.random.Generator, delegate_options: dict[str, s
     rng.shuffle(order)
     interps = {name: make[name]() for name in order}
     xs = None
-    for it in interps.values():
+    for name, it in interps.items():
         it.allocate_tensors()
         if xs is None:
             xs = _quantized_inputs(it, rng, inputs)
         for det, x in zip(it.get_input_details(), xs):
             it.set_tensor(det["index"], x)
-        for _ in range(FLAGS.warmup):
+        untimed = name.startswith("builtin") and not FLAGS.time_builtin
+        for _ in range(1 if untimed else FLAGS.warmup):
             it.invoke()
-    times: dict[str, list[float]] = {k: [] for k in interps}
+    timed = [n for n in order if FLAGS.time_builtin or not n.startswith("builtin")]
+    times: dict[str, list[float]] = {k: [] for k in timed}
     for _ in range(max(FLAGS.rounds, 15)):
         # Interleaved (shared machine noise), in a new random order each
         # round: a backend's thread pool still spinning after its invoke must
         # not always slow down the same next backend.
-        rng.shuffle(order)
-        for name in order:
+        rng.shuffle(timed)
+        for name in timed:
             it = interps[name]
             t0 = time.perf_counter()
             it.invoke()
@@ -160,7 +166,13 @@ def _trial(model: bytes, rng: np.random.Generator, delegate_options: dict[str, s
         it = interps[name]
         return it.get_tensor(it.get_output_details()[0]["index"])
 
-    return {"ms": {k: 1e3 * float(np.median(v)) for k, v in times.items()},
+    ms = {k: 1e3 * float(np.median(v)) if v else float("nan") for k, v in times.items()}
+    for k in interps:
+        ms.setdefault(k, float("nan"))  # untimed (--notime_builtin)
+    def partitions(name: str) -> int:  # delegate kernels in the execution plan
+        return sum(op["op_name"] == "DELEGATE" for op in interps[name]._get_ops_details())
+
+    return {"ms": ms, "partitions": (partitions("xnnpack"), partitions("default+delegate")),
             "bitexact": bool(np.array_equal(output("builtin+delegate"), output("builtin"))),
             "fast": d_fast, "all": d_all}
 
@@ -189,10 +201,12 @@ def time_model(model: bytes, rng: np.random.Generator, delegate_options: dict[st
         "ms": {k: float(np.median([t["ms"][k] for t in trials])) for k in BACKENDS},
         "accept": float(np.median(accept)),
         "accept_range": (min(accept), max(accept)),
-        "vs_builtin": float(np.median(ratio("builtin", "builtin+delegate"))),
+        "vs_builtin": (float(np.median(ratio("builtin", "builtin+delegate")))
+                       if FLAGS.time_builtin else float("nan")),
         "control": float(np.median(ratio("xnnpack", "xnnpack-2"))),
         "control_range": (min(ratio("xnnpack", "xnnpack-2")), max(ratio("xnnpack", "xnnpack-2"))),
         "bitexact": all(t["bitexact"] for t in trials),
+        "partitions": trials[-1]["partitions"],
         "claimed_fastest": f"{fast['claimed']}/{fast['considered']}",
         "claimed_fastest_kernels": sorted({n["kernel"] for n in fast["nodes"]}),
         "claimed_all": f"{full['claimed']}/{full['considered']}",
@@ -224,6 +238,23 @@ def _loadavg() -> str:
         return "n/a"
 
 
+def _labels(paths: list[str]) -> list[str]:
+    """The shortest path tails that tell the models apart (the real-model
+    suite names every model's files alike: <model>/runs/eq_w7a7.tflite)."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    labels = []
+    for p in parts:
+        n = 1
+        while n < len(p) and sum("/".join(q[-n:]) == "/".join(p[-n:]) for q in parts) > 1:
+            n += 1
+        labels.append("/".join(p[-n:]).replace("/runs/", "/"))
+    return labels
+
+
+def _ms(x: float) -> str:
+    return "-" if np.isnan(x) else f"{x:.3f}"
+
+
 def main(argv: list[str]) -> None:
     del argv
     load_before = _loadavg()
@@ -243,9 +274,9 @@ def main(argv: list[str]) -> None:
         kind = "depthwise " if cout == 0 else ""
         jobs.append((f"{name} ({kind}{k}x{k} s{s}, {h}x{h}x{cin}->{cout or cin})",
                      build_conv_model(h, cin, cout, k, s, FLAGS.wbits, rng), None))
-    for path in FLAGS.models:
+    for path, label in zip(FLAGS.models, _labels(FLAGS.models)):
         with open(path, "rb") as f:
-            jobs.append((os.path.basename(path), f.read(), None))
+            jobs.append((label, f.read(), None))
     if FLAGS.saved_models:
         from eq_tflite import quantize
         calib = np.load(FLAGS.calibration).astype(np.float32)
@@ -283,25 +314,33 @@ def main(argv: list[str]) -> None:
         "delegate, `policy=fastest` (default); builtin+deleg. = builtin kernels with the "
         "delegate, `policy=all`. XNNPACK / (default+deleg.) >= 1 means loading the delegate "
         "did not slow the model down; XNNPACK / XNNPACK is a second XNNPACK instance timed "
-        "alongside, the noise floor of these ratios.",
+        "alongside, the noise floor of these ratios. Delegate kernels = the DELEGATE nodes "
+        "of each execution plan (XNNPACK partitions plus nodes the delegate claimed): "
+        "where both are 1, the delegate claimed nothing and the default resolver runs "
+        "exactly XNNPACK's graph, so its ratio is distributed like the control." + (
+            "" if FLAGS.time_builtin else
+            " The builtin backends were not timed (`--notime_builtin`, '-'): they ran "
+            "once per trial for the bit-exactness check only."),
         "",
         "| model | threads | XNNPACK ms | default+deleg. ms | builtin+deleg. ms | builtin ms | "
         "XNNPACK / (default+deleg.) | XNNPACK / XNNPACK (control) | "
         "builtin / (builtin+deleg.) | builtin+deleg. bit-exact | "
-        "claimed: fastest | claimed: all | kernel paths (policy=all) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|",
+        "claimed: fastest | delegate kernels: XNNPACK / default+deleg. | claimed: all | "
+        "kernel paths (policy=all) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|---|---|",
     ]
     for label, t, r in rows:
         ms = r["ms"]
         kernels = ", ".join(r["claimed_fastest_kernels"])
         lines.append(
-            f"| {label} | {t} | {ms['xnnpack']:.3f} | {ms['default+delegate']:.3f} | "
-            f"{ms['builtin+delegate']:.3f} | {ms['builtin']:.3f} | "
+            f"| {label} | {t} | {_ms(ms['xnnpack'])} | {_ms(ms['default+delegate'])} | "
+            f"{_ms(ms['builtin+delegate'])} | {_ms(ms['builtin'])} | "
             f"{r['accept']:.2f} [{r['accept_range'][0]:.2f}-{r['accept_range'][1]:.2f}] | "
             f"{r['control']:.2f} [{r['control_range'][0]:.2f}-{r['control_range'][1]:.2f}] | "
-            f"{r['vs_builtin']:.2f} | "
+            f"{'-' if np.isnan(r['vs_builtin']) else format(r['vs_builtin'], '.2f')} | "
             f"{'yes' if r['bitexact'] else 'NO'} | {r['claimed_fastest']}"
-            f"{f' ({kernels})' if kernels else ''} | {r['claimed_all']} | {r['paths']} |")
+            f"{f' ({kernels})' if kernels else ''} | "
+            f"{r['partitions'][0]} / {r['partitions'][1]} | {r['claimed_all']} | {r['paths']} |")
     report = "\n".join(lines) + "\n"
     print(report)
     if FLAGS.output:

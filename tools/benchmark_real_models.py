@@ -52,6 +52,11 @@ CONFIGS = {
     "eq_w8a8_linear": ("EasyQuant W8A8 --eq_objective linear", "eq",
                        ["--bits", "8", "--eq_objective", "linear"]),
     "minmax_w7a7": ("min/max W7A7", "eq", ["--method", "minmax", "--bits", "7"]),
+    "minmax_w8a8": ("min/max W8A8", "eq", ["--method", "minmax", "--bits", "8"]),
+    # Detectors: the score logits quantized over [-20, 20] (sigmoid 2e-9 .. 1 - 2e-9) instead of
+    # their calibrated tail (BlazeFace: [-265, 2]); {scores} is the detector's score output.
+    "eq_w8a8_scores": ("EasyQuant W8A8 --output_range SCORES=-20,20", "eq",
+                       ["--bits", "8", "--output_range", "{scores}=-20,20"]),
     "datafree_w8a8": ("data-free W8A8 (default chain)", "datafree", ["--bits", "8"]),
     "bitsplit_w4a8": ("Bit-Split W4A8", "eq", ["--method", "bitsplit", "--weight_bits", "4",
                                                "--activation_bits", "8"]),
@@ -82,6 +87,41 @@ CONFIGS = {
     "mixed_bs_w8_budget60": ("Bit-Split W8A8, weight budget 60% of int8", "eq",
                              ["--method", "bitsplit", "--bits", "8", "--weight_size_ratio", "0.6"]),
 }
+#: One-flag variations of a default configuration: the tables that chose the defaults (BENCHMARKS.md).
+#: Each changes exactly one option of its base row ("eq_w7a7" or "datafree_w8a8").
+SWEEPS = {
+    "eq_w7a7": {
+        "clip_budget_0": ("--eq_clip_budget", "0"),
+        "clip_budget_1pct": ("--eq_clip_budget", "0.01"),
+        "init_kl": ("--eq_init", "kl"),
+        "inputs_float": ("--eq_inputs", "float"),
+        "rounds_2": ("--eq_rounds", "2"),
+        "rows_1024": ("--eq_max_rows", "1024"),
+        "rows_16384": ("--eq_max_rows", "16384"),
+        "samples_32": ("--num_calibration_samples", "32"),
+        "keep_8bit_input": ("--keep_8bit", "input"),
+    },
+    "eq_w6a6": {
+        "keep_8bit_input": ("--keep_8bit", "input"),
+    },
+    "eq_w8a8": {
+        "clip_budget_0": ("--eq_clip_budget", "0"),
+        "inputs_float": ("--eq_inputs", "float"),
+    },
+    "datafree_w8a8": {
+        "k_4": ("--dfq_sigmas", "4"),
+        "k_6": ("--dfq_sigmas", "6"),
+        "k_12": ("--dfq_sigmas", "12"),
+        "cle_relu6_relu": ("--cle_relu6", "relu"),
+        "no_cle": ("--nocross_layer_equalization",),
+        "no_bias_absorption": ("--nobias_absorption",),
+        "no_bias_correction": ("--bias_correction", "off"),
+    },
+}
+for _base, _variants in SWEEPS.items():
+    _label, _runner, _extra = CONFIGS[_base]
+    for _name, _flags in _variants.items():
+        CONFIGS[f"{_base}__{_name}"] = (f"{_label.split(' (')[0]} {' '.join(_flags)}", _runner, [*_extra, *_flags])
 MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range", "selfie_segmentation",
           "palm_detection_lite", "hand_landmark_lite"]
 
@@ -90,9 +130,13 @@ flags.DEFINE_string("cache_dir", None, "Suite cache (default: $EQ_TFLITE_REAL_MO
                     "~/.cache/eq-tflite-real-models); built by python -m benchmarks.real_models.build.")
 flags.DEFINE_list("models", MODELS, "Suite models to run.")
 flags.DEFINE_list("configs", list(CONFIGS), "Configurations to run, in order.")
+flags.DEFINE_list("sweep_models", ["efficientnet_lite1", "efficientnet_lite2"],
+                  "Models the one-flag sweeps (SWEEPS: configurations named BASE__VARIANT) run on.")
 flags.DEFINE_bool("rerun", False, "Run configurations that already have a result in the json.")
 flags.DEFINE_integer("num_calibration_samples", 64, "Calibration samples given to every calibrated method.")
 flags.DEFINE_integer("timeout", 3600, "Seconds before a conversion process is stopped (recorded as a failure).")
+flags.DEFINE_bool("rescore", False, "Re-score the kept model files (runs/CONFIG.tflite) of the rows in the "
+                  "json with the current metrics; convert nothing.")
 flags.DEFINE_bool("write_only", False, "Only rewrite the Markdown section from the results json; run nothing.")
 flags.DEFINE_string("results", str(REPO / "benchmarks" / "real_models.json"), "Results json (read and updated).")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 'real_models' section is rewritten.")
@@ -126,8 +170,21 @@ def _command(config: str, model_dir: Path, meta: dict, out: Path) -> list[str]:
         lo, hi = meta["float_range"]
         return [*base[:3], str(keras if keras.exists() else model_dir / "float.tflite"), *base[3:], *extra,
                 "--input_range", f"{lo},{hi}"]
-    return [*base[:3], src, *base[3:], *extra, "--calibration_data", calib,
-            "--num_calibration_samples", str(FLAGS.num_calibration_samples)]
+    if any("{scores}" in e for e in extra):
+        extra = [e.replace("{scores}", _score_output(model_dir / "float.tflite")) for e in extra]
+    samples = [] if "--num_calibration_samples" in extra else \
+        ["--num_calibration_samples", str(FLAGS.num_calibration_samples)]
+    return [*base[:3], src, *base[3:], *extra, "--calibration_data", calib, *samples]
+
+
+def _score_output(float_tflite: Path) -> str:
+    """A detector's score output (one value per anchor, as ``metrics.score_outputs`` picks it)."""
+    from eq_tflite.graph import Graph
+    from eq_tflite.io.sources import float_model_of, signature_output_names
+    model = float_model_of(str(float_tflite), [])
+    g, names = Graph.from_tflite(model), signature_output_names(model)
+    t = next(t for t in g.outputs if len(g.tensors[t].shape) == 3 and g.tensors[t].shape[-1] == 1)
+    return names.get(t, g.tensors[t].name)
 
 
 def _reference(model_dir: Path, x) -> list:
@@ -208,7 +265,8 @@ def _cells(row: dict, kind: str) -> str:
     outs = row.get("outputs", {})
     per = "; ".join(f"{n}: {o['cosine']:.5f} / {o['snr_db']:.1f}" for n, o in outs.items())
     key = {"classifier": lambda: f"agreement {100 * row['agreement']:.1f}%, cosine {row['cosine']:.5f}",
-           "detector": lambda: f"top-10 anchors {100 * row['top10_anchors']:.1f}%",
+           "detector": lambda: f"top-10 anchors {100 * row['top10_anchors']:.1f}%" + (
+               f", detections IoU {row['detection_iou']:.4f}" if "detection_iou" in row else ""),
            "segmentation": lambda: f"mask IoU {row['mask_iou']:.4f}",
            "landmarks": lambda: f"landmarks {row['landmark_px']:.2f} px"}[kind]()
     own = _summary_agreement(row)
@@ -252,7 +310,9 @@ def write_markdown(results: dict, cache: Path) -> None:
              "samples: 500 seeded crops of photos *not* used for calibration (calibration: 64 crops of 6 "
              "other photos; `manifest.json` in the cache lists them). Everything is against the float "
              "model. Classifiers: top-1 agreement and logit cosine. Detectors: share of the float model's "
-             "10 best anchors (by score) among the quantized model's 10 best. Segmentation: mask IoU at "
+             "10 best anchors (by score) among the quantized model's 10 best (anchors tied at the 10th "
+             "quantized score count with the chance a random tie-break keeps them), and the IoU of the "
+             "sets of anchors scoring above 0.5 (what the detector reports before NMS). Segmentation: mask IoU at "
              "0.5. Landmarks: mean (x, y) error in input pixels. Per output: mean cosine / SNR in dB. "
              "EfficientNet-Lite ports start from their SavedModel (data-free: from `model.keras`, which "
              "has the BatchNorm statistics), MediaPipe models from the float `.tflite` as shipped. "
@@ -262,9 +322,10 @@ def write_markdown(results: dict, cache: Path) -> None:
              "shipped, so both run on eq-tflite's expanded float file (`eq_tflite/io/normalize.py`: float16 "
              "weights, old op codes, selfie's custom transposed convolution lowered); eq-tflite itself "
              "takes the shipped file. A float reference that only XNNPACK can run (selfie's custom op) "
-             "runs under XNNPACK. The photos hold no faces, hands or people, so the MediaPipe rows "
-             "measure how well each tool preserves the float model's outputs on scenes, not task "
-             "accuracy. Every calibrated method gets the same 64 samples "
+             "runs under XNNPACK. MediaPipe samples are three quarters photos of people "
+             "(OpenCV's and scikit-image's sample photos, LFW faces pasted on photos; "
+             "`benchmarks/real_models/images.py`), split by photo like the rest; the rows measure how well "
+             "each tool preserves the float model's outputs, not task accuracy (no labels). Every calibrated method gets the same 64 samples "
              "(`--num_calibration_samples 64`), so eq-tflite's own summary scores those (shown as such). "
              "A configuration missing from a table has not been run yet (the command above fills it in).",
              ""]
@@ -284,11 +345,46 @@ def write_markdown(results: dict, cache: Path) -> None:
             lines += [_float_confidence(cache / model / "reference.npz"), ""]
         lines += ["| configuration | seconds | result |", "|---|---|---|"]
         for config in CONFIGS:
-            if config in rows:
+            if config in rows and "__" not in config:
                 r = rows[config]
                 lines.append(f"| {r['label']} | {_fmt(r.get('seconds'), '.0f')} | {_cells(r, kind)} |")
         lines.append("")
+    lines += _sweep_tables(results)
     update_section(FLAGS.output, "real_models", "\n".join(lines))
+
+
+def _key_metric(row: dict) -> str:
+    """The one number per model kind a sweep table compares."""
+    if "agreement" in row:
+        return f"{100 * row['agreement']:.1f}% / {row['cosine']:.5f}"
+    for key, fmt in (("detection_iou", "detections IoU {:.4f}"), ("mask_iou", "mask IoU {:.4f}"),
+                     ("landmark_px", "{:.2f} px")):
+        if key in row:
+            return fmt.format(row[key])
+    return "-"
+
+
+def _sweep_tables(results: dict) -> list[str]:
+    """One table per swept default: each one-flag variant against its base row, per classifier."""
+    models = [m for m in MODELS if any("__" in c for c in results.get(m, {}))]
+    if not models:
+        return []
+    lines = ["### Defaults chosen on the suite", "",
+             "Each row changes one option of the default row above it (classifiers: agreement / cosine "
+             "on the held-out crops; detectors: detections IoU; segmentation: mask IoU; seconds). The default is the first row of each table.", ""]
+    for base, variants in SWEEPS.items():
+        lines += [f"**{CONFIGS[base][0]}**", "", "| variant | " + " | ".join(models) + " |",
+                  "|---|" + "---|" * len(models)]
+        for config in [base, *(f"{base}__{v}" for v in variants)]:
+            cells = []
+            for m in models:
+                r = results.get(m, {}).get(config)
+                cells.append("-" if r is None else f"failed: `{r['error'][:60]}`" if "error" in r else
+                             f"{_key_metric(r)} ({r.get('seconds', 0):.0f} s)")
+            name = "default" if config == base else " ".join(SWEEPS[base][config.split("__")[1]])
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
 
 
 def main(argv: list[str]) -> int:
@@ -307,9 +403,23 @@ def main(argv: list[str]) -> int:
     if FLAGS.write_only:
         write_markdown(results, cache)
         return 0
+    if FLAGS.rescore:
+        import numpy as np
+        for model in FLAGS.models:
+            meta = json.loads((cache / model / "meta.json").read_text())
+            x = np.asarray(np.load(cache / model / "eval.npy", mmap_mode="r"))
+            for config, row in results.get(model, {}).items():
+                out = cache / model / "runs" / f"{config}.tflite"
+                if config in FLAGS.configs and "error" not in row and out.exists():
+                    row.update(_evaluate(out.read_bytes(), x, _reference(cache / model, x), meta))
+        write_atomic(results_path, json.dumps(results, indent=1).encode())
+        write_markdown(results, cache)
+        return 0
     for model in FLAGS.models:
         for config in FLAGS.configs:
             if config in results.get(model, {}) and not FLAGS.rerun:
+                continue
+            if "__" in config and model not in FLAGS.sweep_models:
                 continue
             row = run_cell(model, config, cache)
             # re-read first: another run (other models) may have added rows meanwhile

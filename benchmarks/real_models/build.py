@@ -114,9 +114,13 @@ def build(cache: Path) -> None:
         _log(f"{', '.join(FLAGS.models)}: already built, nothing to do")
         return
     all_photos, missing = images.photos()
+    names = [p.name for p in all_photos]  # the general photos, split as for the classifiers
+    if any(m in mp.MODELS for m in FLAGS.models):
+        people, missing_people = images.people_photos()
+        all_photos, missing = all_photos + people, missing + missing_people
     if missing:
         raise EqTfliteError("missing image sources: " + "; ".join(missing))
-    names = [p.name for p in all_photos]
+    people_names = {*images.PEOPLE_CALIBRATION, *images.PEOPLE_EVALUATION, "skimage/lfw_subset"}
     split = images.split_photos(names, FLAGS.calibration_photos, FLAGS.seed)
     t0 = time.perf_counter()
     photo_images = {p.name: images._shrink(p.load()) for p in all_photos}
@@ -146,7 +150,17 @@ def build(cache: Path) -> None:
                 from eq_tflite.errors import EqTfliteError, first_line
                 raise EqTfliteError(f"{name}: {first_line(err)}") from None
             size = _input_size((tmp / "float.tflite").read_bytes())
-            for part, boxes in (("calib", cal_boxes), ("eval", eval_boxes)):
+            parts = (("calib", cal_boxes), ("eval", eval_boxes))
+            if name in mp.MODELS:  # people models: mostly photos of people (images.people_boxes)
+                parts = tuple((part, images.people_boxes(
+                    photo_images, [n for n in getattr(split, side) if n not in people_names], side,
+                    len(boxes), FLAGS.seed + 11 * (side == "evaluation")))
+                    for (part, boxes), side in zip(parts, ("calibration", "evaluation")))
+                meta["samples"] = {"people_share": images.PEOPLE_SHARE, "calibration_people": images.PEOPLE_CALIBRATION,
+                                   "evaluation_people": images.PEOPLE_EVALUATION,
+                                   "lfw_faces": {k: [v.start, v.stop] for k, v in images.LFW_FACES.items()}}
+                meta["crops"] = {part: boxes for part, boxes in parts}
+            for part, boxes in parts:
                 x = images.normalize(images.render(photo_images, boxes, size), meta["mean"], meta["std"])
                 images_path = tmp / f"{part}.npy"
                 np_save(images_path, x)

@@ -6,7 +6,13 @@ samples on axis 0.
 * classifiers: top-1 agreement and mean logit cosine;
 * every output: mean per-sample cosine and SNR in dB (signal = float output);
 * detectors: agreement of the top-10 anchors by score (share of the float
-  model's 10 best anchors that are also among the quantized model's 10 best);
+  model's 10 best anchors that are also among the quantized model's 10 best).
+  A quantized score output has a step (about 1 logit for BlazeFace's
+  [-265, 2] output at 8 bits), so several anchors often tie for the last
+  places; a tied anchor counts with the chance that a random tie-break keeps
+  it (``argpartition`` picked by index instead, which made the number
+  noise). Also the anchors a detector would report: IoU of the sets of
+  anchors scoring above 0.5 after the sigmoid (both empty: 1);
 * segmentation: IoU of the masks thresholded at 0.5 (two empty masks: 1);
 * landmarks: mean Euclidean error in pixels over the (x, y) of the 21 hand
   landmarks (the model's 63 = 21 x (x, y, z) output is in input-pixel units).
@@ -47,9 +53,21 @@ def topk_anchor_agreement(reference_scores: np.ndarray, scores: np.ndarray, k: i
     ref, out = _flat(reference_scores), _flat(scores)
     if ref.shape[1] < k:
         raise ValueError(f"{ref.shape[1]} anchors, fewer than k={k}")
-    top_ref = np.argpartition(-ref, k - 1, axis=1)[:, :k]
-    top_out = np.argpartition(-out, k - 1, axis=1)[:, :k]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(top_ref, top_out)]))
+    total = 0.0
+    for r, o in zip(ref, out):
+        top_ref = np.argsort(-r, kind="stable")[:k]   # float scores: ties are measure-zero
+        kth = np.sort(o)[-k]
+        above, tied = o > kth, o == kth
+        # every anchor above the k-th score is kept; the tied ones share the remaining places
+        p_tied = (k - above.sum()) / tied.sum()
+        total += float(np.sum(np.where(above[top_ref], 1.0, np.where(tied[top_ref], p_tied, 0.0)))) / k
+    return total / len(ref)
+
+
+def detection_iou(reference_scores: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> float:
+    """Mean over samples of the IoU of the anchor sets whose sigmoid score exceeds ``threshold``."""
+    logit = float(np.log(threshold / (1.0 - threshold)))
+    return mask_iou(_flat(reference_scores) > logit, _flat(scores) > logit, threshold=0.5)
 
 
 def mask_iou(reference: np.ndarray, outputs: np.ndarray, threshold: float = 0.5) -> float:
@@ -79,6 +97,7 @@ def score_outputs(kind: str, names: list[str], reference: list[np.ndarray],
         # the score output is the one with one value per anchor: (1, anchors, 1)
         i = next(j for j, r in enumerate(reference) if r.ndim == 3 and r.shape[-1] == 1)
         row["top10_anchors"] = topk_anchor_agreement(reference[i], outputs[i], 10)
+        row["detection_iou"] = detection_iou(reference[i], outputs[i])
     elif kind == "segmentation":
         row["mask_iou"] = mask_iou(reference[0], outputs[0])
     elif kind == "landmarks":

@@ -13,17 +13,25 @@
  * output pixels, input and output channels); the row's weight bits must
  * cover the node's.  Among the candidate families (Winograd and direct for
  * a 3x3 stride-1 convolution) the fastest row wins, and it must be at least
- * EQD_CLAIM_MIN_SPEEDUP.  At 2 or more threads a row must reach it in both
- * columns: the 2-thread column, measured on a shared 2-core machine, mixes
- * kernel speed with thread wake-up under contention (XNNPACK took up to 4x
- * longer at 2 threads than at 1 on the smallest layers), so a win at 2
- * threads only is not trusted.
+ * EQD_CLAIM_MIN_SPEEDUP.  Two guards come from measuring whole models
+ * (BENCHMARKS.md, "Claim policy"):
+ *   - a row stands only for shapes near it: beyond EQD_CLAIM_MAX_DISTANCE
+ *     the node counts as unmeasured (palm_detection's 96x96x32 5x5
+ *     depthwise layers took the 28x28x240 row and the model got slower);
+ *   - at 2 or more threads nothing is claimed on a class that has rows: a
+ *     claimed node hands work between the delegate's thread pool and
+ *     XNNPACK's at both of its partition boundaries, and end to end that
+ *     lost (EfficientNet-Lite1 7-bit: 0.80x XNNPACK with six 5x5 depthwise
+ *     nodes claimed whose rows won 1.23-1.28x at 2 threads alone).
  *
  * Where the table has no row for the node's CPU class and kernel, the class
  * decides: on "neon" (ARMv8.0 without dot product: Cortex-A53/A72) the
- * delegate claims, on the seed's measurement that 7-bit SMLAL with int16
- * accumulation beats int8 there (not measured here: qemu cannot time code);
- * everywhere else it declines, because "never slower" needs a measurement.
+ * delegate claims convolutions, on the seed's measurement that 7-bit SMLAL
+ * with int16 accumulation beats int8 there (not timed here: qemu cannot time
+ * code; llvm-mca's static estimates agree on A53/A55, tools/llvm_mca_table.py)
+ * and declines depthwise nodes, whose NEON loop llvm-mca estimates slower
+ * than XNNPACK's; everywhere else it declines, because "never slower" needs
+ * a measurement.
  */
 #include <math.h>
 #include <stdio.h>
@@ -38,6 +46,12 @@
  * for timing noise and for the cost of the partition boundary it adds. */
 #define EQD_CLAIM_MIN_SPEEDUP 1.05f
 
+/* A row stands for a node only within this shape distance (sum of |log
+ * ratio| of output pixels, input and output channels): about a factor
+ * 2.7 in one of them, or 1.6 in a depthwise layer's channels (counted
+ * twice). */
+#define EQD_CLAIM_MAX_DISTANCE 1.0
+
 static const int eqd_n_cost_rows =
     (int)(sizeof(eqd_cost_table) / sizeof(eqd_cost_table[0])) - 1; /* sentinel */
 
@@ -50,9 +64,10 @@ static double shape_distance(const eqd_cost_row* r, const eqd_policy_node* n) {
          fabs(log((double)n->cout / r->cout));
 }
 
-/* The nearest row for kernel `name` on `isa_class`, or NULL. */
+/* The nearest row for kernel `name` on `isa_class` (its distance in
+ * *dist), or NULL. */
 static const eqd_cost_row* nearest_row(const char* isa_class, const char* name,
-                                       const eqd_policy_node* n) {
+                                       const eqd_policy_node* n, double* dist) {
   const eqd_cost_row* best = NULL;
   double best_d = 0.0;
   if (n->kh != n->kw || n->stride_h != n->stride_w) return NULL;
@@ -66,12 +81,8 @@ static const eqd_cost_row* nearest_row(const char* isa_class, const char* name,
       best_d = dist;
     }
   }
+  *dist = best_d;
   return best;
-}
-
-/* The speedup a row grants at `col` (0: 1 thread, 1: 2 or more). */
-static float row_speedup(const eqd_cost_row* r, int col) {
-  return col == 0 || r->speedup[0] < r->speedup[1] ? r->speedup[0] : r->speedup[1];
 }
 
 static void row_text(char* out, size_t cap, const eqd_cost_row* r, int col) {
@@ -106,7 +117,9 @@ int eqd_policy_claims(const eqd_options* opt, const eqd_policy_node* n, int nthr
   /* Candidates: the rule's family, and direct for a Winograd node. */
   eqd_family cands[2] = {rule, EQD_FAMILY_DIRECT};
   const int n_cands = rule == EQD_FAMILY_WINOGRAD ? 2 : 1;
-  const eqd_cost_row* best = NULL;
+  const eqd_cost_row* best = NULL;     /* the fastest row near the node */
+  const eqd_cost_row* far = NULL;      /* else the nearest row, too far  */
+  double far_d = 0.0;
   float best_s = 0.0f;
   eqd_family best_f = rule;
   const char* kernel0 = NULL;
@@ -114,26 +127,58 @@ int eqd_policy_claims(const eqd_options* opt, const eqd_policy_node* n, int nthr
     const eqd_kernel* k = eqd_select_kernel(&c, cands[i], opt->features);
     if (!k) continue;
     if (!kernel0) kernel0 = k->name;
-    const eqd_cost_row* r = nearest_row(cls, k->name, n);
-    if (r && (!best || row_speedup(r, col) > best_s)) {
+    double d = 0.0;
+    const eqd_cost_row* r = nearest_row(cls, k->name, n, &d);
+    if (!r) continue;
+    if (d > EQD_CLAIM_MAX_DISTANCE) {
+      if (!far || d < far_d) {
+        far = r;
+        far_d = d;
+      }
+      continue;
+    }
+    if (!best || r->speedup[0] > best_s) {
       best = r;
-      best_s = row_speedup(r, col);
+      best_s = r->speedup[0];
       best_f = cands[i];
     }
   }
   char row[192];
   if (best) {
     row_text(row, sizeof(row), best, col);
-    if (best_s >= EQD_CLAIM_MIN_SPEEDUP) {
-      *family = best_f;
-      snprintf(reason, cap, "faster than XNNPACK on %s: %s", cls, row);
-      return 1;
+    if (best_s < EQD_CLAIM_MIN_SPEEDUP) {
+      snprintf(reason, cap, "slower than XNNPACK on %s: %s; claims need >= %.2fx", cls, row,
+               (double)EQD_CLAIM_MIN_SPEEDUP);
+      return 0;
     }
-    snprintf(reason, cap, "slower than XNNPACK on %s: %s; claims need >= %.2fx", cls, row,
-             (double)EQD_CLAIM_MIN_SPEEDUP);
+    if (col == 1) {
+      snprintf(reason, cap,
+               "not claimed at %d threads on %s: %s, but a claimed node hands work between "
+               "the delegate's thread pool and XNNPACK's at its partition boundaries, which "
+               "lost end to end at 2 threads",
+               nthreads, cls, row);
+      return 0;
+    }
+    *family = best_f;
+    snprintf(reason, cap, "faster than XNNPACK on %s: %s", cls, row);
+    return 1;
+  }
+  if (far) {
+    snprintf(reason, cap,
+             "no measurement near this shape on %s: nearest row %s %s is %.2f away in log "
+             "shape (max %.2f); policy=fastest claims only measured wins",
+             cls, far->kernel, far->layer, far_d, EQD_CLAIM_MAX_DISTANCE);
     return 0;
   }
   if (!strcmp(cls, "neon") && opt->features != 0) {
+    if (n->depthwise) {
+      snprintf(reason, cap,
+               "no measurement for %s on neon; llvm-mca estimates it slower than XNNPACK's "
+               "int8 depthwise kernel (cycles per MAC on Cortex-A53, A55 and Neoverse N1, "
+               "BENCHMARKS.md): declined",
+               kernel0 ? kernel0 : "?");
+      return 0;
+    }
     snprintf(reason, cap,
              "no measurement for %s on neon; claimed on the seed's Cortex-A53/A72 result "
              "(7-bit SMLAL beats int8 without dot product)",

@@ -1,4 +1,4 @@
-"""Calibration data: .npy, .npz, an image directory, or a documented fallback.
+"""Calibration data: .npy, .npz or an image directory (never random data).
 
 Everything ends as {input tensor name: float32 array (N, *input_shape[1:])},
 validated against the model: shape, dtype, NaN/Inf and emptiness each give one
@@ -7,7 +7,6 @@ clear error line.
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,6 @@ from eq_tflite.errors import EqTfliteError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Samples drawn for the no-data fallback.
-FALLBACK_SAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -46,17 +44,18 @@ def input_specs(graph: Any, signature_names: Mapping[int, str] | None = None) ->
             for i in graph.inputs]
 
 
-def load_calibration(source: str | os.PathLike | np.ndarray | Mapping[str, np.ndarray] | None,
+def load_calibration(source: str | os.PathLike | np.ndarray | Mapping[str, np.ndarray],
                      specs: Sequence[InputSpec], *, image_size: tuple[int, int] | None = None,
                      mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,),
                      seed: int = 0) -> dict[str, np.ndarray]:
     """Loads and validates calibration data for ``specs`` (see module doc).
 
     ``source`` may be a path (.npy, .npz, image directory), an array (single
-    input), a mapping of input name -> array, or None for the fallback.
+    input) or a mapping of input name -> array. There is no random-data
+    fallback: a conversion without data is the data-free chain.
     """
     if source is None:
-        return _fallback(specs, seed)
+        raise EqTfliteError("no calibration data given")
     if isinstance(source, np.ndarray):
         arrays = _assign_single(source, specs, "calibration array")
     elif isinstance(source, Mapping):
@@ -84,15 +83,6 @@ def take(data: Mapping[str, np.ndarray], start: int, stop: int | None) -> dict[s
 def num_samples(data: Mapping[str, np.ndarray]) -> int:
     return int(next(iter(data.values())).shape[0])
 
-
-def _fallback(specs: Sequence[InputSpec], seed: int) -> dict[str, np.ndarray]:
-    # Printed, not logged: it must reach CLI and API users alike, whatever logging setup.
-    bar = "!" * 78
-    print(f"{bar}\n!! NO CALIBRATION DATA: using {FALLBACK_SAMPLES} samples of uniform random data "
-          "in [0, 1).\n!! Activation ranges will not match real inputs and accuracy will likely "
-          f"suffer.\n!! Pass --calibration_data with ~50-500 real samples.\n{bar}", file=sys.stderr)
-    rng = np.random.default_rng(seed)
-    return {s.name: rng.random((FALLBACK_SAMPLES, *s.shape[1:]), dtype=np.float32) for s in specs}
 
 
 def _load_npy(path: Path) -> np.ndarray:

@@ -55,8 +55,27 @@ def parse_model(data: bytes, what: str = "model") -> Any:
     except Exception as err:  # flatbuffers raises assorted errors on corruption
         raise EqTfliteError(f"{what} is a corrupt or truncated .tflite file ({type(err).__name__})") from None
     _absent_vectors_as_empty(model)
+    _inline_external_buffers(model, data, what)
     check_model(model, what)
     return model
+
+
+def _inline_external_buffers(model: Any, data: bytes, what: str) -> None:
+    """Moves buffers stored after the FlatBuffer (``Buffer.offset``/``size``) into ``Buffer.data``.
+
+    TFLite's converter writes constants that way for models over 2 GB, and
+    ai-edge-quantizer does for any size; LiteRT reads both. Inlined, the rest of
+    the pipeline sees one layout and serializes an ordinary (< 2 GB) file.
+    """
+    for b, buf in enumerate(model.buffers or []):
+        if buf is None or (buf.offset or 0) <= 1:
+            continue
+        start, size = int(buf.offset), int(buf.size or 0)
+        if size < 0 or start + size > len(data):
+            raise EqTfliteError(f"{what} is a corrupt .tflite file: buffer {b} points at bytes "
+                                f"[{start}, {start + size}) outside the {len(data)}-byte file")
+        buf.data = np.frombuffer(data, np.uint8, size, start).copy()
+        buf.offset, buf.size = 0, 0
 
 
 def _absent_vectors_as_empty(model: Any) -> None:

@@ -144,6 +144,14 @@ def float_model_of(model: ModelLike, notes: list[str] | None = None) -> bytes:
         raise EqTfliteError(f"cannot convert the given model to TFLite: {err}") from None
 
 
+def signature_output_names(float_model: bytes) -> dict[int, str]:
+    """Tensor index -> signature output name of the first signature."""
+    model = fb.parse_model(float_model)
+    if not model.signatureDefs:
+        return {}
+    return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].outputs}
+
+
 def signature_input_names(float_model: bytes) -> dict[int, str]:
     """Tensor index -> signature input name of the first signature."""
     model = fb.parse_model(float_model)

@@ -194,3 +194,37 @@ def test_coarse_to_fine_input_search_scores_like_the_exhaustive_one():
     np.testing.assert_allclose(fast[seen], full[seen], rtol=0, atol=1e-9)
     best = int(np.nanargmax(fast))
     assert fast[best] >= full.max() - 1e-4  # this smooth layer: the exhaustive optimum's cosine
+
+
+def _squeeze_excite_tflite() -> bytes:
+    """conv -> x; AVERAGE_POOL_2D(x) (tied to x) -> 1x1 conv -> sigmoid -> MUL(x, gate) -> conv."""
+    import keras
+    import tensorflow as tf
+    keras.utils.set_random_seed(5)
+    L = keras.layers
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(16, 3, padding="same")(inp)
+    gate = L.AveragePooling2D(pool_size=8)(x)                  # AVERAGE_POOL_2D: same scale as x
+    gate = L.Conv2D(16, 1, activation="sigmoid")(gate)
+    y = L.Conv2D(4, 1)(L.Multiply()([x, gate]))
+    return bytes(tf.lite.TFLiteConverter.from_keras_model(keras.Model(inp, y)).convert())
+
+
+def test_a_pooled_decider_does_not_clip_the_map_it_was_pooled_from():
+    """The SE conv reads only the pooled tensor but decides the range of x as well (tied)."""
+    model = _squeeze_excite_tflite()
+    calib = np.random.default_rng(2).normal(size=(24, 8, 8, 3)).astype(np.float32)
+    graph, plan = _run(model, calib, eq_max_rows=0)
+    pool = next(op for op in graph.ops if op.type == "AVERAGE_POOL_2D")
+    x = pool.inputs[0]
+    assert resolve.tied_groups(graph)[x] == tuple(sorted((x, pool.outputs[0])))
+    values = simulate.run(graph, {graph.tensors[graph.inputs[0]].name: calib}, [x])[x]
+    lo, hi = plan.activation_ranges[graph.tensors[x].name]
+    scale, zp = grid.activation_params(lo, hi, 7)
+    q = np.round(values / scale) + zp
+    # the pooled values span a fraction of x's range: a search scored on them alone shrinks the
+    # range to half (the most its candidates allow) and clips far more than the 0.1% budget of x
+    assert np.abs(simulate.run(graph, {graph.tensors[graph.inputs[0]].name: calib},
+                               [pool.outputs[0]])[pool.outputs[0]]).max() < 0.5 * np.abs(values).max()
+    bits = BitWidths(7, 7)
+    assert np.mean((q < bits.act_qmin) | (q > bits.act_qmax)) <= 0.001
