@@ -139,6 +139,11 @@ def test_budget_search_fits_and_prefers_big_insensitive_layers(resnet_float, fmn
         assert mixed.weight_bytes(graph, widths) == choice.bytes <= ratio * int8
     with pytest.raises(EqTfliteError, match="below the smallest stock file"):
         mixed.search_budget(graph, BitWidths(8, 8), sens, int(0.45 * int8))
+    assert mixed.budget_bytes(graph, 40, None) == 40 * 1024
+    assert mixed.budget_bytes(graph, None, 0.5) == int8 // 2
+    for bad in ((0, None), (None, 1.5), (None, float("nan")), (True, None)):
+        with pytest.raises(EqTfliteError, match="--weight_size"):
+            mixed.check_budget(*bad)
 
 
 def test_budget_conversion_end_to_end(resnet_float, fmnist_calib, fmnist_subset):

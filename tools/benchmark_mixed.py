@@ -34,7 +34,7 @@ from absl import flags  # noqa: E402
 from benchmarks.real_models import default_cache_dir  # noqa: E402
 
 MIXED_CONFIGS = ["mixed_eq_w8_budget50", "mixed_eq_w8_budget60", "mixed_eq_w8_budget75",
-                 "mixed_eq_w7a7_keep8"]
+                 "mixed_eq_w7a7_keep8", "mixed_eq_w8_budget60_bc"]
 MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range",
           "selfie_segmentation", "palm_detection_lite", "hand_landmark_lite"]
 #: The suite's rows each table starts from (benchmarks/real_models.json).
@@ -42,7 +42,8 @@ SUITE_ROWS = {"tflite_int8": "TFLite INT8", "eq_w8a8": "all-8 (EasyQuant W8A8)",
               "eq_w4a8": "all-4 (EasyQuant W4A8)"}
 BUDGET_ROWS = {"mixed_eq_w8_budget50": "budget 50% (EasyQuant, A8)",
                "mixed_eq_w8_budget60": "budget 60% (EasyQuant, A8)",
-               "mixed_eq_w8_budget75": "budget 75% (EasyQuant, A8)"}
+               "mixed_eq_w8_budget75": "budget 75% (EasyQuant, A8)",
+               "mixed_eq_w8_budget60_bc": "budget 60%, --bias_correction empirical"}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", MODELS, "Suite models.")
@@ -80,6 +81,8 @@ def _value(row: dict, kind: str) -> str:
     out = "-" if v is None else format(scale * v, fmt) + ("%" if kind == "classifier" else "")
     if kind == "classifier" and row.get("cosine") is not None:
         out += f" / {row['cosine']:.5f}"
+    elif row.get("outputs"):  # the task metric is noisy on these photos: the outputs' cosines too
+        out += " / " + ", ".join(f"{o['cosine']:.4f}" for o in row["outputs"].values())
     return out
 
 
@@ -104,7 +107,13 @@ def write(results: dict, suite: dict, cache: Path) -> None:
              "activations, `--bits 8 --weight_size_ratio R`: the search lowers the least "
              "sensitive layers to 4-bit weights (packed INT4) until the weights fit R of the int8 "
              "bytes. TFLite INT8, all-8 and all-4 are the suite's rows (all-4 ran unpacked; its "
-             "bytes are the packed size, same outputs).", ""]
+             "bytes are the packed size, same outputs).", "",
+             "Sony MCT's mixed precision is not beside it: `pip install model-compression-toolkit` "
+             "installs 2.6.1, whose Keras entry point (`mct.ptq.keras_post_training_quantization`) "
+             "refuses this TensorFlow: \"Tensorflow must be installed with a version of 2.15 or lower "
+             "to use keras_post_training_quantization\" (the project needs 2.20-2.21). Its PyTorch "
+             "entry point would need torch and a PyTorch definition of the models, and exports "
+             "ONNX or fake-quantized models, not a stock .tflite.", ""]
     for model in FLAGS.models:
         meta_path = cache / model / "meta.json"
         if not meta_path.exists():
@@ -116,7 +125,7 @@ def write(results: dict, suite: dict, cache: Path) -> None:
             continue
         int8, all4 = _float_sizes(cache / model)
         _, label, _, _, _ = METRIC[kind]
-        metric = label + (" / cosine" if kind == "classifier" else "")
+        metric = label + (" / cosine" if kind == "classifier" else " / cosine per output")
         lines += [f"### {model}", "", f"| configuration | weight bytes (of int8) | {metric} | "
                   "4-bit layers |", "|---|---|---|---|"]
         for config, name in SUITE_ROWS.items():
@@ -147,7 +156,7 @@ def write(results: dict, suite: dict, cache: Path) -> None:
             lines += [f"`--bits 7 --keep_8bit input,first,last`: {_value(keep, kind)} against strict "
                       f"W7A7 {_value(ref['eq_w7a7'], kind)} and TFLite INT8 "
                       f"{_value(ref['tflite_int8'], kind)} ({note}).", ""]
-    lines += [f"Plot: `benchmarks/mixed_pareto.png` (weight bytes against the main metric per model).", ""]
+    lines += ["Plot: `benchmarks/mixed_pareto.png` (weight bytes against the main metric per model).", ""]
     update_section(FLAGS.output, "mixed_precision", "\n".join(lines))
     _plot(results, suite, cache)
 

@@ -81,6 +81,9 @@ CONFIGS = {
                              ["--bits", "8", "--weight_size_ratio", "0.75"]),
     "mixed_eq_w7a7_keep8": ("EasyQuant W7A7 --keep_8bit input,first,last", "eq",
                             ["--bits", "7", "--keep_8bit", "input,first,last"]),
+    "mixed_eq_w8_budget60_bc": ("EasyQuant W8A8, weight budget 60% of int8, --bias_correction empirical",
+                                "eq", ["--bits", "8", "--weight_size_ratio", "0.6",
+                                       "--bias_correction", "empirical"]),
     "mixed_bs_w8_budget60": ("Bit-Split W8A8, weight budget 60% of int8", "eq",
                              ["--method", "bitsplit", "--bits", "8", "--weight_size_ratio", "0.6"]),
 }
