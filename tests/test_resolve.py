@@ -148,7 +148,7 @@ def _fixed_tie_graph(second: str) -> Graph:
     t = [Tensor(i, n, (1, 4), np.float32) for i, n in enumerate("xabcde")]
     ops = [Op(0, "LOGISTIC", [0], [1]), Op(1, second, [0], [2]), Op(2, "CONCATENATION", [1, 2], [3]),
            Op(3, "LOGISTIC", [0], [4]), Op(4, "RESHAPE", [4], [5])]
-    return Graph(t, ops, [0], [3, 5])
+    return Graph(t, ops, [0], [3, 5], {x.name: x.index for x in t})
 
 
 def test_fixed_output_at_a_concatenation_is_requantized_not_pinned():
