@@ -164,14 +164,14 @@ def write_markdown(results: dict) -> None:
              "int8 conversion of the same file (`TFLITE_BUILTINS_INT8`, same 32 samples, also a whole "
              "process), then `eq_tflite.verify` on the written file, then the delegate with `policy=all` "
              "against LiteRT's builtin kernels on the 32 samples (every output element compared; nodes: "
-             "how many it claimed). A failure shows its one-line error.", "",
+             "how many it claimed). A failure shows its one-line error; \"not run\": the cell has no "
+             "result yet (the command above fills it in). Each time is one run, and a model's cells ran "
+             "minutes apart under a changing load of other jobs, so the ratios are indicative only.", "",
              "| model | TFLite INT8 | " + " | ".join(label for label, _ in PATHS.values()) + " |",
              "|---|---|" + "---|" * len(PATHS)]
     totals = {p: [0, 0] for p in PATHS}
     for model in ARCHITECTURES:
-        rows = results.get(model)
-        if not rows:
-            continue
+        rows = results.get(model, {})
         tfl = rows.get("tflite_int8")
         tcell = "not run" if tfl is None else (f"fails: `{tfl['error']}`" if "error" in tfl
                                                else f"{tfl['seconds']:.1f} s")
