@@ -278,6 +278,8 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
         plan.notes.append(f"kept in float as TFLite's own int8 conversion does: {', '.join(islands)} "
                           "(float islands of standard layers, simulated in float)")
 
+    plan.notes += fixed_range_notes(log.resolved, widths.activations)
+
     t0 = time.perf_counter()
     run_inputs = None if has_data else constant_inputs(graph, ranges)
     report = verify(out, float_model=float_model if has_data else None, samples=holdout,
@@ -310,6 +312,21 @@ def budget_note(choice: "mixed.BudgetChoice") -> str:
             f"of int8): {len(choice.low)} layers at {mixed.LOW_BITS} bits (packed INT4), weights "
             f"{choice.bytes / 1024:.1f} KiB ({choice.bytes / choice.int8_bytes:.2f} of int8), "
             f"predicted layer-cosine loss {choice.loss:.4f}")
+
+
+def fixed_range_notes(resolved: Any, activation_bits: int) -> list[str]:
+    """Summary lines on fixed-range outputs (softmax, logistic, tanh) meeting tied tensors."""
+    notes = []
+    if resolved is None:
+        return notes
+    if resolved.requantized:
+        notes.append(f"{len(resolved.requantized)} fixed-range outputs requantized into a "
+                     f"concatenation's {activation_bits}-bit scale, as TFLite does (e.g. "
+                     f"{resolved.requantized[0]})")
+    if resolved.pinned and activation_bits < 8:
+        notes.append(f"{len(resolved.pinned)} tensors tied to a fixed-range output keep its 8-bit "
+                     f"parameters (the int8 spec fixes them at any width; e.g. {resolved.pinned[0]})")
+    return notes
 
 
 def check_arguments(model: Any, calibration_data: Any, num_calibration_samples: Any) -> None:

@@ -18,6 +18,9 @@ SAME_SCALE_OPS = frozenset({
 
 #: Same-scale ops all of whose inputs are data (the others tie only their data input).
 _ALL_INPUTS_TIED = frozenset({"CONCATENATION", "PACK", "MAXIMUM", "MINIMUM"})
+#: Same-scale ops with several data inputs: an input whose scale is fixed by the spec
+#: (a logistic among box coordinates) is requantized into theirs (TFLite inserts a QUANTIZE).
+MULTI_INPUT_TIED_OPS = _ALL_INPUTS_TIED
 #: Position of the data input where it is not input 0 (SPLIT's inputs are (axis, data)).
 _DATA_INPUT = {"SPLIT": 1}
 

@@ -27,7 +27,7 @@ from eq_tflite import grid
 from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
 from eq_tflite.plan import Plan
-from eq_tflite.quant_spec import FIXED_OUTPUT_PARAMS, INT32_MAX, tied_tensors
+from eq_tflite.quant_spec import FIXED_OUTPUT_PARAMS, INT32_MAX, MULTI_INPUT_TIED_OPS, tied_tensors
 
 ActParams = tuple[float, int]
 
@@ -85,6 +85,10 @@ class Resolved:
     activation_bits: dict[str, int] = field(default_factory=dict)  # width of every activation
     tied_groups: int = 0
     fixed_outputs: int = 0
+    #: tensors requantized from a fixed range into a multi-input tie's scale (see tied_groups)
+    requantized: list[str] = field(default_factory=list)
+    #: tensors tied to a fixed-range output that keep its 8-bit parameters (at any width)
+    pinned: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------
@@ -92,8 +96,20 @@ class Resolved:
 
 
 def tied_groups(graph: Graph) -> dict[int, tuple[int, ...]]:
-    """Maps each activation tensor to its same-scale group (sorted tensor indices)."""
+    """Maps each activation tensor to its same-scale group (sorted tensor indices).
+
+    Fixed-range outputs (softmax, logistic, tanh) are special at a tie with
+    several data inputs (CONCATENATION, PACK, MAXIMUM, MINIMUM): when other
+    inputs there are free, the fixed input is requantized into the group's
+    scale (TFLite's converter inserts a QUANTIZE for it), so it stays out of
+    the group and the group keeps its own b-bit range. Only when every input
+    carries the same fixed parameters does the output adopt them. A
+    single-input tie (RESHAPE, STRIDED_SLICE, ...) after a fixed output always
+    adopts them, as TFLite does: that group keeps the spec's 8-bit parameters
+    at any width (``Resolved.pinned``).
+    """
     parent = {t: t for t in graph.activation_tensors()}
+    pinned = {t: p for t, p in fixed_output_params(graph).items() if t in parent}  # by group root
 
     def find(t: int) -> int:
         while parent[t] != t:
@@ -101,14 +117,43 @@ def tied_groups(graph: Graph) -> dict[int, tuple[int, ...]]:
             t = parent[t]
         return t
 
+    def unite(members: list[int]) -> None:
+        for t in members[1:]:
+            a, b = find(t), find(members[0])
+            if a != b:
+                parent[a] = b
+                if a in pinned:
+                    pinned.setdefault(b, pinned.pop(a))
+
+    multi = []
     for op in graph.ops:
         members = [t for t in tied_tensors(op.type, op.inputs, op.outputs) if t in parent]
-        for t in members[1:]:
-            parent[find(t)] = find(members[0])
+        if op.type in MULTI_INPUT_TIED_OPS:
+            multi.append(op)
+        else:
+            unite(members)
+    for op in multi:  # after every single-input tie, in graph order
+        ins = [t for t in op.inputs if t in parent]
+        pins = [pinned.get(find(t)) for t in ins]
+        if not (pins and None not in pins and len(set(pins)) == 1):
+            ins = [t for t, p in zip(ins, pins) if p is None]  # the fixed ones are requantized
+        unite(ins + [t for t in op.outputs if t in parent])
     groups: dict[int, list[int]] = {}
     for t in parent:
         groups.setdefault(find(t), []).append(t)
     return {t: tuple(sorted(g)) for g in groups.values() for t in g}
+
+
+def requantized_fixed(graph: Graph, groups: Mapping[int, tuple[int, ...]]) -> list[int]:
+    """Fixed-range tensors that a multi-input tie requantizes (see :func:`tied_groups`)."""
+    fixed = fixed_output_params(graph)
+    out = set()
+    for op in graph.ops:
+        if op.type in MULTI_INPUT_TIED_OPS and op.outputs:
+            group = groups.get(op.outputs[0], ())
+            out |= {t for t in op.inputs if t in groups and t not in group
+                    and any(m in fixed for m in groups[t])}
+    return sorted(out)
 
 
 def fixed_output_params(graph: Graph) -> dict[int, ActParams]:
@@ -267,7 +312,11 @@ def resolve(graph: Graph, plan: Plan, defaults: Mapping[str, ActParams] | None =
     out = Resolved(bits, {graph.tensors[t].name: p for t, p in params.items()})
     out.activation_bits = {graph.tensors[t].name: b for t, b in widths.items()}
     out.tied_groups = len({g for g in groups.values() if len(g) > 1})
-    out.fixed_outputs = len(fixed_output_params(graph))
+    fixed = fixed_output_params(graph)
+    out.fixed_outputs = len(fixed)
+    out.requantized = [graph.tensors[t].name for t in requantized_fixed(graph, groups)]
+    out.pinned = [graph.tensors[t].name for t in sorted(params) if t not in fixed
+                  and any(m in fixed for m in groups.get(t, ()))]
     for op in graph.weighted_ops():
         w_name = graph.tensors[op.weight_input].name
         w = plan.float_weights.get(w_name, graph.tensors[op.weight_input].data)

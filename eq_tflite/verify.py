@@ -231,8 +231,9 @@ class LevelsReport:
     """Integer activation values outside the b-bit levels, measured on real data.
 
     Counts every int8 activation tensor (model input included) except outputs
-    of fixed-scale ops (softmax, logistic, tanh), whose spec parameters span
-    the int8 container at any width.
+    of fixed-scale ops (softmax, logistic, tanh) and the tensors tied to them
+    (``fixed_range_tensors``), whose spec parameters span the int8 container
+    at any width.
     """
 
     bits: int
@@ -275,7 +276,7 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     widths = widths or {}
     model = fb.parse_model(model_bytes)
     sg = model.subgraphs[0]
-    fixed = {o for op in sg.operators if fb.op_name(model, op) in FIXED_OUTPUT_OPS for o in op.outputs}
+    fixed = fixed_range_tensors(model)
     watched = {i: fb.tensor_name(t) for i, t in enumerate(sg.tensors)
                if i not in fixed and fb.is_int8_activation(model, t)}
     report = LevelsReport(bits)
@@ -330,8 +331,40 @@ def _random_inputs(interp: Any) -> dict[str, np.ndarray]:
     return out
 
 
+def fixed_range_tensors(model: Any) -> set[int]:
+    """Outputs of fixed-range ops (softmax, logistic, tanh) and the tensors tied to them that
+    carry the same parameters: the spec fixes these to 8-bit levels at any width."""
+    sg = model.subgraphs[0]
+    parent: dict[int, int] = {}
+
+    def find(t: int) -> int:
+        parent.setdefault(t, t)
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    fixed = {}
+    for op in sg.operators:
+        kind = fb.op_name(model, op)
+        if kind in FIXED_OUTPUT_OPS:
+            fixed.update({int(o): kind for o in op.outputs})
+        members = tied_tensors(kind, list(op.inputs), list(op.outputs))
+        for t in members[1:]:
+            parent[find(t)] = find(members[0])
+
+    def params(t: int) -> tuple[float, int] | None:
+        q = sg.tensors[t].quantization
+        return None if q is None or q.scale is None or not len(q.scale) else \
+            (float(q.scale[0]), int(q.zeroPoint[0]))
+
+    roots = {find(t): params(t) for t in fixed}
+    return set(fixed) | {t for t in parent if find(t) in roots and params(t) == roots[find(t)]}
+
+
 def _check_invariants(model: Any, report: VerifyReport) -> None:
     sg = model.subgraphs[0]
+    fixed = fixed_range_tensors(model)
     counts: Counter = Counter()
     for op in sg.operators:
         kind = fb.op_name(model, op)
@@ -346,8 +379,8 @@ def _check_invariants(model: Any, report: VerifyReport) -> None:
             w_bits = report.weight_widths.get(int(op.inputs[WEIGHTED[kind][1]]), report.bits.weights)
             _check_weighted(model, sg, op, kind, w_bits, report)
         _check_tied(sg, op, kind, report)
-        if kind not in FIXED_OUTPUT_OPS:
-            for out in op.outputs:
+        for out in op.outputs:
+            if out not in fixed:
                 _check_activation(model, sg.tensors[out], report,
                                   report.activation_widths.get(int(out), report.bits.activations))
     report.op_counts = dict(counts)

@@ -140,3 +140,35 @@ def test_container_mode_is_labelled(resnet_float, fmnist_calib):
     assert "6-bit step, 8-bit range" in conv.report.summary()
     strict = api.convert_model(resnet_float, fmnist_calib, bits=6, method="minmax")
     assert read_metadata(strict.model)["label"] == "W6A6"
+
+
+def _fixed_tie_graph(second: str) -> Graph:
+    """x -> LOGISTIC -> a; x -> ``second`` -> b; CONCATENATION(a, b) -> c; LOGISTIC(x) -> d -> RESHAPE -> e."""
+    from eq_tflite.graph import Tensor
+    t = [Tensor(i, n, (1, 4), np.float32) for i, n in enumerate("xabcde")]
+    ops = [Op(0, "LOGISTIC", [0], [1]), Op(1, second, [0], [2]), Op(2, "CONCATENATION", [1, 2], [3]),
+           Op(3, "LOGISTIC", [0], [4]), Op(4, "RESHAPE", [4], [5])]
+    return Graph(t, ops, [0], [3, 5], {x.name: x.index for x in t})
+
+
+def test_fixed_output_at_a_concatenation_is_requantized_not_pinned():
+    """A logistic output next to a free input of a CONCATENATION stays out of its group (TFLite
+    requantizes it), so the concatenation keeps a b-bit range that holds the exp values;
+    a RESHAPE after a logistic (no requantize) keeps the fixed 8-bit parameters."""
+    graph = _fixed_tie_graph("EXP")
+    groups = resolve.tied_groups(graph)
+    assert groups[1] == (1,) and groups[2] == groups[3] == (2, 3) and groups[4] == (4, 5)
+    assert resolve.requantized_fixed(graph, groups) == [1]
+    params = resolve.activation_params(graph, {2: (0.0, 5.0), 3: (0.0, 5.0), 5: (0.0, 1.0)}, 7, groups)
+    assert params[1] == params[4] == params[5] == (1 / 256, -128)
+    assert params[3] == params[2] == grid.activation_params(0.0, 5.0, 7)
+    plan = Plan("minmax", BitWidths(7, 7), activation_ranges={"b": (0.0, 5.0), "c": (0.0, 5.0), "e": (0.0, 1.0)})
+    out = resolve.resolve(graph, plan)
+    assert out.requantized == ["a"] and out.pinned == ["e"]
+
+
+def test_concatenation_of_fixed_outputs_only_adopts_their_parameters():
+    graph = _fixed_tie_graph("LOGISTIC")
+    groups = resolve.tied_groups(graph)
+    assert groups[3] == (1, 2, 3) and resolve.requantized_fixed(graph, groups) == []
+    assert resolve.activation_params(graph, {3: (0.0, 1.0)}, 7, groups)[3] == (1 / 256, -128)

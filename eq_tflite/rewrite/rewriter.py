@@ -147,6 +147,7 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
             if fused is not None:
                 mapping[i] = fused
     producer = {out: op for op in graph.ops for out in op.outputs}
+    fixed_groups = _fixed_range_tensors(graph)
     for op in sg.operators:
         kind = fb.op_name(model, op)
         if kind in WEIGHTED:
@@ -160,12 +161,22 @@ def map_to_float(model: Any, graph: Graph) -> dict[int, str]:
                     mapping[op.inputs[pos]] = graph.tensors[fop.inputs[pos]].name
         elif kind in EDGE_OPS:
             src, dst = op.inputs[0], op.outputs[0]
+            if src in mapping and mapping[src] in fixed_groups and \
+                    fb.type_name(sg.tensors[dst].type) == fb.type_name(sg.tensors[src].type):
+                continue  # a requantize of a fixed range into a multi-input tie: not the same numbers
             if src in mapping and dst not in mapping:
                 mapping[dst] = mapping[src]
             elif dst in mapping and src not in mapping:
                 mapping[src] = mapping[dst]
     _map_renamed_outputs(model, graph, mapping)
     return mapping
+
+
+def _fixed_range_tensors(graph: Graph) -> set[str]:
+    """Names of float tensors with spec-fixed parameters (fixed outputs and the groups tied to them)."""
+    fixed = resolve_mod.fixed_output_params(graph)
+    groups = resolve_mod.tied_groups(graph)
+    return {graph.tensors[m].name for t in fixed for m in groups.get(t, (t,))}
 
 
 def _map_renamed_outputs(model: Any, graph: Graph, mapping: dict[int, str]) -> None:
