@@ -107,8 +107,8 @@ class Options:
             try:
                 return kind(options.get(key, default))
             except (TypeError, ValueError):
-                raise EqTfliteError(f"bitsplit option {key} must be "
-                                    f"{'bool' if kind is _boolean else kind.__name__}, "
+                what = {_boolean: "bool", _floats: "comma-separated numbers"}.get(kind, kind.__name__)
+                raise EqTfliteError(f"bitsplit option {key} must be {what}, "
                                     f"got {options.get(key)!r}") from None
 
         o = cls(rounds=get("bs_rounds", int, d.rounds),
@@ -130,8 +130,8 @@ class Options:
                   (o.mse_iters >= 0, "bs_mse_iters must be >= 0"),
                   (0 <= o.clip_budget <= 1, "bs_clip_budget must be in [0, 1]"),
                   (0 <= o.holdout < 1, "bs_holdout must be in [0, 1)"),
-                  (len(o.ridge) >= 1 and all(r >= 0 for r in o.ridge),
-                   "bs_ridge must be one or more values >= 0"),
+                  (len(o.ridge) >= 1 and all(0 <= r < float("inf") for r in o.ridge),
+                   "bs_ridge must be one or more finite values >= 0"),
                   (o.target in TARGET_CHOICES, f"bs_target must be one of {', '.join(TARGET_CHOICES)}")]
         for ok, msg in checks:
             if not ok:

@@ -289,3 +289,17 @@ def test_early_stopping_keeps_each_channels_best_held_out_state():
     np.testing.assert_allclose(held.errors(res.q, res.alpha), best, rtol=1e-12)
     np.testing.assert_array_equal(res.monitor_end, seen[-1])
     assert len(seen) > 2 and np.any(seen[-1] > best)  # the fit did overfit some channel
+
+
+def test_held_out_options():
+    assert Options.parse({}).holdout == 0.25 and Options.parse({}).ridge == (0.0, 0.1, 1.0)
+    assert Options.parse({"bs_ridge": ["0.5", "2"]}).ridge == (0.5, 2.0)  # the CLI's list flag
+    assert Options.parse({"bs_ridge": "0,3"}).ridge == (0.0, 3.0)
+    for bad, match in [({"bs_ridge": "a,b"}, "bs_ridge must be comma-separated numbers"),
+                       ({"bs_ridge": "-1"}, "bs_ridge must be one or more finite"),
+                       ({"bs_ridge": "inf"}, "bs_ridge must be one or more finite"),
+                       ({"bs_ridge": ""}, "bs_ridge must be one or more finite"),
+                       ({"bs_holdout": 1.0}, r"bs_holdout must be in \[0, 1\)"),
+                       ({"bs_target": "x"}, "bs_target must be one of float, own")]:
+        with pytest.raises(EqTfliteError, match=match):
+            Options.parse(bad)
