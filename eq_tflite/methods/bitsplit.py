@@ -546,7 +546,8 @@ class LayerFit:
 
 
 def fit_layer(problem: ResponseProblem, held: HeldOutRows | None, matrix: np.ndarray, bits: int,
-              opts: Options, free: np.ndarray | None, correct: bool) -> LayerFit:
+              opts: Options, free: np.ndarray | None, correct: bool,
+              start_scale: np.ndarray | None = None) -> LayerFit:
     """Bit-Split for one layer, chosen per channel on held-out rows.
 
     Without held-out rows: the descent with the first ``ridge`` strength (the
@@ -554,7 +555,8 @@ def fit_layer(problem: ResponseProblem, held: HeldOutRows | None, matrix: np.nda
     absmax rounding (min/max's weights) and, for each ridge strength, the
     descent early-stopped per channel on the held-out rows; each channel
     ships the candidate, with or without the fitted bias shift, whose
-    held-out error is least.
+    held-out error is least. ``start_scale`` (C,) adds plain rounding on
+    another method's per-channel steps (EasyQuant's) as one more candidate.
     """
     norm_fit = max(float(problem.yy.sum()), 1e-30)
     if held is None:
@@ -578,6 +580,9 @@ def fit_layer(problem: ResponseProblem, held: HeldOutRows | None, matrix: np.nda
     step = np.where(absmax > 0, absmax / qmax, 1.0).astype(np.float32).astype(np.float64)
     q0 = np.clip(np.round(matrix / step), -qmax, qmax).astype(np.int64)
     cands: list[tuple[str, np.ndarray, np.ndarray]] = [("absmax", q0, step)]
+    if start_scale is not None:
+        s = np.where(start_scale > 0, start_scale, step).astype(np.float32).astype(np.float64)
+        cands.append(("given", np.clip(np.round(matrix / s), -qmax, qmax).astype(np.int64), s))
     info: dict[str, Any] = {}
     norm = max(float(held.yy.sum()), 1e-30)
     steps = 0
@@ -616,7 +621,8 @@ def fit_layer(problem: ResponseProblem, held: HeldOutRows | None, matrix: np.nda
 
 def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[float, float]],
                   options: Options | None = None, choose_range: RangeChooser | None = None,
-                  float_weights: Mapping[str, np.ndarray] | None = None) -> WeightStep:
+                  float_weights: Mapping[str, np.ndarray] | None = None,
+                  weight_scales: Mapping[str, np.ndarray] | None = None) -> WeightStep:
     """Bit-Split weights for the given activation ranges (the composable weight step).
 
     ``activation_ranges`` (float-graph names) fix the activation levels the
@@ -627,7 +633,9 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
     equalized weights and biases): targets, weights and biases start from them.
     Returned ``activation_ranges`` are the given ones with those decisions;
     returned ``float_weights`` hold every bias the step corrected (put them in
-    the plan together with the given edits).
+    the plan together with the given edits). ``weight_scales`` (another
+    method's per-channel steps, by weight name) join each layer's candidates
+    when there are held-out samples (see :func:`fit_layer`).
     """
     opts = options or Options.parse(ctx.options)
     graph, bits = ctx.graph, ctx.bits
@@ -683,7 +691,9 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
         lin = fsim.linear(op)
         grouped = simulate.conv_groups(op.type, w_t.shape, lin.in_channels) > 1
         free = lin.matrix(np.ones(w_t.shape, np.float32)) != 0 if grouped else None
-        res = fit_layer(problem, held, matrix, lbits.weights, opts, free, correct)
+        given = None if weight_scales is None else weight_scales.get(w_t.name)
+        res = fit_layer(problem, held, matrix, lbits.weights, opts, free, correct,
+                        None if given is None else np.asarray(given, np.float64).reshape(-1))
         q = lin.weights(res.q).astype(np.int8)
         out.int_weights[w_t.name] = q
         out.weight_scales[w_t.name] = res.alpha
@@ -712,15 +722,16 @@ def bitsplit(ctx: MethodContext) -> Plan:
     opts = Options.parse(ctx.options)
     choice = opts.activations
     if choice == "easyquant":
-        base = methods.get("easyquant")(ctx).activation_ranges
+        eq_plan = methods.get("easyquant")(ctx)
+        base, scales = eq_plan.activation_ranges, eq_plan.weight_scales
     else:
-        base = methods.get("minmax")(ctx).activation_ranges
+        base, scales = methods.get("minmax")(ctx).activation_ranges, None
     chooser = None
     if choice == "mse":
         def chooser(values: np.ndarray, rng: tuple[float, float],
                     bits: grid.BitWidths) -> tuple[float, float]:
             return mse_range(values, rng, bits, opts.mse_iters, opts.clip_budget)
-    step = split_weights(ctx, base, opts, chooser)
+    step = split_weights(ctx, base, opts, chooser, weight_scales=scales)
     return Plan("bitsplit", ctx.bits, activation_ranges=step.activation_ranges,
                 weight_scales=step.weight_scales, int_weights=step.int_weights,
                 float_weights=step.float_weights,

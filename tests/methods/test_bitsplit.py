@@ -303,3 +303,18 @@ def test_held_out_options():
                        ({"bs_target": "x"}, "bs_target must be one of float, own")]:
         with pytest.raises(EqTfliteError, match=match):
             Options.parse(bad)
+
+
+def test_given_scales_are_a_candidate():
+    """Another method's steps (EasyQuant's): the choice is never worse than rounding on them."""
+    x, y, w = _layer(9, rows=900, k=30)
+    problem = ResponseProblem(x[:300], y[:300], with_bias=True)
+    held = HeldOutRows(x[300:], y[300:])
+    steps = [(np.abs(w).max(0) / 7 * m).astype(np.float32).astype(np.float64)
+             for m in np.linspace(0.3, 1.2, 91)]
+    errs = np.stack([held.errors(np.clip(np.round(w / s), -7, 7), s) for s in steps])
+    given = np.stack(steps)[errs.argmin(0), np.arange(w.shape[1])]  # the best steps on those rows
+    res = fit_layer(problem, held, w, 4, Options(rounds=0, ridge=(0.0,)), None, False, given)
+    rounded = held.errors(np.clip(np.round(w / given), -7, 7), given)
+    assert np.all(held.errors(res.q, res.alpha) <= rounded * (1 + 1e-12))
+    assert "given" in res.info["chosen"]
