@@ -369,7 +369,12 @@ def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndar
         d = np.where(move, d, 0.0)
         plane[k] += (d / p).astype(np.int8)
         q[k] += d.astype(np.int64)
-        hq += problem.column(k) * d
+        cols = np.flatnonzero(move)
+        if len(cols) * 4 < len(move):  # few channels moved: update only theirs
+            col = problem.column(k)
+            hq[:, cols] += (col[:, cols] if col.shape[1] > 1 else col) * d[cols]
+        else:
+            hq += problem.column(k) * d
         changed += int(np.count_nonzero(move))
     return changed
 
