@@ -42,13 +42,17 @@ VARIANTS = {
     "rows_1024": ("defaults, 1024 rows per layer", {"bs_max_rows": 1024}, {}),
     "rows_16384": ("defaults, 16384 rows per layer", {"bs_max_rows": 16384}, {}),
     "samples_32": ("defaults, 32 calibration samples", {}, {"num_calibration_samples": 32}),
-    "act_easyquant": ("defaults, EasyQuant's activation ranges", {"bs_activations": "easyquant"}, {}),
+    "act_easyquant": ("defaults, EasyQuant's activation ranges and weight steps as a candidate",
+                      {"bs_activations": "easyquant"}, {}),
+    "act_minmax": ("defaults, min/max activation ranges", {"bs_activations": "minmax"}, {}),
 }
 MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range", "selfie_segmentation",
           "palm_detection_lite", "hand_landmark_lite"]
 METRICS = {"classifier": ("agreement", "top-1 agreement", 1), "detector": ("top10_anchors", "top-10 anchors", 1),
            "segmentation": ("mask_iou", "mask IoU", 1), "landmarks": ("landmark_px", "landmark error px", -1)}
 
+#: Suite configurations Bit-Split W4A8 must beat (issue 15), shown under the variants.
+BASELINES = ("minmax_w4a8", "eq_w4a8", "eq_w4a8_linear")
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", MODELS, "Suite models.")
 flags.DEFINE_list("variants", list(VARIANTS), "Variants to run, in order.")
@@ -58,6 +62,9 @@ flags.DEFINE_bool("rerun", False, "Run cells that already have a result.")
 flags.DEFINE_bool("write_only", False, "Only rewrite the Markdown section from the results json.")
 flags.DEFINE_integer("num_calibration_samples", 64, "Calibration samples (all of the suite's 64).")
 flags.DEFINE_string("results", str(REPO / "benchmarks" / "bitsplit_real.json"), "Results json (read and updated).")
+flags.DEFINE_list("baselines", [], "Suite results jsons (tools/benchmark_real_models.py --results) whose "
+                  f"{', '.join(BASELINES)} rows are copied into the results as the rows to beat (later "
+                  "files win).")
 flags.DEFINE_string("output", str(REPO / "BENCHMARKS.md"), "Markdown file whose 'bitsplit_choices' section "
                     "is rewritten.")
 
@@ -110,8 +117,8 @@ def run_cell(model: str, variant: str) -> dict:
     return row
 
 
-def _main_metric(row: dict) -> str:
-    key, _, _ = METRICS[row["kind"]]
+def _main_metric(row: dict, kind: str) -> str:
+    key, _, _ = METRICS[kind]
     outs = [o["cosine"] for o in row["outputs"].values()]
     cos = row.get("cosine", sum(outs) / len(outs))
     return f"{row[key]:.3f} / {cos:.4f}"
@@ -119,6 +126,7 @@ def _main_metric(row: dict) -> str:
 
 def write_markdown(results: dict) -> None:
     from bench_doc import machine, update_section
+    results = {m: results[m] for m in sorted(results, key=lambda m: (MODELS + [m]).index(m))}
     lines = ["## Bit-Split defaults on the real-model suite (W4A8)", "",
              f"Command: `python tools/tune_bitsplit.py` (results: `benchmarks/bitsplit_real.json`).", "",
              f"Machine: {machine()}", "",
@@ -128,10 +136,19 @@ def write_markdown(results: dict) -> None:
              "(classifiers: top-1 agreement; detectors: top-10 anchor agreement; segmentation: mask IoU; "
              "landmarks: error in pixels, lower is better).", "",
              "| variant | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    kinds = {m: next(k for r in cells.values() for k, (key, _, _) in METRICS.items() if key in r)
+             for m, cells in results.items()}
     variants = [v for v in VARIANTS if any(v in cells for cells in results.values())]
     for v in variants:
-        cells = [_main_metric(results[m][v]) if v in results[m] else "" for m in results]
+        cells = [_main_metric(results[m][v], kinds[m]) if v in results[m] else "" for m in results]
         lines.append(f"| `{v}`: {VARIANTS[v][0]} | " + " | ".join(cells) + " |")
+    for config in BASELINES:
+        key = f"suite:{config}"
+        if any(key in cells for cells in results.values()):
+            label = next(c[key]["label"] for c in results.values() if key in c)
+            cells = [_main_metric(results[m][key], kinds[m]) if key in results[m] else "" for m in results]
+            lines.append(f"| to beat: {label} (`tools/benchmark_real_models.py --configs {config}`) | "
+                         + " | ".join(cells) + " |")
     update_section(FLAGS.output, "bitsplit_choices", "\n".join(lines))
 
 
@@ -139,6 +156,12 @@ def main(argv: list[str]) -> None:
     del argv
     path = Path(FLAGS.results)
     results = json.loads(path.read_text()) if path.exists() else {}
+    for file in FLAGS.baselines:
+        suite = json.loads(Path(file).read_text())
+        for model, cells in suite.items():
+            for config in BASELINES:
+                if config in cells and "error" not in cells[config]:
+                    results.setdefault(model, {})[f"suite:{config}"] = cells[config]
     if not FLAGS.write_only:
         for model in FLAGS.models:
             for variant in FLAGS.variants:
@@ -146,7 +169,7 @@ def main(argv: list[str]) -> None:
                     continue
                 row = run_cell(model, variant)
                 results.setdefault(model, {})[variant] = row
-                print(model, variant, _main_metric(row), f"{row['seconds']}s", flush=True)
+                print(model, variant, _main_metric(row, row["kind"]), f"{row['seconds']}s", flush=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(results, indent=1))
                 tmp.replace(path)
