@@ -149,7 +149,32 @@ def write_markdown(results: dict) -> None:
             cells = [_main_metric(results[m][key], kinds[m]) if key in results[m] else "" for m in results]
             lines.append(f"| to beat: {label} (`tools/benchmark_real_models.py --configs {config}`) | "
                          + " | ".join(cells) + " |")
+    lines += ["", "Where the held-out error appears (`default` runs, per layer, relative response error "
+              "on the held-out quarter of the calibration samples; `ridge 0, end` is the paper's unregularized "
+              "descent run to the end on the other three quarters):", "",
+              "| model | layers | mean: absmax rounding | mean: ridge 0, end | mean: chosen | layers where "
+              "ridge 0, end is worse than absmax rounding | of those, rows per weight < 4 |", "|---|---|---|---|---|---|---|"]
+    for m, cells in results.items():
+        layers = cells.get("default", {}).get("layers", [])
+        if not layers or "held_rel_err_ridge0_end" not in layers[0]:
+            continue
+        mean = lambda k: sum(l[k] for l in layers) / len(layers)  # noqa: E731
+        worse = [l for l in layers if l["held_rel_err_ridge0_end"] > l["held_rel_err_absmax"]]
+        few = [l for l in worse if l["rows"] < 4 * _fan_in(l)]
+        lines.append(f"| {m} | {len(layers)} | {mean('held_rel_err_absmax'):.4f} | "
+                     f"{mean('held_rel_err_ridge0_end'):.4f} | {mean('held_rel_err_chosen'):.4f} | "
+                     f"{len(worse)} | {len(few)} |")
     update_section(FLAGS.output, "bitsplit_choices", "\n".join(lines))
+
+
+def _fan_in(layer: dict) -> int:
+    """Weights per output channel (K) from the recorded weight shape."""
+    shape = [int(d) for d in layer["weight_shape"].split("x")]
+    if layer["op_type"] == "FULLY_CONNECTED":
+        return shape[1]
+    if layer["op_type"] == "DEPTHWISE_CONV_2D":
+        return shape[1] * shape[2]
+    return shape[1] * shape[2] * shape[3]
 
 
 def main(argv: list[str]) -> None:
