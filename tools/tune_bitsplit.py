@@ -196,6 +196,8 @@ def main(argv: list[str]) -> None:
             for config in BASELINES:
                 if config in cells and "error" not in cells[config]:
                     results.setdefault(model, {})[f"suite:{config}"] = cells[config]
+    if FLAGS.baselines:
+        path.write_text(json.dumps(results, indent=1))
     if not FLAGS.write_only:
         for model in FLAGS.models:
             for variant in FLAGS.variants:
