@@ -88,6 +88,13 @@ flags.DEFINE_enum("bs_activations", None, ["mse", "easyquant", "minmax"],
 flags.DEFINE_bool("bs_bias_correction", None,
                   "Bit-Split: fit a per-channel bias shift with the weights (default true; "
                   "--nobs_bias_correction gives the paper's form).")
+flags.DEFINE_float("bs_holdout", None, "Bit-Split: share of the calibration samples held out of each "
+                   "layer's fit to choose, per output channel, among the candidate fits (default 0.25; "
+                   "0: fit all samples, the paper's form).")
+flags.DEFINE_list("bs_ridge", None, "Bit-Split: ridge strengths toward the float weights, one candidate "
+                  "fit each (default 0,0.1,1; without held-out samples the first is used).")
+flags.DEFINE_enum("bs_target", None, ["float", "own"], "Bit-Split: fit the float model's layer output "
+                  "(default) or the layer's float weights applied to the quantized model's inputs.")
 flags.DEFINE_bool("pack_int4", False,
                   "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
                   "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
@@ -114,7 +121,8 @@ flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
 _EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
              "eq_clip_budget", "eq_search", "eq_objective", "bs_rounds", "bs_max_rows",
-             "bs_activations", "bs_bias_correction", "dfq_sigmas", "cle_relu6", "absorb_padded")
+             "bs_activations", "bs_bias_correction", "bs_holdout", "bs_ridge", "bs_target",
+             "dfq_sigmas", "cle_relu6", "absorb_padded")
 
 
 def _method_options() -> dict:

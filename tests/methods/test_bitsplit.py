@@ -8,8 +8,9 @@ from eq_tflite import api, methods, resolve
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
-from eq_tflite.methods.bitsplit import (Options, ResponseProblem, bit_split, mse_range,
-                                        split_weights, stitch, to_planes)
+from eq_tflite.methods.bitsplit import (HeldOutRows, Options, ResponseProblem, bit_split,
+                                        fit_layer, mse_range, split_samples, split_weights, stitch,
+                                        to_planes)
 from eq_tflite.plan import MethodContext
 
 
@@ -123,7 +124,13 @@ def test_plan_int_weights_in_range_for_every_op_type(small_float_tflite, small_c
     numbers = resolve.resolve(graph, plan)  # the shipped integers are the plan's
     for name, q in plan.int_weights.items():
         np.testing.assert_array_equal(numbers.layers[name].values, q)
-    for row in plan.layers:
+    for row in plan.layers:  # per channel, never worse than plain absmax rounding on held-out rows
+        assert row["held_out_rows"] > 0
+        assert row["held_rel_err_chosen"] <= row["held_rel_err_absmax"] * (1 + 1e-12)
+    paper = methods.get("bitsplit")(_ctx(small_float_tflite, small_calibration, wbits, bs_holdout=0,
+                                         bs_ridge="0"))
+    for row in paper.layers:  # without held-out rows: the paper's monotone descent on all rows
+        assert row["held_out_rows"] == 0
         assert row["rel_err_bitsplit"] <= row["rel_err_init"] <= row["rel_err_absmax"] + 1e-12
     # bias correction: every op with a bias ships a corrected float bias
     with_bias = [graph.tensors[op.bias_input].name for op in graph.weighted_ops()
@@ -186,3 +193,128 @@ def test_matrix_layout_round_trip(op_type, shape, channels):
 
 def test_default_activation_choice():
     assert Options.parse({}).activations == "mse"
+
+
+# --------------------------------------------------------------------------
+# Held-out rows: ridge, early stopping and the per-channel choice
+
+
+def test_ridge_adds_the_distance_to_the_float_weights():
+    x, y, w = _layer(3)
+    problem = ResponseProblem(x, y, with_bias=True)
+    ridged = problem.ridged(0.5, w)
+    q = np.round(w / (np.abs(w).max(0) / 7))
+    alpha = np.abs(w).max(0) / 7
+    lam = 0.5 * np.diag(problem.h).mean()
+    extra = lam * ((q * alpha - w) ** 2).sum(0)
+    np.testing.assert_allclose(ridged.objective(q, alpha), problem.objective(q, alpha) + extra, rtol=1e-9)
+    assert problem.ridged(0.0, w) is problem
+    # a strong pull gives (almost) plain rounding of the float weights: the fit stays near them
+    loose = bit_split(problem, w, 4)
+    tight = bit_split(problem.ridged(100.0, w), w, 4)
+    dist = lambda r: float(((r.q * r.alpha - w) ** 2).sum())  # noqa: E731
+    assert dist(tight) < dist(loose)
+    xd, yd, wd = _layer(4, depthwise=True)
+    pd = ResponseProblem(xd, yd)
+    lam_c = 0.5 * np.einsum("kkc->kc", pd.h).mean(0)
+    qd, ad = np.round(wd / (np.abs(wd).max(0) / 7)), np.abs(wd).max(0) / 7
+    np.testing.assert_allclose(pd.ridged(0.5, wd).objective(qd, ad),
+                               pd.objective(qd, ad) + lam_c * ((qd * ad - wd) ** 2).sum(0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_held_out_errors_match_direct(depthwise):
+    x, y, w = _layer(5, depthwise=depthwise)
+    held = HeldOutRows(x, y)
+    alpha = np.abs(w).max(0) / 7
+    q = np.round(w / alpha)
+    d = np.linspace(-0.3, 0.3, w.shape[1])
+    wq = q * alpha
+    out = np.einsum("rkc,kc->rc", x, wq) if depthwise else x @ wq
+    np.testing.assert_allclose(held.errors(q, alpha, d), ((y - out - d) ** 2).sum(0), rtol=1e-9)
+    np.testing.assert_allclose(held.errors(q, alpha), ((y - out) ** 2).sum(0), rtol=1e-9)
+
+
+def test_split_samples_is_seeded_and_disjoint():
+    fit, held = split_samples(64, 0.25, 0)
+    assert len(held) == 16 and len(fit) == 48 and not set(fit) & set(held)
+    assert sorted([*fit, *held]) == list(range(64))
+    np.testing.assert_array_equal(held, split_samples(64, 0.25, 0)[1])
+    assert not np.array_equal(held, split_samples(64, 0.25, 1)[1])
+    assert [len(h) for h in (split_samples(3, 0.01, 0)[1], split_samples(1, 0.5, 0)[1],
+                             split_samples(10, 0.0, 0)[1], split_samples(2, 0.9, 0)[1])] == [1, 0, 0, 1]
+
+
+def test_held_out_choice_beats_the_overfitted_fit_on_unseen_rows():
+    """As many rows as weights per channel: the paper's fit memorizes its rows.
+
+    The per-channel choice on held-out rows is never worse than plain absmax
+    rounding there, and on rows neither saw it beats the unregularized fit.
+    """
+    k, c = 48, 16
+    x, y, w = _layer(7, rows=1600, k=k, c=c)
+    y = y + np.random.default_rng(1).normal(size=y.shape) * 0.5 * y.std()  # what the layer cannot fit
+    fit, hold, test = slice(0, 60), slice(60, 460), slice(460, None)
+    problem = ResponseProblem(x[fit], y[fit], with_bias=True)
+    held = HeldOutRows(x[hold], y[hold])
+    unseen = HeldOutRows(x[test], y[test])
+    paper = bit_split(problem, w, 4)
+    paper_d = problem.bias_shift(paper.q, paper.alpha)
+    res = fit_layer(problem, held, w, 4, Options(), None, True)
+    qmax = 7
+    step = (np.abs(w).max(0) / qmax).astype(np.float32).astype(np.float64)
+    absmax_held = held.errors(np.round(w / step), step)
+    assert np.all(held.errors(res.q, res.alpha, res.shift) <= absmax_held * (1 + 1e-12))
+    assert res.info["held_rel_err_chosen"] <= res.info["held_rel_err_absmax"]
+    ours = unseen.errors(res.q, res.alpha, res.shift).sum()
+    theirs = unseen.errors(paper.q, paper.alpha, paper_d).sum()
+    assert ours < 0.9 * theirs, (ours, theirs)
+    # on the rows it fitted, the paper's form is of course better
+    assert problem.objective(paper.q, paper.alpha).sum() < problem.objective(res.q, res.alpha).sum()
+
+
+def test_early_stopping_keeps_each_channels_best_held_out_state():
+    x, y, w = _layer(8, rows=700, k=40)
+    problem = ResponseProblem(x[:80], y[:80])
+    held = HeldOutRows(x[80:], y[80:])
+    seen = []
+
+    def monitor(q, a):
+        e = held.errors(q, a)
+        seen.append(e)
+        return e
+
+    res = bit_split(problem, w, 4, rounds=4, monitor=monitor)
+    best = np.min(np.stack(seen), axis=0)
+    np.testing.assert_allclose(held.errors(res.q, res.alpha), best, rtol=1e-12)
+    np.testing.assert_array_equal(res.monitor_end, seen[-1])
+    assert len(seen) > 2 and np.any(seen[-1] > best)  # the fit did overfit some channel
+
+
+def test_held_out_options():
+    assert Options.parse({}).holdout == 0.25 and Options.parse({}).ridge == (0.0, 0.1, 1.0)
+    assert Options.parse({"bs_ridge": ["0.5", "2"]}).ridge == (0.5, 2.0)  # the CLI's list flag
+    assert Options.parse({"bs_ridge": "0,3"}).ridge == (0.0, 3.0)
+    for bad, match in [({"bs_ridge": "a,b"}, "bs_ridge must be comma-separated numbers"),
+                       ({"bs_ridge": "-1"}, "bs_ridge must be one or more finite"),
+                       ({"bs_ridge": "inf"}, "bs_ridge must be one or more finite"),
+                       ({"bs_ridge": ""}, "bs_ridge must be one or more finite"),
+                       ({"bs_holdout": 1.0}, r"bs_holdout must be in \[0, 1\)"),
+                       ({"bs_target": "x"}, "bs_target must be one of float, own")]:
+        with pytest.raises(EqTfliteError, match=match):
+            Options.parse(bad)
+
+
+def test_given_scales_are_a_candidate():
+    """Another method's steps (EasyQuant's): the choice is never worse than rounding on them."""
+    x, y, w = _layer(9, rows=900, k=30)
+    problem = ResponseProblem(x[:300], y[:300], with_bias=True)
+    held = HeldOutRows(x[300:], y[300:])
+    steps = [(np.abs(w).max(0) / 7 * m).astype(np.float32).astype(np.float64)
+             for m in np.linspace(0.3, 1.2, 91)]
+    errs = np.stack([held.errors(np.clip(np.round(w / s), -7, 7), s) for s in steps])
+    given = np.stack(steps)[errs.argmin(0), np.arange(w.shape[1])]  # the best steps on those rows
+    res = fit_layer(problem, held, w, 4, Options(rounds=0, ridge=(0.0,)), None, False, given)
+    rounded = held.errors(np.clip(np.round(w / given), -7, 7), given)
+    assert np.all(held.errors(res.q, res.alpha) <= rounded * (1 + 1e-12))
+    assert "given" in res.info["chosen"]

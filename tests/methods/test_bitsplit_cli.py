@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from absl import flags
 
 from eq_tflite import convert
@@ -20,8 +21,8 @@ def test_cli_bitsplit_w4a8_packed(capsys, tmp_path, small_float_path, small_cali
     out = tmp_path / "w4a8.tflite"
     code = _cli([str(small_float_path), "--calibration_data", str(small_calibration_path),
                  "--method", "bitsplit", "--weight_bits", "4", "--activation_bits", "8",
-                 "--bs_max_rows", "512", "--bs_rounds", "2", "--pack_int4", "--noprogress",
-                 "--output", str(out)])
+                 "--bs_max_rows", "512", "--bs_rounds", "2", "--bs_ridge", "0,1", "--bs_holdout", "0.5",
+                 "--bs_target", "own", "--pack_int4", "--noprogress", "--output", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "chain bitsplit, W4A8" in text and "5 weight tensors stored as packed INT4" in text
@@ -43,11 +44,16 @@ def test_cli_pack_int4_needs_4_bits(capsys, tmp_path, small_float_path, small_ca
     assert not Path(out).exists()
 
 
-def test_cli_bad_bitsplit_option(capsys, tmp_path, small_float_path, small_calibration_path):
+@pytest.mark.parametrize("flag,value,message", [
+    ("--bs_rounds", "-1", "bs_rounds must be >= 0"),
+    ("--bs_ridge", "0,x", "bitsplit option bs_ridge must be comma-separated numbers, got ['0', 'x']"),
+    ("--bs_holdout", "1", "bs_holdout must be in [0, 1)")])
+def test_cli_bad_bitsplit_option(capsys, tmp_path, small_float_path, small_calibration_path,
+                                 flag, value, message):
     out = tmp_path / "o" / "bad.tflite"
     code = _cli([str(small_float_path), "--calibration_data", str(small_calibration_path),
-                 "--method", "bitsplit", "--bits", "4", "--bs_rounds", "-1", "--noprogress",
+                 "--method", "bitsplit", "--bits", "4", flag, value, "--noprogress",
                  "--output", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err[-1] == "error: bs_rounds must be >= 0"
+    assert code == 2 and err[-1] == f"error: {message}"
     assert not Path(out).exists()
