@@ -181,3 +181,20 @@ def test_tied_tensors_share_merged_params(cnn):
     assert params[pool.inputs[0]] == params[pool.outputs[0]]
     softmax = next(op for op in graph.ops if op.type == "SOFTMAX")
     assert params[softmax.outputs[0]] == (1.0 / 256, -128)
+
+
+def test_tensorflow_conv_kernels_equal_the_im2col_rows(cnn, monkeypatch):
+    """Conv and depthwise layers on TensorFlow's kernels give the numpy im2col path's outputs."""
+    graph, _ = cnn
+    x = (np.random.default_rng(2).random((3, 12, 12, 3), dtype=np.float32) - 0.3) * 3
+    inputs = {graph.tensors[graph.inputs[0]].name: x}
+    tensors = graph.activation_tensors()
+    fast = simulate.run(graph, inputs, tensors)
+    from eq_tflite import kernels
+    monkeypatch.setattr(kernels, "_tf", lambda: None)
+    slow = simulate.run(graph, inputs, tensors)
+    convs = [op for op in graph.ops if op.type in ("CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D")]
+    assert len(convs) >= 4
+    for t in tensors:
+        err = np.abs(fast[t] - slow[t]).max() / max(np.abs(slow[t]).max(), 1e-6)
+        assert err < 1e-6, (graph.tensors[t].name, err)
