@@ -97,6 +97,9 @@ from eq_tflite.progress import progress_bar
 
 #: Float elements of candidate outputs held at once during a search.
 _CHUNK_ELEMENTS = 1 << 23
+#: Float elements of input rows (or outputs) the input search scores at once
+#: (whole samples; 8 MB, so a block's passes run in cache).
+_BLOCK_ELEMENTS = 1 << 21
 
 
 @dataclass(frozen=True)
@@ -331,16 +334,6 @@ class LayerProblem:
                                        resolve.fix_dead_channels(w_scales)[0])
         return (q * step.astype(np.float64)).astype(np.float32)
 
-    def layer_cosines(self, out: np.ndarray) -> np.ndarray:
-        """Mean over samples of the cosine, for outputs (J, R, C)."""
-        s, p, c = self.target.shape
-        out = out.reshape(len(out), s, p * c)
-        t = self.target.reshape(s, p * c)
-        f64 = np.float64
-        return cosine_from_parts(np.einsum("jsk,sk->js", out, t, dtype=f64),
-                                 np.einsum("jsk,jsk->js", out, out, dtype=f64),
-                                 np.einsum("sk,sk->s", t, t, dtype=f64)).mean(1)
-
     def outside_levels(self, act: tuple[float, int]) -> float:
         """Fraction of sampled input values beyond the b-bit levels (before any clip)."""
         q = np.round(self.rows / act[0]) + act[1]
@@ -445,13 +438,14 @@ class LayerProblem:
         bias = [None if self.bias is None else self._bias(a[0], w_scales) for a in cands]
         small_k = (self.activation == "NONE" and self.lin.op.type != "DEPTHWISE_CONV_2D"
                    and 2 * k <= c)
-        if small_k:
-            t = self.target.reshape(r, c)
-            m_rows = t @ wq.T                                          # (R, K)
-            h = wq @ wq.T                                              # (K, K)
-            s, p = self.target.shape[:2]
-            t_norm = np.einsum("spc,spc->s", self.target, self.target, dtype=np.float64)
-        per = max(1, _CHUNK_ELEMENTS // max(self.rows.size, r * (k if small_k else c)))
+        if not small_k:
+            return self._blocked_scores(cands, wq, bias)
+        t = self.target.reshape(r, c)
+        m_rows = t @ wq.T                                          # (R, K)
+        h = wq @ wq.T                                              # (K, K)
+        s, p = self.target.shape[:2]
+        t_norm = np.einsum("spc,spc->s", self.target, self.target, dtype=np.float64)
+        per = max(1, _CHUNK_ELEMENTS // max(self.rows.size, r * k))
         buf = np.empty((min(per, len(cands)) * r, *self.rows.shape[1:]), self.rows.dtype)
         scores = []
         for s0 in range(0, len(cands), per):
@@ -459,11 +453,6 @@ class LayerProblem:
             xq = buf[:len(chunk) * r]
             for i, a in enumerate(chunk):
                 fake_quant_into(self.rows, *a, xq[i * r:(i + 1) * r], self.bits.act_clip)
-            if not small_k:
-                out = self.lin.apply(xq, wq).reshape(len(chunk), r, -1)
-                b = None if bias[0] is None else np.stack(bias[s0:s0 + len(chunk)])[:, None]
-                scores.append(self.layer_cosines(self._output(out, b)))
-                continue
             x3 = xq.reshape(len(chunk), r, k)
             norm = np.einsum("jrk,jrk->jr", x3, (xq @ h).reshape(len(chunk), r, k),
                              dtype=np.float64)
@@ -477,6 +466,33 @@ class LayerProblem:
                                             np.maximum(norm.reshape(-1, s, p).sum(2), 0.0),
                                             t_norm).mean(1))
         return np.concatenate(scores)
+
+    def _blocked_scores(self, cands: list[tuple[float, int]], wq: np.ndarray,
+                        bias: list[np.ndarray | None]) -> np.ndarray:
+        """``layer_scores`` on the rows, a block of whole samples at a time.
+
+        Every candidate is scored on one block before the next block is read,
+        so its quantize, product and activation passes run on cached rows
+        (``_BLOCK_ELEMENTS``) instead of streaming all rows from memory once
+        per pass and candidate.
+        """
+        s, p, c = self.target.shape
+        per_sample = p * max(self.rows[0].size, c)
+        spb = max(1, _BLOCK_ELEMENTS // per_sample)
+        dot, norm = np.empty((len(cands), s)), np.empty((len(cands), s))
+        t_norm = np.einsum("spc,spc->s", self.target, self.target, dtype=np.float64)
+        buf = np.empty((min(spb, s) * p, *self.rows.shape[1:]), self.rows.dtype)
+        for s0 in range(0, s, spb):
+            s1 = min(s, s0 + spb)
+            rows = self.rows[s0 * p:s1 * p]
+            t = self.target[s0:s1].reshape(s1 - s0, p * c)
+            xq = buf[:len(rows)]
+            for i, a in enumerate(cands):
+                fake_quant_into(rows, *a, xq, self.bits.act_clip)
+                out = self._output(self.lin.apply(xq, wq), bias[i]).reshape(s1 - s0, p * c)
+                dot[i, s0:s1] = np.einsum("sk,sk->s", out, t, dtype=np.float64)
+                norm[i, s0:s1] = np.einsum("sk,sk->s", out, out, dtype=np.float64)
+        return cosine_from_parts(dot, norm, t_norm).mean(1)
 
     def evaluate(self, act: tuple[float, int], w_scales: np.ndarray) -> float:
         """Layer cosine of one choice of scales (``layer_scores`` of one candidate)."""
