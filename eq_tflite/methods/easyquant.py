@@ -251,14 +251,13 @@ class GramScorer:
 
     ``step``: the rows are ``x = step · q`` with integer ``q`` (pass ``q`` as
     ``x``), as quantized inputs are; XᵀX is then summed exactly on the integers
-    (``_gram``) and scaled by step². ``preselect``: the scores only preselect
-    candidates for exact scoring (the activation objective), so the O(K²·J·C)
-    product XᵀX·W of a plain layer runs in float32 (twice as fast; its cosines
-    differ from float64's by 5e-8 on a 384-input layer, see the tests).
+    (``_gram``) and scaled by step². The O(K²·J·C) product XᵀX·W of a plain
+    layer runs in float32 (twice as fast as float64; its cosines differ from
+    float64's by 5e-8 on a 384-input layer, see the tests, while neighbouring
+    candidates differ by 1e-6 and more), everything else in float64.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, step: float | None = None,
-                 preselect: bool = False):
+    def __init__(self, x: np.ndarray, y: np.ndarray, step: float | None = None):
         self.depthwise = x.ndim == 3  # (R, K, C): channel c reads x[:, :, c]
         y64 = y.astype(np.float64)
         scale = 1.0 if step is None else float(step)
@@ -272,7 +271,7 @@ class GramScorer:
             self.x_sum = np.sum(x, axis=0, dtype=np.float64) * scale             # (K,)
         self.y_sum = y64.sum(axis=0)   # (C,)
         self.y_norm = np.einsum("rc,rc->c", y64, y64)
-        self.gram32 = self.gram.astype(np.float32) if preselect and not self.depthwise else None
+        self.gram32 = None if self.depthwise else self.gram.astype(np.float32)
 
     def cosines(self, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Cosines (J, C) of candidate weights ``w`` (K, J, C) with biases (J, C) or None."""
@@ -283,10 +282,7 @@ class GramScorer:
             gw = (self.gram @ w.transpose(2, 0, 1)).transpose(1, 2, 0)
             xw = np.einsum("kc,kjc->jc", self.x_sum, w)
         else:
-            if self.gram32 is not None:
-                gw = (self.gram32 @ w32.reshape(k, j * c).astype(np.float32)).reshape(k, j, c)
-            else:
-                gw = (self.gram @ w.reshape(k, j * c)).reshape(k, j, c)
+            gw = (self.gram32 @ w32.reshape(k, j * c).astype(np.float32)).reshape(k, j, c)
             xw = np.einsum("k,kjc->jc", self.x_sum, w)
         norm = np.einsum("kjc,kjc->jc", w, gw)
         if bias is not None:
@@ -369,22 +365,18 @@ class LayerProblem:
         scored exactly after the activation. Otherwise the weight matrix is
         tiled once per candidate and multiplied with the rows.
         """
-        q = quantize_into(self.rows, *act, np.empty_like(self.rows), self.bits.act_clip)
-        xq = q.copy()
-        xq *= act[0]  # fake_quant_into's values, bit for bit
+        xq = quantize_into(self.rows, *act, np.empty_like(self.rows), self.bits.act_clip)
         cands = np.concatenate([current[None], _float32(initial[None] / mults[:, None])])
         r, c = xq.shape[0], self.matrix.shape[1]
         k = self.matrix.shape[0]
         t = self.target.reshape(r, c)
         if self.lin.op.type == "DEPTHWISE_CONV_2D" and self.lin.multiplier > 1:
             xq = np.repeat(xq, self.lin.multiplier, axis=2)
-            q = np.repeat(q, self.lin.multiplier, axis=2)
         gram = None
-        if self.uses_gram():
-            gram = GramScorer(q, t if self.activation == "NONE" else
-                              self.linear_target.reshape(r, c), step=act[0],
-                              preselect=self.activation != "NONE")
-        del q
+        if self.uses_gram():  # on the integers, then the rows become fake_quant_into's values
+            gram = GramScorer(xq, t if self.activation == "NONE" else
+                              self.linear_target.reshape(r, c), step=act[0])
+        xq *= act[0]  # fake_quant_into's values, bit for bit
         t_norm = np.einsum("rc,rc->c", t, t, dtype=np.float64)
         per = max(1, _CHUNK_ELEMENTS // (c * max(k, 1 if gram else r)))
         scores = []
