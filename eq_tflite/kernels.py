@@ -63,7 +63,17 @@ def windows(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int],
 
 
 def _tf():
-    """TensorFlow's module, or None when it cannot be imported (numpy kernels then)."""
+    """TensorFlow's module inside an isolated stage, else None (numpy kernels then).
+
+    TensorFlow's kernels start thread pools that a later fork of the same
+    process cannot use (the forked child of ``eq_tflite.isolation`` deadlocks on
+    them, as TF's SavedModel loader does, see ``io.sources``). So they run only
+    in a child made by ``isolation.run_isolated`` (the CLI's whole conversion),
+    which never forks again; in-process callers and tests keep numpy.
+    """
+    from eq_tflite import isolation
+    if not isolation._IN_CHILD:
+        return None
     try:
         import tensorflow as tf
     except ImportError:  # pragma: no cover - tensorflow is a dependency
