@@ -62,58 +62,10 @@ def windows(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int],
     return v.transpose(0, 1, 2, 4, 5, 3)
 
 
-def _tf():
-    """TensorFlow's module inside an isolated stage, else None (numpy kernels then).
-
-    TensorFlow's kernels start thread pools that a later fork of the same
-    process cannot use (the forked child of ``eq_tflite.isolation`` deadlocks on
-    them, as TF's SavedModel loader does, see ``io.sources``). So they run only
-    in a child made by ``isolation.run_isolated`` (the CLI's whole conversion),
-    which never forks again; in-process callers and tests keep numpy.
-    """
-    from eq_tflite import isolation
-    if not isolation._IN_CHILD:
-        return None
-    try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover - tensorflow is a dependency
-        return None
-    return tf
-
-
-def tf_conv(x: np.ndarray, filt: np.ndarray, stride: tuple[int, int],
-            dilation: tuple[int, int], same: bool, depthwise: bool) -> np.ndarray | None:
-    """NHWC convolution on TensorFlow's float32 kernels; None where they cannot run it.
-
-    ``filt`` is (KH, KW, C_in, C_out) or, ``depthwise``, (KH, KW, C_in, M).
-    TensorFlow's SAME padding is TFLite's (the extra row/column after); its CPU
-    kernels take no dilation together with a stride. Inputs, weights and
-    accumulation are float32, as in the numpy path's BLAS product.
-    """
-    tf = _tf()
-    if tf is None or x.ndim != 4 or (max(dilation) > 1 and max(stride) > 1):
-        return None
-    x = np.ascontiguousarray(x, np.float32)
-    filt = np.ascontiguousarray(filt, np.float32)
-    padding = "SAME" if same else "VALID"
-    with tf.device("/CPU:0"):
-        if depthwise:
-            y = tf.nn.depthwise_conv2d(x, filt, (1, *stride, 1), padding, dilations=dilation)
-        else:
-            y = tf.nn.conv2d(x, filt, (1, *stride, 1), padding, dilations=(1, *dilation, 1))
-    return y.numpy()
-
-
 def pool(graph: Graph, op: Op, xs: list[np.ndarray]) -> np.ndarray:
     o, x = op.options, xs[0]
     same = o.padding == schema.Padding.SAME
     stride = (o.strideH, o.strideW)
-    tf = _tf() if x.ndim == 4 and x.dtype == np.float32 else None
-    if tf is not None:
-        ksize, strides = (1, o.filterHeight, o.filterWidth, 1), (1, *stride, 1)
-        fn = tf.nn.max_pool2d if op.type == "MAX_POOL_2D" else tf.nn.avg_pool2d
-        with tf.device("/CPU:0"):
-            return fn(x, ksize, strides, "SAME" if same else "VALID").numpy()
     if op.type == "MAX_POOL_2D":
         v = windows(x, o.filterHeight, o.filterWidth, stride, (1, 1), same, pad_value=-np.inf)
         return v.max(axis=(3, 4))

@@ -234,35 +234,8 @@ class Linear:
             out += tmp
         return out.reshape(*v.shape[:3], c * m)
 
-    def _tf(self, x: np.ndarray, matrix: np.ndarray) -> np.ndarray | None:
-        """Pre-bias conv output from TensorFlow's kernels; None where they do not apply."""
-        o = self.op.options
-        kh, kw = self.weight_shape[1:3]
-        if self.op.type == "DEPTHWISE_CONV_2D":
-            filt = matrix.reshape(kh, kw, self.in_channels, self.multiplier)
-        elif conv_groups(self.op.type, self.weight_shape, self.in_channels) == 1:
-            filt = matrix.reshape(kh, kw, self.in_channels, -1)
-        else:
-            return None
-        return kernels.tf_conv(x, filt, (o.strideH, o.strideW),
-                               (o.dilationHFactor, o.dilationWFactor),
-                               o.padding == schema.Padding.SAME,
-                               depthwise=self.op.type == "DEPTHWISE_CONV_2D")
-
     def run(self, x: np.ndarray, matrix: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """Whole-layer output before the fused activation, chunked over samples.
-
-        Plain and depthwise convolutions run on TensorFlow's float32 kernels
-        (``kernels.tf_conv``) when TensorFlow is importable; the others, and
-        everything without TensorFlow, on im2col rows in numpy.
-        """
-        y = None
-        if self.op.type in ("CONV_2D", "DEPTHWISE_CONV_2D"):
-            y = self._tf(x, matrix)
-        if y is not None:
-            if bias is not None:
-                y += np.asarray(bias, np.float32)
-            return y
+        """Whole-layer output before the fused activation, chunked over samples."""
         positions = max(int(np.prod(self.out_spatial, dtype=np.int64)), 1)
         row_bytes = 4 * matrix.shape[0] * (self.in_channels if self.multiplier else 1)
         chunk = max(1, _CHUNK_BYTES // (positions * row_bytes))

@@ -181,34 +181,3 @@ def test_tied_tensors_share_merged_params(cnn):
     assert params[pool.inputs[0]] == params[pool.outputs[0]]
     softmax = next(op for op in graph.ops if op.type == "SOFTMAX")
     assert params[softmax.outputs[0]] == (1.0 / 256, -128)
-
-
-def test_tensorflow_conv_kernels_equal_the_im2col_rows(cnn, tmp_path):
-    """Conv, depthwise and pooling on TensorFlow's kernels (used inside an isolated stage) give
-    the numpy path's outputs. Run in a fresh process: TF's kernels must not run in this one,
-    whose later forks would deadlock on their thread pools."""
-    import subprocess
-    import sys
-    graph, model = cnn
-    (tmp_path / "m.tflite").write_bytes(model)
-    code = f"""
-import numpy as np
-from eq_tflite import isolation, simulate
-from eq_tflite.graph import Graph
-graph = Graph.from_tflite(open({str(tmp_path / "m.tflite")!r}, "rb").read())
-x = (np.random.default_rng(2).random((3, 12, 12, 3), dtype=np.float32) - 0.3) * 3
-inputs = {{graph.tensors[graph.inputs[0]].name: x}}
-tensors = graph.activation_tensors()
-slow = simulate.run(graph, inputs, tensors)
-isolation._IN_CHILD = True  # as inside run_isolated: TensorFlow's kernels
-from eq_tflite import kernels
-calls, conv = [], kernels.tf_conv
-kernels.tf_conv = lambda *a, **k: calls.append(1) or conv(*a, **k)
-fast = simulate.run(graph, inputs, tensors)
-assert len(calls) >= 3, calls
-print(max(float(np.abs(fast[t] - slow[t]).max() / max(np.abs(slow[t]).max(), 1e-6)) for t in tensors))
-"""
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "MAX_POOL_2D"} <= {op.type for op in graph.ops}
-    assert float(out.stdout.split()[-1]) < 1e-6
