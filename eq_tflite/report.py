@@ -101,8 +101,22 @@ def _markdown(methods: dict[str, Rows]) -> str:
         if "elapsed_s" in last:
             lines += ["", f"Total {name} time {last['elapsed_s']:.1f} s, peak RSS "
                           f"{max(r.get('peak_rss_mb', 0) for r in rows):.0f} MB."]
+            lines += _time_by_type(rows)
         lines.append("")
     return "\n".join(lines)
+
+
+def _time_by_type(rows: Rows) -> list[str]:
+    """Markdown lines: a method's seconds per layer type (search, and simulation up to the layer)."""
+    by: dict[str, list[float]] = {}
+    for r in rows:
+        t = by.setdefault(r["op_type"], [0, 0.0, 0.0])
+        t[0] += 1
+        t[1] += r.get("seconds", 0.0)
+        t[2] += r.get("simulate_s", 0.0)
+    out = ["", "| layer type | layers | search s | simulation s |", "|---|---|---|---|"]
+    out += [f"| {k} | {n} | {a:.1f} | {b:.1f} |" for k, (n, a, b) in sorted(by.items())]
+    return out
 
 
 def _csv(methods: dict[str, Rows]) -> str:

@@ -375,7 +375,7 @@ def test_tools_import_the_installed_package(tmp_path):
     for tool in ("evaluate.py", "layer_report.py", "benchmark_latency.py", "benchmark_kernels.py",
                  "benchmark_boundary.py",
                  "benchmark_accuracy.py",
-                 "benchmark_calibration.py", "delegate_paths.py",
+                 "benchmark_calibration.py", "benchmark_eq_layers.py", "delegate_paths.py",
                  "fuzz.py"):
         code = (f"import runpy, sys\nrunpy.run_path({str(REPO / 'tools' / tool)!r}, run_name='probe')\n"
                 "import eq_tflite\nprint(eq_tflite.__file__)\n")

@@ -51,6 +51,12 @@ def test_single_plan_report_plots_initial_and_eq(tmp_path, small_float_tflite, s
     md = paths["markdown"].read_text()
     assert "## easyquant" in md and "cos_init" in md and "peak RSS" in md
     assert paths["png"].stat().st_size > 1000
+    # seconds per layer type: every weighted op counted once, search and simulation times summed
+    by_type = [l.split("|")[1:-1] for l in md.splitlines() if l.startswith("| ") and l.count("|") == 5
+               and l.split("|")[1].strip() in {r["op_type"] for r in plan.layers}]
+    assert sum(int(c[1]) for c in by_type) == len(graph.weighted_ops())
+    assert abs(sum(float(c[2]) for c in by_type) - sum(r["seconds"] for r in plan.layers)) < 0.1 * len(by_type)
+    assert all(r["simulate_s"] >= 0 and r["seconds"] > 0 for r in plan.layers)
 
 
 def test_layer_report_tool(tmp_path, examples_dir, small_float_path, small_calibration_path):

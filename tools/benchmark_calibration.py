@@ -1,22 +1,26 @@
-"""Calibration time and memory on 224x224 models: eq-tflite against TFLite's own int8 conversion.
+"""Conversion time and memory on the real-model suite: eq-tflite against TFLite's own int8 conversion.
 
-    python tools/benchmark_calibration.py [--runs 3] [--depths full,block_6] [--output BENCHMARKS.md]
+    python tools/benchmark_calibration.py [--models efficientnet_lite1,efficientnet_lite2]
+        [--sides tflite,eq_w7,bitsplit_w4a8] [--runs 3] [--output BENCHMARKS.md]
 
-Builds (once, cached in --work_dir) a Keras MobileNetV2 (alpha 1.0, 224x224,
-``weights=None``) whose BatchNorm layers get realistic statistics from a few
-training steps on random data, exported as a SavedModel, and 64 random
-calibration images. ``--depths`` adds a truncated copy (up to a named block)
-to show how peak memory depends on depth. Random weights are fine for timing,
-not for accuracy.
+Each model of the real-model suite (``python -m benchmarks.real_models.build``;
+the EfficientNet-Lite ports at their native 240x240 and 260x260) is converted
+from the same SavedModel with the same 64 calibration samples by:
 
-Both sides run as whole processes (start, imports, load, calibrate, convert,
-write), alternating, ``--runs`` times each; medians are reported with the peak
-RSS of each process (``resource.getrusage`` of the children):
+* ``tflite``: TFLite's own full-integer conversion
+  (``benchmarks.real_models.baselines tflite_int8``: ``TFLiteConverter`` with the
+  samples as representative dataset, ``TFLITE_BUILTINS_INT8``);
+* ``eq_w7``: ``eq-tflite --bits 7`` (the default method, EasyQuant, with its
+  defaults), ``--num_calibration_samples 64``;
+* ``bitsplit_w4a8``: ``eq-tflite --method bitsplit --weight_bits 4
+  --activation_bits 8``.
 
-* TFLite: ``TFLiteConverter.from_saved_model`` + representative dataset
-  (50 samples), ``TFLITE_BUILTINS_INT8``;
-* eq-tflite: ``python -m eq_tflite.convert MODEL --bits 7 --calibration_data
-  x.npy`` (EasyQuant, 50 of the 64 samples; the rest are held back for verify).
+Every conversion is a whole process (Python start, imports, load, calibrate,
+convert, write) writing into a temporary directory. The sides alternate
+(run 1 of every side, then run 2, ...), so a machine shared with other jobs
+loads them alike; the table gives medians of ``--runs`` and each side's ratio to
+TFLite's median, and the peak RSS of each process (``resource.getrusage`` of
+the children of a wrapper process, max over the runs).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -34,118 +39,121 @@ try:  # the installed package (pip install . builds the delegate into it)
 except ImportError:  # a plain checkout that was never installed: use it
     sys.path.insert(0, str(REPO))
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("runs", 3, "Whole-process runs per side (median).")
-flags.DEFINE_list("depths", ["full", "block_6_project_BN"],
-                  "'full' and/or names of the MobileNetV2 layer to truncate at.")
-flags.DEFINE_integer("samples", 64, "Random calibration images written to the data file.")
-flags.DEFINE_string("work_dir", "/tmp/eq_tflite_calibration_bench", "Cache for models and data.")
+flags.DEFINE_list("models", ["efficientnet_lite1", "efficientnet_lite2"],
+                  "Suite models with a SavedModel (built by python -m benchmarks.real_models.build).")
+flags.DEFINE_list("sides", ["tflite", "eq_w7", "bitsplit_w4a8"], "Conversions to time; tflite is the reference.")
+flags.DEFINE_string("cache_dir", None, "Suite cache (default: $EQ_TFLITE_REAL_MODELS or "
+                    "~/.cache/eq-tflite-real-models).")
 flags.DEFINE_string("output", None, "Markdown file whose 'calibration' section is rewritten.")
-flags.DEFINE_list("eq_args", [], "Extra eq-tflite flags, e.g. --eq_objective=linear.")
+flags.DEFINE_list("eq_args", [], "Extra eq-tflite flags for the eq sides.")
 
-_TFLITE_SCRIPT = """
-import sys, numpy as np, tensorflow as tf
-x = np.load(sys.argv[2])[:50]
-c = tf.lite.TFLiteConverter.from_saved_model(sys.argv[1])
-c.optimizations = [tf.lite.Optimize.DEFAULT]
-c.representative_dataset = lambda: ([x[i:i + 1]] for i in range(len(x)))
-c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-open(sys.argv[3], "wb").write(c.convert())
-"""
+#: side -> eq-tflite flags (None: TFLite's own conversion).
+SIDES = {"tflite": None, "eq_w7": ["--bits", "7"],
+         "bitsplit_w4a8": ["--method", "bitsplit", "--weight_bits", "4", "--activation_bits", "8"]}
+LABELS = {"tflite": "TFLite INT8", "eq_w7": "`eq-tflite --bits 7`", "bitsplit_w4a8": "Bit-Split W4A8"}
 
 
-def build_model(depth: str, work: Path) -> Path:
-    """SavedModel of MobileNetV2 (full or truncated at ``depth``) with trained BN statistics."""
-    out = work / f"mobilenetv2_{depth}"
-    if (out / "saved_model.pb").exists():
-        return out
-    import keras
-    import numpy as np
-    keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), weights=None, classes=1000)
-    if depth != "full":
-        x = keras.layers.GlobalAveragePooling2D()(base.get_layer(depth).output)
-        base = keras.Model(base.input, keras.layers.Dense(1000, activation="softmax")(x))
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (64, 224, 224, 3)).astype(np.float32)
-    y = rng.integers(0, 1000, 64)
-    base.compile(optimizer=keras.optimizers.SGD(1e-3), loss="sparse_categorical_crossentropy")
-    base.fit(x, y, batch_size=16, epochs=2, verbose=0)  # BN moving statistics become realistic
-    base.export(str(out), verbose=False)
-    return out
+def command(side: str, saved_model: Path, calib: Path, out: Path) -> list[str]:
+    """The whole-process command of one side."""
+    if SIDES[side] is None:
+        return [sys.executable, "-m", "benchmarks.real_models.baselines", "tflite_int8",
+                str(saved_model), str(calib), str(out)]
+    return [sys.executable, "-m", "eq_tflite.convert", str(saved_model), *SIDES[side],
+            "--calibration_data", str(calib), "--num_calibration_samples", "64",
+            "--output", str(out), "--noprogress", *FLAGS.eq_args]
 
 
-def calibration_file(work: Path, n: int) -> Path:
-    path = work / f"calib_{n}.npy"
-    if not path.exists():
-        import numpy as np
-        np.save(path, np.random.default_rng(1).uniform(-1, 1, (n, 224, 224, 3)).astype(np.float32))
-    return path
-
-
-def measured(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak RSS MiB) of ``cmd`` as a whole process, measured by a wrapper process."""
+def measured(cmd: list[str]) -> tuple[float, float, str]:
+    """(seconds, peak RSS MiB, last stdout line) of ``cmd`` as a whole process, measured by a wrapper."""
     wrapper = ("import resource, subprocess, sys, time\n"
                "t0 = time.perf_counter()\n"
                "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
                "dt = time.perf_counter() - t0\n"
                "sys.stderr.write(r.stderr[-3000:]) if r.returncode else None\n"
                "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-               "print(r.returncode, dt, rss)\n")
-    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True)
-    code, seconds, rss = proc.stdout.split()
+               "last = [l for l in r.stdout.splitlines() if l.strip()][-1:] or ['']\n"
+               "print(r.returncode, dt, rss)\n"
+               "print(last[0])\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True,
+                          cwd=REPO, env=env)
+    head, _, last = proc.stdout.partition("\n")
+    code, seconds, rss = head.split()
     if int(code) != 0:
         raise RuntimeError(f"{shlex.join(cmd)} failed:\n{proc.stderr}")
-    return float(seconds), float(rss)
+    return float(seconds), float(rss), last.strip()
 
 
 def _machine() -> str:
+    sys.path.insert(0, str(REPO / "tools"))
     from bench_doc import machine
     return machine()
 
 
 def main(argv: list[str]) -> None:
     del argv
-    work = Path(FLAGS.work_dir)
-    work.mkdir(parents=True, exist_ok=True)
-    data = calibration_file(work, FLAGS.samples)
+    sys.path.insert(0, str(REPO))
+    from benchmarks.real_models import default_cache_dir
+    from eq_tflite.cli import fail
+    cache = Path(FLAGS.cache_dir) if FLAGS.cache_dir else default_cache_dir()
+    unknown = [s for s in FLAGS.sides if s not in SIDES]
+    if unknown or "tflite" not in FLAGS.sides:
+        return fail(f"--sides must include tflite and name only {', '.join(SIDES)}")
+    missing = [m for m in FLAGS.models if not (cache / m / "saved_model").is_dir()]
+    if missing:
+        return fail(f"no SavedModel for {', '.join(missing)} in {cache}: run python -m benchmarks.real_models.build")
+    sides = FLAGS.sides
     cmd_line = "python tools/benchmark_calibration.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
-    lines = ["## Calibration time at 224x224", "",
-             f"Command: `{cmd_line}`", "", f"Machine: {_machine()}", "",
-             "MobileNetV2 (Keras applications, 224x224, random weights with trained BatchNorm "
-             "statistics), 64 random calibration images. Whole processes (Python start, imports, "
-             f"load, calibrate, convert, write), alternating, median of {FLAGS.runs}; peak RSS per "
-             "process. TFLite: its own int8 conversion with 50 representative samples. eq-tflite: "
-             "`python -m eq_tflite.convert MODEL --bits 7 --calibration_data x.npy "
-             + " ".join(FLAGS.eq_args) + "` (EasyQuant, 50 samples).", "",
-             "| model | TFLite s | eq-tflite s | ratio | TFLite peak RSS MiB | eq-tflite peak RSS MiB |",
-             "|---|---|---|---|---|---|"]
-    for depth in FLAGS.depths:
-        model = build_model(depth, work)
-        out = work / "out.tflite"
-        tfl = [sys.executable, "-c", _TFLITE_SCRIPT, str(model), str(data), str(out)]
-        eq = [sys.executable, "-m", "eq_tflite.convert", str(model), "--bits", "7",
-              "--calibration_data", str(data), "--output", str(out), "--noprogress", *FLAGS.eq_args]
-        times: dict[str, list[float]] = {"tflite": [], "eq": []}
-        rss: dict[str, list[float]] = {"tflite": [], "eq": []}
-        for _ in range(FLAGS.runs):
-            for name, cmd in (("tflite", tfl), ("eq", eq)):
-                s, r = measured(cmd)
-                times[name].append(s)
-                rss[name].append(r)
-                print(depth, name, f"{s:.1f}s", f"{r:.0f} MiB", flush=True)
-        t, e = statistics.median(times["tflite"]), statistics.median(times["eq"])
-        lines.append(f"| mobilenetv2 ({depth}) | {t:.1f} | {e:.1f} | {e / t:.2f}x | "
-                     f"{max(rss['tflite']):.0f} | {max(rss['eq']):.0f} |")
-        print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+    head = " | ".join(f"{LABELS[s]} s" + ("" if s == "tflite" else " (ratio)") for s in sides)
+    rss_head = " | ".join(f"{LABELS[s]} MiB" + ("" if s == "tflite" else " (ratio)") for s in sides)
+    lines = ["## Conversion time and memory on the real-model suite (issue 18)", "",
+             f"Command: `{cmd_line}`", "", f"Machine: {_machine()} (shared with other jobs: "
+             "only the ratios of sides timed alternately in the same run are meaningful).", "",
+             "Each model converted from its SavedModel with the suite's 64 calibration samples, as "
+             "whole processes (Python start, imports, load, calibrate, convert, write), alternating "
+             f"between the sides, median of {FLAGS.runs}; ratio = side's median / TFLite's median. "
+             "Peak RSS: per process, max over the runs. eq-tflite runs TFLite's own int8 "
+             "conversion inside (its int8 structure), so its time includes TFLite's.", "",
+             f"| model | {head} | peak RSS: {rss_head} |",
+             "|---|" + "---|" * (2 * len(sides))]
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="eq_tflite_calibration_bench_") as tmp:
+        for model in FLAGS.models:
+            saved_model, calib = cache / model / "saved_model", cache / model / "calib.npy"
+            times: dict[str, list[float]] = {s: [] for s in sides}
+            rss: dict[str, list[float]] = {s: [] for s in sides}
+            stages: dict[str, list[str]] = {s: [] for s in sides}
+            for run in range(FLAGS.runs):
+                for side in sides:
+                    out = Path(tmp) / f"{model}_{side}_{run}.tflite"
+                    s, r, last = measured(command(side, saved_model, calib, out))
+                    out.unlink(missing_ok=True)
+                    times[side].append(s)
+                    rss[side].append(r)
+                    stages[side].append(last)
+                    print(model, side, f"run {run + 1}: {s:.1f} s, {r:.0f} MiB", last, flush=True)
+            t0, r0 = statistics.median(times["tflite"]), max(rss["tflite"])
+            cells = [f"{statistics.median(times[s]):.1f}" + ("" if s == "tflite" else
+                     f" ({statistics.median(times[s]) / t0:.2f}x)") for s in sides]
+            rcells = [f"{max(rss[s]):.0f}" + ("" if s == "tflite" else f" ({max(rss[s]) / r0:.2f}x)")
+                      for s in sides]
+            lines.append(f"| {model} | " + " | ".join(cells) + " | " + " | ".join(rcells) + " |")
+            for side in sides:  # eq-tflite's own stage times, of its median run
+                if SIDES[side] is not None:
+                    order = sorted(range(FLAGS.runs), key=lambda i: times[side][i])
+                    notes.append(f"- {model}, {LABELS[side]} (median run): {stages[side][order[len(order) // 2]]}")
+            print(lines[-1], "runs:", {s: [round(t, 1) for t in v] for s, v in times.items()}, flush=True)
+    text = "\n".join(lines + ["", "Stage seconds (eq-tflite's summary line):", ""] + notes) + "\n"
     print(text)
     if FLAGS.output:
         sys.path.insert(0, str(REPO / "tools"))
         from bench_doc import update_section
         update_section(FLAGS.output, "calibration", text)
+    return 0
 
 
 if __name__ == "__main__":
