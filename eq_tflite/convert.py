@@ -45,7 +45,7 @@ flags.DEFINE_bool("per_tensor_weights", False,
 flags.DEFINE_multi_string("input_range", None,
                           "LO,HI: the real range of a model input (repeat once per input, in "
                           "order; one applies to all). Required without --calibration_data.")
-flags.DEFINE_float("dfq_sigmas", None, "dfq/spiq: k in the BN ranges beta +- k*gamma (default 8).")
+flags.DEFINE_float("dfq_sigmas", None, "dfq/spiq: k in the BN ranges beta +- k*gamma (default 6).")
 flags.DEFINE_enum("cle_relu6", None, ["relu", "skip"],
                   "CLE/SPIQ: skip layer pairs with a fused RELU6 between them (default) or treat "
                   "it as RELU (the DFQ paper; changes the float function above 6).")

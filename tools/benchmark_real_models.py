@@ -110,7 +110,7 @@ SWEEPS = {
     },
     "datafree_w8a8": {
         "k_4": ("--dfq_sigmas", "4"),
-        "k_6": ("--dfq_sigmas", "6"),
+        "k_8": ("--dfq_sigmas", "8"),
         "k_12": ("--dfq_sigmas", "12"),
         "cle_relu6_relu": ("--cle_relu6", "relu"),
         "no_cle": ("--nocross_layer_equalization",),

@@ -16,9 +16,9 @@ from eq_tflite import moments
 from eq_tflite.methods import register
 from eq_tflite.plan import MethodContext, Plan
 
-#: k in beta +- k gamma. Chosen on the calibration set (not the test set):
-#: see README, "Data-free ranges".
-DEFAULT_SIGMAS = 8.0
+#: k in beta +- k gamma. Chosen on the real-model suite's EfficientNet-Lite ports (held-out
+#: crops; k = 6 beat 8 on both models in agreement and cosine): see README, "Data-free ranges".
+DEFAULT_SIGMAS = 6.0
 
 
 def data_free_ranges(ctx: MethodContext, notes: list[str] | None = None
