@@ -124,16 +124,7 @@ def parse_input_ranges(ranges: Any, names: Sequence[str]) -> dict[str, tuple[flo
             raise EqTfliteError(f"--input_range given {len(seq)} times, but the model has "
                                 f"{len(names)} inputs: give one LO,HI per input (or one for all)")
         items = seq
-    out = {}
-    for name, item in zip(names, items):
-        try:
-            lo, hi = (float(v) for v in (item.split(",") if isinstance(item, str) else item))
-        except (TypeError, ValueError):
-            raise EqTfliteError(f"--input_range must be LO,HI (two numbers), got {item!r}") from None
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise EqTfliteError(f"--input_range must have finite LO < HI, got {lo:g},{hi:g}")
-        out[name] = (lo, hi)
-    return out
+    return {name: output_ranges.parse_lo_hi(item, "--input_range") for name, item in zip(names, items)}
 
 
 def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int = 7,

@@ -37,14 +37,19 @@ def parse(spec: Any) -> dict[str, tuple[float, float]]:
     for name, value in items:
         if value is None:
             raise EqTfliteError(f"--output_range must be NAME=LO,HI, got {name!r}")
-        try:
-            lo, hi = (float(v) for v in (value.split(",") if isinstance(value, str) else value))
-        except (TypeError, ValueError):
-            raise EqTfliteError(f"--output_range {name}: LO,HI must be two numbers, got {value!r}") from None
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
-            raise EqTfliteError(f"--output_range {name}: needs finite LO < HI, got {lo:g},{hi:g}")
-        out[str(name)] = (lo, hi)
+        out[str(name)] = parse_lo_hi(value, f"--output_range {name}:")
     return out
+
+
+def parse_lo_hi(item: Any, flag: str) -> tuple[float, float]:
+    """``"LO,HI"`` or a pair -> (lo, hi), finite with lo < hi (``--input_range`` and ``--output_range``)."""
+    try:
+        lo, hi = (float(v) for v in (item.split(",") if isinstance(item, str) else item))
+    except (TypeError, ValueError):
+        raise EqTfliteError(f"{flag} must be LO,HI (two numbers), got {item!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise EqTfliteError(f"{flag} must have finite LO < HI, got {lo:g},{hi:g}")
+    return lo, hi
 
 
 def resolve_names(graph: Graph, ranges: Mapping[str, tuple[float, float]],
