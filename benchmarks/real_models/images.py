@@ -42,6 +42,13 @@ def _rgb(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[..., :3]).astype(np.uint8)
 
 
+def _load_file(p: Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB."""
+    from PIL import Image
+    with Image.open(p) as im:
+        return np.asarray(im.convert("RGB"))
+
+
 def _shrink(img: np.ndarray) -> np.ndarray:
     from PIL import Image
     h, w = img.shape[:2]
@@ -75,12 +82,8 @@ def photos() -> tuple[list[Photo], list[str]]:
     if not debian:
         missing.append("apt-get install mate-backgrounds")
 
-    def load_file(p: Path) -> np.ndarray:
-        from PIL import Image
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
     for p in debian:
-        found.append(Photo(f"mate-backgrounds/{p.stem}", lambda p=p: load_file(p)))
+        found.append(Photo(f"mate-backgrounds/{p.stem}", lambda p=p: _load_file(p)))
     return found, missing
 
 
@@ -155,10 +158,6 @@ def people_photos() -> tuple[list[Photo], list[str]]:
     found: list[Photo] = []
     missing: list[str] = []
 
-    def load_file(p: Path) -> np.ndarray:
-        from PIL import Image
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
     for name in (*PEOPLE_CALIBRATION, *PEOPLE_EVALUATION):
         if name.startswith("opencv/"):
             p = OPENCV_PHOTOS / name.split("/", 1)[1]
@@ -166,7 +165,7 @@ def people_photos() -> tuple[list[Photo], list[str]]:
                 if "apt-get install opencv-doc" not in missing:
                     missing.append("apt-get install opencv-doc")
                 continue
-            found.append(Photo(name, lambda p=p: load_file(p)))
+            found.append(Photo(name, lambda p=p: _load_file(p)))
     try:
         import skimage.data as skd
         # the 100 faces as a 10x10 sheet of 25x25 tiles (face i at row i // 10, column i % 10)
