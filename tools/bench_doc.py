@@ -35,3 +35,18 @@ def machine() -> str:
     except (OSError, StopIteration):
         model = platform.processor()
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def run_in_repo(cmd: list[str], repo: Path, timeout: float) -> tuple[subprocess.CompletedProcess | None, float]:
+    """Runs one conversion process from ``repo`` (on its ``PYTHONPATH``), capturing its output.
+
+    Returns (the finished process, or None when ``timeout`` seconds passed, and the wall seconds).
+    """
+    import time
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "PYTHONPATH": str(repo)})
+    except subprocess.TimeoutExpired:
+        proc = None
+    return proc, time.perf_counter() - t0

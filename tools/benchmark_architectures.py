@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -115,18 +113,16 @@ def run_cell(model: str, path: str, cache: Path) -> dict:
     cmd = command(model, path, folder, out)
     row = {"path": path, "command": " ".join("python" if c == sys.executable else
                                              c.replace(str(cache), "$CACHE") for c in cmd)}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=FLAGS.timeout,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        ok = proc.returncode == 0 and out.exists()
-        if not ok:
-            row["error"] = error_line(proc.stderr)
-        else:
-            row["summary"] = [l for l in proc.stdout.splitlines() if l.strip()][-8:]
-    except subprocess.TimeoutExpired:
-        row["seconds"], row["error"], ok = round(time.perf_counter() - t0, 2), f"timeout after {FLAGS.timeout}s", False
+    from bench_doc import run_in_repo
+    proc, seconds = run_in_repo(cmd, REPO, FLAGS.timeout)
+    row["seconds"] = round(seconds, 2)
+    ok = proc is not None and proc.returncode == 0 and out.exists()
+    if proc is None:
+        row["error"] = f"timeout after {FLAGS.timeout}s"
+    elif not ok:
+        row["error"] = error_line(proc.stderr)
+    else:
+        row["summary"] = [l for l in proc.stdout.splitlines() if l.strip()][-8:]
     if ok and path != "tflite_int8":
         try:
             row.update(check_converted(out.read_bytes(), folder, ARCHITECTURES[model]))

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -230,18 +228,16 @@ def run_cell(model: str, config: str, cache: Path) -> dict:
     row = {"config": config, "label": CONFIGS[config][0],
            "command": " ".join(Path(c).name if c == sys.executable else c.replace(str(cache), "$CACHE")
                                for c in cmd)}
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=FLAGS.timeout,
-                              env={**os.environ, "PYTHONPATH": str(REPO)})
-        row["seconds"] = round(time.perf_counter() - t0, 1)
-        ok = proc.returncode == 0 and out.exists()
+    from bench_doc import run_in_repo
+    proc, seconds = run_in_repo(cmd, REPO, FLAGS.timeout)
+    row["seconds"] = round(seconds, 1)
+    ok = proc is not None and proc.returncode == 0 and out.exists()
+    if proc is None:
+        row["error"] = f"timeout after {FLAGS.timeout}s"
+    else:
         if not ok:
             row["error"] = _error_line(proc.stderr)
-        summary = [l for l in proc.stdout.splitlines() if l.strip()]
-        row["summary"] = summary[-6:]
-    except subprocess.TimeoutExpired:
-        row["seconds"], row["error"], ok = round(time.perf_counter() - t0, 1), f"timeout after {FLAGS.timeout}s", False
+        row["summary"] = [l for l in proc.stdout.splitlines() if l.strip()][-6:]
     if not ok:
         return row
     from eq_tflite.mixed import file_weight_bytes
