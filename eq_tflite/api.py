@@ -19,7 +19,7 @@ import numpy as np
 
 from eq_tflite import methods, mixed, op_table, output_ranges
 from eq_tflite.bn_stats import bn_stats_of
-from eq_tflite.chain import build_chain, run_corrections, run_transforms
+from eq_tflite.chain import build_chain, check_options, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
@@ -36,9 +36,11 @@ from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan, pack_int4_weights
 from eq_tflite.rewrite.skeleton import int8_from_ranges
 from eq_tflite.verify import VerifyReport, verify
 
-#: Default number of calibration samples per method (EasyQuant: the paper's 50;
-#: Bit-Split: 256, measured better than 50 at W4A8 on both examples, see BENCHMARKS.md).
-DEFAULT_SAMPLES = {"easyquant": 50, "bitsplit": 256}
+#: Default number of calibration samples per method: the specs' ``default_samples``
+#: (EasyQuant: the paper's 50; Bit-Split: 256, measured better than 50 at W4A8 on both
+#: examples, see BENCHMARKS.md); the others use every sample.
+DEFAULT_SAMPLES = {name: spec.default_samples for name, spec in methods.specs().items()
+                   if spec.default_samples is not None}
 #: Samples kept back (beyond the calibration ones) for the agreement check.
 MAX_HOLDOUT = 256
 
@@ -176,7 +178,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     chain = build_chain(method, has_data, cross_layer_equalization=cross_layer_equalization,
                         bias_absorption=bias_absorption, bias_correction=bias_correction,
                         per_tensor_weights=per_tensor_weights)
-    method_fn = _get_method(chain.method)
+    check_options(chain.method, method_options or {})
     options = dict(method_options or {}, seed=seed)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -239,7 +241,8 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     t0 = time.perf_counter()
     ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
                         progress=progress, bn=prepared.bn, input_ranges=ranges)
-    plan = method_fn(ctx)
+    plan = methods.get(chain.method)(ctx)
+    plan.method = chain.method
     plan.notes[:0] = size_notes + mixed.describe(prepared.graph, widths) + (
         [] if budget is None else [budget_note(budget)])
     timings["method"] = time.perf_counter() - t0
@@ -382,22 +385,11 @@ def quantize(model_or_path: ModelLike, calibration_data: Any = None, *, bits: in
     return convert_model(model_or_path, calibration_data, bits=bits, method=method, **kwargs).model
 
 
-#: Methods that simulate the model op by op (``eq_tflite.simulate``).
-_SIMULATING = ("easyquant", "bitsplit")
-
-
 def _check_ops(graph: Graph, method: str) -> None:
     """Refuses, before any conversion runs, ops the chosen method cannot simulate (by name)."""
     missing = op_table.unsupported({op.type for op in graph.ops},
                                    {op.activation for op in graph.ops})
-    if missing and method in _SIMULATING:
+    if missing and methods.spec(method).simulates:
         raise EqTfliteError(f"--method {method} cannot simulate these ops of the float model: "
                             f"{', '.join(missing)}; --method minmax can convert them "
                             "(with --allow_float if they have no int8 kernel)")
-
-
-def _get_method(name: str):
-    try:
-        return methods.get(name)
-    except ValueError as err:
-        raise EqTfliteError(str(err)) from None

@@ -5,6 +5,7 @@ summary. Exit codes: 0 ok, 2 bad input (one-line error, no output file).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -14,24 +15,27 @@ from pathlib import Path
 
 from absl import app, flags
 
+from eq_tflite import api, methods
 from eq_tflite.quiet import set_verbose
 
 FLAGS = flags.FLAGS
+#: convert_model's defaults: a flag that is an API keyword takes its default from there.
+_API = {name: p.default for name, p in inspect.signature(api.convert_model).parameters.items()}
 flags.DEFINE_string("calibration_data", None,
                     ".npy (N, *input_shape), .npz (one array per input name) or an image directory.")
 flags.DEFINE_string("output", None, "Output .tflite path (default: <SRC stem>_w<W>a<A>.tflite).")
-flags.DEFINE_integer("bits", 7, "Weight and activation bit width (2..8).")
+flags.DEFINE_integer("bits", _API["bits"], "Weight and activation bit width (2..8).")
 flags.DEFINE_integer("weight_bits", None, "Overrides --bits for weights.")
 flags.DEFINE_integer("activation_bits", None, "Overrides --bits for activations.")
-flags.DEFINE_enum("activation_range", "strict", ["strict", "container"],
+flags.DEFINE_enum("activation_range", _API["activation_range"], ["strict", "container"],
                   "strict: the b-bit levels are the activations' working range (default). "
                   "container: a b-bit step over an 8-bit range (values may use the int8 headroom); "
                   "labelled as such everywhere.")
-flags.DEFINE_enum("method", None, ["dfq", "spiq", "minmax", "kl", "easyquant", "bitsplit"],
+flags.DEFINE_enum("method", None, methods.available(),
                   "Scale method. Default: easyquant with --calibration_data; without it the "
-                  "data-free DFQ chain (CLE, bias absorption, BN-derived ranges, data-free bias "
-                  "correction), which needs --input_range. dfq and spiq need no data; bitsplit "
-                  "(2-4-bit weights) needs data.")
+                  "data-free DFQ chain, which needs --input_range. "
+                  + " ".join(f"{s.name}: {s.summary.rstrip('.')}{'' if s.needs_data else ' (no data)'}."
+                             for s in methods.specs().values()))
 flags.DEFINE_bool("cross_layer_equalization", None,
                   "Cross-layer equalization before any method (default: on for dfq, off otherwise).")
 flags.DEFINE_bool("bias_absorption", None,
@@ -39,63 +43,24 @@ flags.DEFINE_bool("bias_absorption", None,
 flags.DEFINE_enum("bias_correction", None, ["off", "empirical", "data_free"],
                   "Bias correction after any method (default: data_free for dfq, off otherwise). "
                   "empirical needs --calibration_data.")
-flags.DEFINE_bool("per_tensor_weights", False,
+flags.DEFINE_bool("per_tensor_weights", _API["per_tensor_weights"],
                   "One weight scale per tensor (accelerators and NNAPI drivers without "
                   "per-channel support).")
 flags.DEFINE_multi_string("input_range", None,
                           "LO,HI: the real range of a model input (repeat once per input, in "
                           "order; one applies to all). Required without --calibration_data.")
-flags.DEFINE_float("dfq_sigmas", None, "dfq/spiq: k in the BN ranges beta +- k*gamma (default 6).")
-flags.DEFINE_enum("cle_relu6", None, ["relu", "skip"],
-                  "CLE/SPIQ: skip layer pairs with a fused RELU6 between them (default) or treat "
-                  "it as RELU (the DFQ paper; changes the float function above 6).")
-flags.DEFINE_bool("absorb_padded", None,
-                  "Bias absorption also into consumers that zero-pad (the paper's approximation).")
 flags.DEFINE_integer("num_calibration_samples", None,
                      "Cap on calibration samples (default: 50 for easyquant, 256 for bitsplit, "
                      "all for others, always holding back at least 1/8 of the data, 4-32 "
                      "samples). Samples beyond it (up to 256) are held back for the agreement "
                      "check; a value that takes every sample makes that check optimistic.")
 flags.DEFINE_list("image_size", None, "H,W for an image-directory calibration set (default: model's).")
-flags.DEFINE_list("mean", ["0"], "Per-channel mean subtracted from images scaled to [0, 1].")
-flags.DEFINE_list("std", ["1"], "Per-channel std dividing images scaled to [0, 1].")
-flags.DEFINE_bool("allow_float", False, "Keep ops without int8 kernels in float instead of failing.")
-flags.DEFINE_bool("int8_io", False, "Make model inputs/outputs int8 (default: float32 I/O).")
+flags.DEFINE_list("mean", [f"{v:g}" for v in _API["mean"]], "Per-channel mean subtracted from images scaled to [0, 1].")
+flags.DEFINE_list("std", [f"{v:g}" for v in _API["std"]], "Per-channel std dividing images scaled to [0, 1].")
+flags.DEFINE_bool("allow_float", _API["allow_float"], "Keep ops without int8 kernels in float instead of failing.")
+flags.DEFINE_bool("int8_io", _API["int8_io"], "Make model inputs/outputs int8 (default: float32 I/O).")
 flags.DEFINE_string("report_dir", None, "Write a per-layer report (Markdown, CSV, PNG) here.")
-flags.DEFINE_integer("eq_steps", 100, "EasyQuant: candidate scales per search.")
-flags.DEFINE_float("eq_alpha", 0.5, "EasyQuant: lowest candidate, as a multiple of the initial scale.")
-flags.DEFINE_float("eq_beta", 2.0, "EasyQuant: highest candidate, as a multiple of the initial scale.")
-flags.DEFINE_integer("eq_rounds", 1, "EasyQuant: alternating rounds (weights, then activations).")
-flags.DEFINE_enum("eq_init", None, ["max", "kl"], "EasyQuant: initial activation ranges (default: the method's).")
-flags.DEFINE_enum("eq_inputs", None, ["quantized", "float"],
-                  "EasyQuant: layer inputs from the already-quantized model (paper) or from float.")
-flags.DEFINE_integer("eq_max_rows", None, "EasyQuant: cap on sampled output positions per layer (seeded).")
-flags.DEFINE_enum("eq_objective", None, ["linear", "activation"],
-                  "EasyQuant: layer cosine after the fused activation (default; the weight "
-                  "search scores the 8 best linear candidates per channel exactly) or before it.")
-flags.DEFINE_enum("eq_search", None, ["coarse_to_fine", "exhaustive"],
-                  "EasyQuant: input-scale search over every 10th candidate, then around the best "
-                  "(default), or over all candidates.")
-flags.DEFINE_float("eq_clip_budget", None,
-                   "EasyQuant, strict mode: largest share of a tensor's calibration values a chosen "
-                   "range may clip (default 0.001).")
-flags.DEFINE_integer("bs_rounds", None, "Bit-Split: coordinate-descent rounds per layer (default 3).")
-flags.DEFINE_integer("bs_max_rows", None, "Bit-Split: cap on sampled output positions per layer "
-                     "(default 4096, seeded; 0: all).")
-flags.DEFINE_enum("bs_activations", None, ["mse", "easyquant", "minmax"],
-                  "Bit-Split: activation ranges by iterative MSE (default, the paper's), "
-                  "EasyQuant's search or min/max.")
-flags.DEFINE_bool("bs_bias_correction", None,
-                  "Bit-Split: fit a per-channel bias shift with the weights (default true; "
-                  "--nobs_bias_correction gives the paper's form).")
-flags.DEFINE_float("bs_holdout", None, "Bit-Split: share of the calibration samples held out of each "
-                   "layer's fit to choose, per output channel, among the candidate fits (default 0.25; "
-                   "0: fit all samples, the paper's form).")
-flags.DEFINE_list("bs_ridge", None, "Bit-Split: ridge strengths toward the float weights, one candidate "
-                  "fit each (default 0,0.1,1; without held-out samples the first is used).")
-flags.DEFINE_enum("bs_target", None, ["float", "own"], "Bit-Split: fit the float model's layer output "
-                  "(default) or the layer's float weights applied to the quantized model's inputs.")
-flags.DEFINE_bool("pack_int4", False,
+flags.DEFINE_bool("pack_int4", _API["pack_int4"],
                   "Store CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED weights as packed INT4 (needs "
                   "--weight_bits <= 4 and a runtime with INT4 kernels, e.g. LiteRT 2.x); default: "
                   "the int8 container any TFLite runtime reads.")
@@ -115,18 +80,50 @@ flags.DEFINE_multi_string("output_range", None,
                           "(repeatable; see eq_tflite/output_ranges.py).")
 flags.DEFINE_float("weight_size_ratio", None,
                    "Weight budget as a share of the int8 weights (e.g. 0.6); see --weight_size.")
-flags.DEFINE_integer("seed", 0, "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_integer("seed", _API["seed"], "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
+flags.DEFINE_bool("progress", True, "Show progress bars (the API's default is off).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
 
-_EQ_FLAGS = ("eq_steps", "eq_alpha", "eq_beta", "eq_rounds", "eq_init", "eq_inputs", "eq_max_rows",
-             "eq_clip_budget", "eq_search", "eq_objective", "bs_rounds", "bs_max_rows",
-             "bs_activations", "bs_bias_correction", "bs_holdout", "bs_ridge", "bs_target",
-             "dfq_sigmas", "cle_relu6", "absorb_padded")
+#: Flags passed to ``api.convert_model`` as the keyword of the same name, unchanged.
+API_FLAGS = ("bits", "weight_bits", "activation_bits", "activation_range", "method",
+             "num_calibration_samples", "allow_float", "int8_io", "progress", "seed", "pack_int4",
+             "cross_layer_equalization", "bias_absorption", "bias_correction",
+             "per_tensor_weights", "input_range", "layer_bits", "keep_8bit", "weight_size",
+             "weight_size_ratio", "output_range")
+
+
+def _define_option_flags() -> tuple[str, ...]:
+    """One flag per chain and method option (``eq_tflite.options``); returns their names.
+
+    Every flag defaults to None (unset): the default lives in the options
+    dataclass alone, and its help text states it.
+    """
+    from eq_tflite import options
+    from eq_tflite.chain import ChainOptions
+    owners = [("chain", ChainOptions, "")] + [(s.name, s.options, s.prefix)
+                                             for s in methods.specs().values() if s.options]
+    names = []
+    for owner, cls, prefix in owners:
+        for key, f in options.keys(cls, prefix).items():
+            if key in names or key == "seed":  # seed: the general --seed flag
+                continue
+            kind, text = options.kind(cls, f), options.help_text(f, owner)
+            if f.metadata["choices"]:
+                flags.DEFINE_enum(key, None, [str(c) for c in f.metadata["choices"]], text)
+            else:
+                define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+                          float: flags.DEFINE_float, tuple: flags.DEFINE_list}.get(
+                              kind, flags.DEFINE_string)
+                define(key, None, text)
+            names.append(key)
+    return tuple(names)
+
+
+_OPTION_FLAGS = _define_option_flags()
 
 
 def _method_options() -> dict:
-    return {name: FLAGS[name].value for name in _EQ_FLAGS if FLAGS[name].value is not None}
+    return {name: FLAGS[name].value for name in _OPTION_FLAGS if FLAGS[name].value is not None}
 
 
 def _floats(values: list[str], name: str) -> tuple[float, ...]:
@@ -172,7 +169,6 @@ def usage() -> str:
 
 
 def _convert(src: str) -> int:
-    from eq_tflite import api
     from eq_tflite.errors import EqTfliteError
     from eq_tflite.io.flatbuffer import check_output_path, write_atomic
     from eq_tflite.isolation import run_isolated
@@ -202,17 +198,8 @@ def _convert(src: str) -> int:
         load_seconds = time.perf_counter() - t0
     result = run_isolated(
         api.convert_model, model, FLAGS.calibration_data, what="the conversion",
-        bits=FLAGS.bits, weight_bits=FLAGS.weight_bits,
-        activation_bits=FLAGS.activation_bits, activation_range=FLAGS.activation_range,
-        method=FLAGS.method,
-        method_options=_method_options(), num_calibration_samples=FLAGS.num_calibration_samples,
-        allow_float=FLAGS.allow_float, int8_io=FLAGS.int8_io, image_size=image_size,
-        mean=mean, std=std, progress=FLAGS.progress, seed=FLAGS.seed, pack_int4=FLAGS.pack_int4,
-        cross_layer_equalization=FLAGS.cross_layer_equalization,
-        bias_absorption=FLAGS.bias_absorption, bias_correction=FLAGS.bias_correction,
-        per_tensor_weights=FLAGS.per_tensor_weights, input_range=FLAGS.input_range,
-        layer_bits=FLAGS.layer_bits, keep_8bit=FLAGS.keep_8bit, weight_size=FLAGS.weight_size,
-        weight_size_ratio=FLAGS.weight_size_ratio, output_range=FLAGS.output_range)
+        method_options=_method_options(), image_size=image_size, mean=mean, std=std,
+        **{name: FLAGS[name].value for name in API_FLAGS})
     result.timings["load"] = result.timings.get("load", 0.0) + load_seconds
     result.load_notes[:0] = load_notes
     # The model is the product: it is written first, and a report that cannot be

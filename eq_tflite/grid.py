@@ -170,6 +170,22 @@ def outside_levels(q: np.ndarray, bits: int) -> int:
     return int(np.count_nonzero((q < qmin) | (q > qmax)))
 
 
+def level_bounds(scale: float, zp: int, bits: BitWidths) -> tuple[float, float]:
+    """Real values below the first or at/above the second round outside the b-bit levels."""
+    return scale * (bits.act_qmin - zp - 0.5), scale * (bits.act_qmax - zp + 0.5)
+
+
+def share_outside(sorted_values: np.ndarray, bounds: tuple[float, float],
+                  total: int | None = None) -> float:
+    """Share of ``total`` values (default: all given) below ``bounds[0]`` or at/above ``bounds[1]``.
+
+    ``sorted_values`` may hold only a tensor's tails (the values any candidate could clip).
+    """
+    below = np.searchsorted(sorted_values, bounds[0], side="left")
+    above = len(sorted_values) - np.searchsorted(sorted_values, bounds[1], side="left")
+    return float(below + above) / max(len(sorted_values) if total is None else total, 1)
+
+
 def weight_scales(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     """Per-channel absmax scales (step sizes); 0 for dead (all-zero) channels."""
     red = tuple(i for i in range(w.ndim) if i != axis)

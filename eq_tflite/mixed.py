@@ -289,7 +289,7 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
 
     Without calibration data, the cosine of the quantized weight tensor itself.
     """
-    from eq_tflite.methods.easyquant import sample_positions
+    from eq_tflite.methods.layerwise import sample_positions
     wanted = set(packable(graph) if ops is None else ops)
     out = Sensitivity(data=bool(calibration))
     if not calibration:

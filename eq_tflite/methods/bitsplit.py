@@ -82,20 +82,17 @@ another method's edited float weights, it returns ``int_weights``,
 """
 from __future__ import annotations
 
-import resource
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, methods, resolve, simulate
+from eq_tflite import grid, methods, options, simulate
 from eq_tflite.errors import EqTfliteError
-from eq_tflite.graph import Graph, Op
-from eq_tflite.methods import register
-from eq_tflite.methods.easyquant import sample_positions
+from eq_tflite.methods import method
+from eq_tflite.methods.layerwise import Decision, Layer, Rows, Walked, walk
+from eq_tflite.options import option
 from eq_tflite.plan import MethodContext, Plan
-from eq_tflite.progress import progress_bar
 
 ACTIVATION_CHOICES = ("mse", "easyquant", "minmax")
 TARGET_CHOICES = ("float", "own")
@@ -103,77 +100,39 @@ TARGET_CHOICES = ("float", "own")
 
 @dataclass(frozen=True)
 class Options:
-    """Bit-Split options (``ctx.options`` keys ``bs_*`` and ``seed``)."""
+    """Bit-Split options (keys ``bs_<field>``; ``seed`` is shared). Defaults: module doc."""
 
-    rounds: int = 3
-    max_rows: int = 4096
-    init_steps: int = 20
-    activations: str = "mse"
-    mse_iters: int = 20
-    clip_budget: float = 0.001
-    bias_correction: bool = True
-    holdout: float = 0.25
-    ridge: tuple[float, ...] = (0.0, 0.1, 1.0)
-    target: str = "float"
-    seed: int = 0
+    rounds: int = option(3, "coordinate-descent rounds per layer", check=lambda v: v >= 0,
+                         rule="must be >= 0")
+    max_rows: int = option(4096, "cap on sampled output positions per layer (seeded; 0: all)",
+                           check=lambda v: v >= 0, rule="must be >= 0 (0: all rows)")
+    init_steps: int = option(20, "clipped-absmax steps tried per channel for the start",
+                             check=lambda v: v >= 1, rule="must be >= 1")
+    activations: str = option("mse", "activation ranges by iterative MSE (the paper's), "
+                              "EasyQuant's search or min/max", choices=ACTIVATION_CHOICES)
+    mse_iters: int = option(20, "iterations of the per-tensor MSE range", check=lambda v: v >= 0,
+                            rule="must be >= 0")
+    clip_budget: float = option(0.001, "strict mode: largest share of a tensor's values an MSE "
+                                "range may clip", check=lambda v: 0 <= v <= 1,
+                                rule="must be in [0, 1]")
+    bias_correction: bool = option(True, "fit a per-channel bias shift with the weights "
+                                   "(false: the paper's form)")
+    holdout: float = option(0.25, "share of the calibration samples held out of each layer's fit "
+                            "to choose, per output channel, among the candidate fits (0: fit "
+                            "every sample, the paper's form)", check=lambda v: 0 <= v < 1,
+                            rule="must be in [0, 1)")
+    ridge: tuple = option((0.0, 0.1, 1.0), "ridge strengths toward the float weights, one "
+                          "candidate fit each (without held-out samples the first is used)",
+                          check=lambda v: len(v) >= 1 and all(0 <= r < float("inf") for r in v),
+                          rule="must be one or more finite values >= 0")
+    target: str = option("float", "fit the float model's layer output, or the layer's float "
+                         "weights applied to the quantized model's inputs", choices=TARGET_CHOICES)
+    seed: int = option(0, "seed for sampling rows and held-out samples", key="seed")
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> "Options":
-        """Reads and validates ``bs_*`` options; missing keys take the defaults."""
-        d = cls()
-
-        def get(key: str, kind: type, default: Any) -> Any:
-            try:
-                return kind(options.get(key, default))
-            except (TypeError, ValueError):
-                what = {_boolean: "bool", _floats: "comma-separated numbers"}.get(kind, kind.__name__)
-                raise EqTfliteError(f"bitsplit option {key} must be {what}, "
-                                    f"got {options.get(key)!r}") from None
-
-        o = cls(rounds=get("bs_rounds", int, d.rounds),
-                max_rows=get("bs_max_rows", int, d.max_rows),
-                init_steps=get("bs_init_steps", int, d.init_steps),
-                activations=get("bs_activations", str, d.activations),
-                mse_iters=get("bs_mse_iters", int, d.mse_iters),
-                clip_budget=get("bs_clip_budget", float, d.clip_budget),
-                bias_correction=get("bs_bias_correction", _boolean, d.bias_correction),
-                holdout=get("bs_holdout", float, d.holdout),
-                ridge=get("bs_ridge", _floats, d.ridge),
-                target=get("bs_target", str, d.target),
-                seed=get("seed", int, d.seed))
-        checks = [(o.rounds >= 0, "bs_rounds must be >= 0"),
-                  (o.max_rows >= 0, "bs_max_rows must be >= 0 (0: all rows)"),
-                  (o.init_steps >= 1, "bs_init_steps must be >= 1"),
-                  (o.activations in ACTIVATION_CHOICES,
-                   f"bs_activations must be one of {', '.join(ACTIVATION_CHOICES)}"),
-                  (o.mse_iters >= 0, "bs_mse_iters must be >= 0"),
-                  (0 <= o.clip_budget <= 1, "bs_clip_budget must be in [0, 1]"),
-                  (0 <= o.holdout < 1, "bs_holdout must be in [0, 1)"),
-                  (len(o.ridge) >= 1 and all(0 <= r < float("inf") for r in o.ridge),
-                   "bs_ridge must be one or more finite values >= 0"),
-                  (o.target in TARGET_CHOICES, f"bs_target must be one of {', '.join(TARGET_CHOICES)}")]
-        for ok, msg in checks:
-            if not ok:
-                raise EqTfliteError(msg)
-        return o
-
-
-def _floats(value: Any) -> tuple[float, ...]:
-    """A tuple of floats from a sequence or a comma-separated string."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    if isinstance(value, (int, float)):
-        value = [value]
-    return tuple(float(v) for v in value)
-
-
-def _boolean(value: Any) -> bool:
-    """A bool option from a bool or a string (true/false, 1/0, yes/no)."""
-    if isinstance(value, str):
-        if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(value)
-        return value.lower() in ("true", "1", "yes")
-    return bool(value)
+    def parse(cls, values: Mapping[str, Any]) -> "Options":
+        """Reads and validates the ``bs_*`` keys (and ``seed``); missing keys take the defaults."""
+        return options.parse(cls, "bs", values)
 
 
 # --------------------------------------------------------------------------
@@ -452,15 +411,6 @@ def bit_split(problem: ResponseProblem, w: np.ndarray, bits: int, rounds: int = 
 # Activations: iterative MSE
 
 
-def clipped_share(sorted_values: np.ndarray, scale: float, zp: int, bits: grid.BitWidths) -> float:
-    """Share of values beyond the b-bit levels of (scale, zp) (they would round outside)."""
-    lo = scale * (bits.act_qmin - zp - 0.5)
-    hi = scale * (bits.act_qmax - zp + 0.5)
-    n = len(sorted_values)
-    out = np.searchsorted(sorted_values, lo) + n - np.searchsorted(sorted_values, hi)
-    return float(out) / max(n, 1)
-
-
 def mse_range(values: np.ndarray, base: tuple[float, float], bits: grid.BitWidths,
               iters: int = 20, clip_budget: float = 0.001) -> tuple[float, float]:
     """Per-tensor range by iterative MSE (Lloyd), as a multiple of ``base`` about zero.
@@ -481,11 +431,11 @@ def mse_range(values: np.ndarray, base: tuple[float, float], bits: grid.BitWidth
         if not new > 0 or abs(new - s) <= 1e-7 * s:
             break
         s = new
-    if bits.strict and clipped_share(v, s, zp, bits) > clip_budget:
+    if bits.strict and grid.share_outside(v, grid.level_bounds(s, zp, bits)) > clip_budget:
         lo_s, hi_s = s, max(s0, s)
         for _ in range(30):
             mid = 0.5 * (lo_s + hi_s)
-            lo_s, hi_s = (lo_s, mid) if clipped_share(v, mid, zp, bits) <= clip_budget else (mid, hi_s)
+            lo_s, hi_s = (lo_s, mid) if grid.share_outside(v, grid.level_bounds(mid, zp, bits)) <= clip_budget else (mid, hi_s)
         s = hi_s
     m = s / s0
     return base[0] * m, base[1] * m
@@ -495,28 +445,6 @@ def mse_range(values: np.ndarray, base: tuple[float, float], bits: grid.BitWidth
 # The layer walk
 
 RangeChooser = Callable[[np.ndarray, tuple[float, float], grid.BitWidths], tuple[float, float]]
-
-
-@dataclass
-class WeightStep:
-    """What :func:`split_weights` decided (plan fields keyed by float-graph names)."""
-
-    int_weights: dict[str, np.ndarray] = field(default_factory=dict)
-    weight_scales: dict[str, np.ndarray] = field(default_factory=dict)
-    activation_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
-    float_weights: dict[str, np.ndarray] = field(default_factory=dict)  # corrected biases
-    layers: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _deciders(graph: Graph, groups: Mapping[int, tuple[int, ...]]) -> dict[tuple[int, ...], int]:
-    """Input group of each weighted op -> the first op reading it (no fixed-scale groups)."""
-    fixed = resolve.fixed_output_params(graph)
-    out: dict[tuple[int, ...], int] = {}
-    for op in graph.weighted_ops():
-        g = groups.get(op.data_input, (op.data_input,))
-        if g not in out and not any(t in fixed for t in g):
-            out[g] = op.index
-    return out
 
 
 def split_samples(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -530,32 +458,22 @@ def split_samples(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.nda
     return np.sort(perm[k:]), np.sort(perm[:k])
 
 
-def _layer_rows(op: Op, fsim: simulate.Executor, qsim: simulate.Executor, max_rows: int,
-                rng: np.random.Generator, ids: np.ndarray, own_target: bool
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(quantized-model input rows, float pre-bias target (R, C), float matrix (K, C)).
+def _layer_rows(layer: Layer, max_rows: int, rng: np.random.Generator, ids: np.ndarray,
+                own_target: bool) -> tuple[Rows, np.ndarray, np.ndarray]:
+    """(rows of samples ``ids``, float pre-bias target (R, C), float matrix (K, C)).
 
-    Rows come from the samples ``ids`` only. The target is the float model's
-    output, or with ``own_target`` this layer's float weights applied to the
-    quantized-model rows (the layer then matches its own function and does not
-    try to undo upstream error from a few samples).
+    The target is the float model's output, or with ``own_target`` this
+    layer's float weights applied to the quantized-model rows (the layer then
+    matches its own function and does not try to undo upstream error from a
+    few samples). Depthwise rows are repeated per channel multiplier.
     """
-    lin = fsim.linear(op)
-    x_float = fsim.value(op.data_input)
-    spatial = ((x_float[0].size // lin.weight_shape[1],) if op.type == "FULLY_CONNECTED"
-               else lin.out_spatial)
-    positions, _, _ = sample_positions(len(ids), spatial, max_rows, rng)
-    if op.type == "FULLY_CONNECTED":
-        total = int(np.prod(spatial, dtype=np.int64))
-        positions = (ids[positions[0] // total] * total + positions[0] % total,)
-    else:
-        positions = (ids[positions[0]], *positions[1:])
-    matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
-    rows = lin.rows(qsim.value(op.data_input), positions)
-    source = rows if own_target else lin.rows(x_float, positions)
+    rows = layer.rows(max_rows, rng, ids)
+    lin = rows.lin
+    matrix = lin.matrix(layer.fsim.value(layer.op.weight_input)).astype(np.float64)
+    source = rows.inputs if own_target else rows.float_inputs
     target = lin.apply(source.astype(np.float64), matrix)
     if lin.multiplier > 1:
-        rows = np.repeat(rows, lin.multiplier, axis=2)
+        rows.inputs = np.repeat(rows.inputs, lin.multiplier, axis=2)
     return rows, target, matrix
 
 
@@ -646,7 +564,7 @@ def fit_layer(problem: ResponseProblem, held: HeldOutRows | None, matrix: np.nda
 def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[float, float]],
                   options: Options | None = None, choose_range: RangeChooser | None = None,
                   float_weights: Mapping[str, np.ndarray] | None = None,
-                  weight_scales: Mapping[str, np.ndarray] | None = None) -> WeightStep:
+                  weight_scales: Mapping[str, np.ndarray] | None = None) -> Walked:
     """Bit-Split weights for the given activation ranges (the composable weight step).
 
     ``activation_ranges`` (float-graph names) fix the activation levels the
@@ -662,85 +580,45 @@ def split_weights(ctx: MethodContext, activation_ranges: Mapping[str, tuple[floa
     when there are held-out samples (see :func:`fit_layer`).
     """
     opts = options or Options.parse(ctx.options)
-    graph, bits = ctx.graph, ctx.bits
-    simulate.check_supported(graph)
-    idx = graph.by_name
-    ranges = {idx[n]: r for n, r in activation_ranges.items() if n in idx}
-    groups = resolve.tied_groups(graph)
-    decider = _deciders(graph, groups) if choose_range is not None else {}
-    pending = {t for g in decider for t in g}
-    widths = resolve.tensor_bits(graph, bits, groups)  # per-tensor widths (mixed precision)
-    act_params = resolve.activation_params(graph, ranges, bits, groups)
-    quant = simulate.QuantParams(bits, {t: p for t, p in act_params.items() if t not in pending},
-                                 act_bits=widths)
-    edits = {idx[n]: np.asarray(v, np.float32) for n, v in (float_weights or {}).items() if n in idx}
-    fsim = simulate.Executor(graph, ctx.calibration, weights=edits)
-    qsim = simulate.Executor(graph, ctx.calibration, quant, weights=edits)
-    out = WeightStep(activation_ranges={graph.tensors[t].name: r for t, r in ranges.items()})
     n = next(iter(ctx.calibration.values())).shape[0] if ctx.calibration else 0
     fit_ids, held_ids = split_samples(n, opts.holdout, opts.seed)
-    start, done = time.perf_counter(), 0
-    for op in progress_bar(graph.weighted_ops(), desc="bitsplit", enable=ctx.progress):
-        for prev in graph.ops[done:op.index]:
-            fsim.step(prev)
-            qsim.step(prev)
-        t0 = time.perf_counter()
-        group = groups.get(op.data_input, (op.data_input,))
-        lbits = resolve.layer_bits(graph, op, bits, widths)
-        if decider.get(group) == op.index:
-            base = (min(ranges[t][0] for t in group if t in ranges),
-                    max(ranges[t][1] for t in group if t in ranges))
-            chosen = choose_range(qsim.value(op.data_input), base, lbits)
-            params = grid.activation_params(*chosen, lbits.activations)
-            for t in group:
-                out.activation_ranges[graph.tensors[t].name] = chosen
-                act_params[t] = params
-                qsim.set_activation(t, params)
-        if op.data_input not in act_params:
-            raise EqTfliteError(f"bitsplit: no activation range for the input of "
-                                f"{op.type} {graph.tensors[op.outputs[0]].name}")
+    edits = dict(float_weights or {})
+
+    def solve(layer: Layer) -> Decision:
+        op, graph = layer.op, layer.graph
+        if layer.base_range is not None:
+            layer.decide_input(choose_range(layer.input_values(), layer.base_range, layer.bits))
         own = opts.target == "own"
-        rows, target, matrix = _layer_rows(op, fsim, qsim, opts.max_rows,
+        rows, target, matrix = _layer_rows(layer, opts.max_rows,
                                            np.random.default_rng([opts.seed, op.index]), fit_ids, own)
         bias = graph.tensors[op.bias_input] if op.bias_input >= 0 else None
-        b_values = None if bias is None else edits.get(bias.index, bias.data)
+        b_values = None if bias is None else edits.get(bias.name, bias.data)
         correct = opts.bias_correction and b_values is not None
-        problem = ResponseProblem(rows, target, with_bias=correct)
+        problem = ResponseProblem(rows.inputs, target, with_bias=correct)
         held = None
         if len(held_ids):
-            held = HeldOutRows(*_layer_rows(op, fsim, qsim, opts.max_rows,
-                                            np.random.default_rng([opts.seed, op.index, 1]),
-                                            held_ids, own)[:2])
+            held_rows, held_target, _ = _layer_rows(
+                layer, opts.max_rows, np.random.default_rng([opts.seed, op.index, 1]), held_ids, own)
+            held = HeldOutRows(held_rows.inputs, held_target)
         w_t = graph.tensors[op.weight_input]
-        lin = fsim.linear(op)
-        grouped = simulate.conv_groups(op.type, w_t.shape, lin.in_channels) > 1
-        free = lin.matrix(np.ones(w_t.shape, np.float32)) != 0 if grouped else None
+        grouped = simulate.conv_groups(op.type, w_t.shape, rows.lin.in_channels) > 1
+        free = rows.lin.matrix(np.ones(w_t.shape, np.float32)) != 0 if grouped else None
         given = None if weight_scales is None else weight_scales.get(w_t.name)
-        res = fit_layer(problem, held, matrix, lbits.weights, opts, free, correct,
+        res = fit_layer(problem, held, matrix, layer.bits.weights, opts, free, correct,
                         None if given is None else np.asarray(given, np.float64).reshape(-1))
-        q = lin.weights(res.q).astype(np.int8)
-        out.int_weights[w_t.name] = q
-        out.weight_scales[w_t.name] = res.alpha
+        new_bias = None
         if correct:
-            b_values = (b_values.astype(np.float64) + res.shift).astype(np.float32)
-            out.float_weights[bias.name] = b_values
-        qsim.quant.layers[op.weight_input] = resolve.layer_numbers(
-            op, w_t.name, fsim.value(op.weight_input), b_values, None if bias is None else bias.name,
-            act_params[op.data_input][0], res.alpha, lbits, q)
-        qsim.step(op)
-        fsim.step(op)
-        done = op.index + 1
-        out.layers.append({
-            "op_index": op.index, "op_type": op.type, "weight": w_t.name,
-            "weight_shape": "x".join(str(d) for d in w_t.shape), "rows": int(rows.shape[0]),
-            "held_out_rows": 0 if held is None else held.n, **res.info,
-            "seconds": round(time.perf_counter() - t0, 3),
-            "elapsed_s": round(time.perf_counter() - start, 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)})
-    return out
+            new_bias = (np.asarray(b_values, np.float64) + res.shift).astype(np.float32)
+        return Decision(res.alpha, {"rows": int(rows.inputs.shape[0]),
+                                    "held_out_rows": 0 if held is None else held.n, **res.info},
+                        rows.lin.weights(res.q).astype(np.int8), new_bias)
+
+    return walk(ctx, activation_ranges, solve, desc="bitsplit",
+                decide_inputs=choose_range is not None, weights=edits)
 
 
-@register("bitsplit")
+@method("bitsplit", default_samples=256, options=Options, prefix="bs", reads=("easyquant",),
+        simulates=True)
 def bitsplit(ctx: MethodContext) -> Plan:
     """Bit-Split and Stitching weights; activations by iterative MSE (or EasyQuant/min-max)."""
     opts = Options.parse(ctx.options)

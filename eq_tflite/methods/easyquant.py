@@ -67,33 +67,27 @@ float, "cos" = output cosine; seeds 0-2 of the default spread ~0.1 pp):
   within seed noise of each other; the cap bounds time and memory on
   larger inputs.
 
-Shared and tied inputs: tensors joined through same-scale ops (pool,
-reshape, pad, concatenation: ``simulate.tied_groups``) form one group. The
-first weighted consumer (topological order) of any tensor of a group searches
-the group's scale on its own input and the chosen range is written on every
-tensor name of the group, so the rewriter's union of tied ranges is exactly
-that range. Later consumers search weights only, as do layers whose input
-group holds a fixed-scale tensor (softmax, logistic, tanh). Every other
-tensor keeps its initial range.
+Shared and tied inputs: the layer walk (``methods/layerwise.py``) lets the
+first weighted reader of each tied group search the group's scale on its own
+input, and writes the chosen range on every member. Later readers search
+weights only, as do layers whose input group holds a fixed-scale tensor
+(softmax, logistic, tanh). Every other tensor keeps its initial range.
 """
 from __future__ import annotations
 
-import resource
-import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, methods, resolve, simulate
+from eq_tflite import grid, methods, options, resolve, simulate
 from eq_tflite.errors import EqTfliteError
-from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
-from eq_tflite.methods import register
+from eq_tflite.methods import method
+from eq_tflite.methods.layerwise import Decision, Layer, walk
+from eq_tflite.options import option
 from eq_tflite.metrics import cosine_from_parts
 from eq_tflite.plan import MethodContext, Plan
-from eq_tflite.progress import progress_bar
 
 #: Float elements of candidate outputs held at once during a search.
 _CHUNK_ELEMENTS = 1 << 23
@@ -104,56 +98,43 @@ _BLOCK_ELEMENTS = 1 << 21
 
 @dataclass(frozen=True)
 class Options:
-    """EasyQuant options (``ctx.options`` keys ``eq_*`` and ``seed``)."""
+    """EasyQuant options (keys ``eq_<field>``; ``seed`` is shared). Defaults: module doc."""
 
-    steps: int = 100
-    alpha: float = 0.5
-    beta: float = 2.0
-    rounds: int = 1
-    init: str = "max"
-    inputs: str = "quantized"
-    objective: str = "activation"
-    preselect: int = 8
-    max_rows: int = 4096
-    clip_budget: float = 0.001
-    search: str = "coarse_to_fine"
-    seed: int = 0
+    steps: int = option(100, "candidate scales per search", check=lambda v: v >= 1,
+                        rule="must be >= 1")
+    alpha: float = option(0.5, "lowest candidate, as a multiple of the initial scale",
+                          check=lambda v: v > 0, rule="must be > 0")
+    beta: float = option(2.0, "highest candidate, as a multiple of the initial scale",
+                         check=lambda v: v > 0, rule="must be > 0")
+    rounds: int = option(1, "alternating rounds (weights, then the input scale)",
+                         check=lambda v: v >= 0, rule="must be >= 0")
+    init: str = option("max", "initial activation ranges: min/max or KL thresholds",
+                       choices=("max", "kl"))
+    inputs: str = option("quantized", "layer inputs from the already-quantized model (the paper) "
+                         "or from the float model", choices=("quantized", "float"))
+    objective: str = option("activation", "layer cosine after the fused activation (the weight "
+                            "search scores the --eq_preselect best linear candidates per channel "
+                            "exactly) or before it", choices=("activation", "linear"))
+    preselect: int = option(8, "weight candidates per channel scored exactly after the activation",
+                            check=lambda v: v >= 1, rule="must be >= 1")
+    max_rows: int = option(4096, "cap on sampled output positions per layer (seeded; 0: all)",
+                           check=lambda v: v >= 0, rule="must be >= 0 (0: all rows)")
+    clip_budget: float = option(0.001, "strict mode: largest share of a tensor's calibration "
+                                "values a chosen input range may clip",
+                                check=lambda v: 0 <= v <= 1, rule="must be in [0, 1]")
+    search: str = option("coarse_to_fine", "input-scale search over every 10th candidate, then "
+                         "around the best, or over all candidates",
+                         choices=("coarse_to_fine", "exhaustive"))
+    seed: int = option(0, "seed for sampling rows", key="seed")
 
     @classmethod
-    def parse(cls, options: Mapping[str, Any]) -> "Options":
-        """Reads and validates ``eq_*`` options; missing keys take the defaults."""
-        d = cls()
-        try:
-            o = cls(steps=int(options.get("eq_steps", d.steps)),
-                    alpha=float(options.get("eq_alpha", d.alpha)),
-                    beta=float(options.get("eq_beta", d.beta)),
-                    rounds=int(options.get("eq_rounds", d.rounds)),
-                    init=str(options.get("eq_init", d.init)),
-                    inputs=str(options.get("eq_inputs", d.inputs)),
-                    objective=str(options.get("eq_objective", d.objective)),
-                    preselect=int(options.get("eq_preselect", d.preselect)),
-                    max_rows=int(options.get("eq_max_rows", d.max_rows)),
-                    clip_budget=float(options.get("eq_clip_budget", d.clip_budget)),
-                    search=str(options.get("eq_search", d.search)),
-                    seed=int(options.get("seed", d.seed)))
-        except (TypeError, ValueError) as err:
-            raise EqTfliteError(f"bad easyquant option: {err}") from None
-        checks = [(o.steps >= 1, "eq_steps must be >= 1"),
-                  (0 < o.alpha <= o.beta, "need 0 < eq_alpha <= eq_beta"),
-                  (o.rounds >= 0, "eq_rounds must be >= 0"),
-                  (o.init in ("max", "kl"), "eq_init must be 'max' or 'kl'"),
-                  (o.inputs in ("quantized", "float"), "eq_inputs must be 'quantized' or 'float'"),
-                  (o.objective in ("activation", "linear"),
-                   "eq_objective must be 'activation' or 'linear'"),
-                  (o.preselect >= 1, "eq_preselect must be >= 1"),
-                  (o.max_rows >= 0, "eq_max_rows must be >= 0 (0: all rows)"),
-                  (0 <= o.clip_budget <= 1, "eq_clip_budget must be in [0, 1]"),
-                  (o.search in ("coarse_to_fine", "exhaustive"),
-                   "eq_search must be 'coarse_to_fine' or 'exhaustive'")]
-        for ok, msg in checks:
-            if not ok:
-                raise EqTfliteError(msg)
-        return o
+    def parse(cls, values: Mapping[str, Any]) -> "Options":
+        """Reads and validates the ``eq_*`` keys (and ``seed``); missing keys take the defaults."""
+        return options.parse(cls, "eq", values)
+
+    def validate(self) -> None:
+        if self.alpha > self.beta:
+            raise EqTfliteError("need 0 < eq_alpha <= eq_beta")
 
     def multipliers(self) -> np.ndarray:
         """Candidate multipliers m of the initial scale multiplier S0."""
@@ -204,11 +185,9 @@ class InputTails:
         tail = flat[(flat < lo * fraction) | (flat > hi * fraction)]
         return cls(np.sort(tail.astype(np.float64)), flat.size)
 
-    def share_outside(self, lo: float, hi: float) -> float:
-        """Share of all values below ``lo`` or at/above ``hi``."""
-        below = np.searchsorted(self.values, lo, side="left")
-        above = len(self.values) - np.searchsorted(self.values, hi, side="left")
-        return float(below + above) / max(self.total, 1)
+    def share_outside(self, bounds: tuple[float, float]) -> float:
+        """Share of all values below ``bounds[0]`` or at/above ``bounds[1]``."""
+        return grid.share_outside(self.values, bounds, self.total)
 
 
 @dataclass
@@ -225,8 +204,8 @@ class GroupTails:
 
     members: list[InputTails]
 
-    def share_outside(self, lo: float, hi: float) -> float:
-        return max(m.share_outside(lo, hi) for m in self.members)
+    def share_outside(self, bounds: tuple[float, float]) -> float:
+        return max(m.share_outside(bounds) for m in self.members)
 
 
 #: Rows per block of a Gram sum on integer rows: |q| <= 255, so every partial sum
@@ -331,9 +310,7 @@ class LayerProblem:
 
     def clipped_share(self, act: tuple[float, int]) -> float:
         """Largest share of a tied group member's values that the b-bit levels of ``act`` clip."""
-        scale, zp = act
-        return self.tails.share_outside(scale * (self.bits.act_qmin - zp - 0.5),
-                                        scale * (self.bits.act_qmax - zp + 0.5))
+        return self.tails.share_outside(grid.level_bounds(*act, self.bits))
 
     def _output(self, out: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         if bias is not None:
@@ -510,167 +487,50 @@ class LayerProblem:
 
 
 # --------------------------------------------------------------------------
-# Layer walk
+# The method: the search below, on the shared layer walk
 
 
-def sample_positions(n: int, spatial: tuple[int, ...], max_rows: int,
-                     rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], int, int]:
-    """Seeded output positions: (index arrays, samples S, positions per sample P)."""
-    total = int(np.prod(spatial, dtype=np.int64)) if spatial else 1
-    samples = np.arange(n)
-    if max_rows and n > max_rows:
-        samples = np.sort(rng.choice(n, max_rows, replace=False))
-    per = total if not max_rows else min(total, max(1, max_rows // len(samples)))
-    if per == total:
-        flat = np.broadcast_to(np.arange(total), (len(samples), total))
-    else:
-        flat = np.sort(np.argsort(rng.random((len(samples), total)), axis=1)[:, :per], axis=1)
-    s = np.repeat(samples, per)
-    flat = flat.reshape(-1)
-    if len(spatial) == 2:
-        return (s, flat // spatial[1], flat % spatial[1]), len(samples), per
-    return (s * total + flat,), len(samples), per
-
-
-def _deciders(graph: Graph, groups: dict[int, tuple[int, ...]]) -> dict[tuple[int, ...], int]:
-    """Group of each weighted op's input -> index of the op that searches its scale."""
-    fixed = resolve.fixed_output_params(graph)
-    decider: dict[tuple[int, ...], int] = {}
-    for op in graph.weighted_ops():
-        g = groups.get(op.data_input, (op.data_input,))
-        if g not in decider and not any(t in fixed for t in g):
-            decider[g] = op.index
-    return decider
-
-
-def _shipped(graph: Graph, op: Op, act_params: Mapping[int, tuple[float, int]],
-             scales: np.ndarray, bits: BitWidths) -> resolve.LayerNumbers:
-    """The numbers that ship for ``op`` with the chosen scales (``resolve.layer_numbers``)."""
-    bias = graph.tensors[op.bias_input] if op.bias_input >= 0 else None
-    w = graph.tensors[op.weight_input]
-    return resolve.layer_numbers(op, w.name, w.data, None if bias is None else bias.data,
-                                 None if bias is None else bias.name,
-                                 act_params[op.data_input][0], scales, bits)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@register("easyquant")
+@method("easyquant", default_samples=50, options=Options, prefix="eq", simulates=True)
 def easyquant(ctx: MethodContext) -> Plan:
     """EasyQuant: per-layer cosine-maximizing weight and input activation scales."""
     opts = Options.parse(ctx.options)
-    start = time.perf_counter()
-    graph, bits = ctx.graph, ctx.bits
-    simulate.check_supported(graph)
     init_plan = methods.get("minmax" if opts.init == "max" else "kl")(ctx)
-    init_ranges = {graph.by_name[n]: r for n, r in init_plan.activation_ranges.items()}
-    groups = resolve.tied_groups(graph)
-    decider = _deciders(graph, groups)
-    widths = resolve.tensor_bits(graph, bits, groups)  # per-tensor widths (mixed precision)
-    act_params = resolve.activation_params(graph, init_ranges, bits, groups)
-    pending = {t for g in decider for t in g}
 
-    fsim = simulate.Executor(graph, ctx.calibration)
-    qsim = None
-    if opts.inputs == "quantized":
-        quant = simulate.QuantParams(bits, {t: p for t, p in act_params.items()
-                                            if t not in pending}, act_bits=widths)
-        qsim = simulate.Executor(graph, ctx.calibration, quant)
-    plan = Plan("easyquant", bits,
-                activation_ranges={graph.tensors[t].name: r for t, r in init_ranges.items()})
-    done = 0
-    # The float and the quantized simulations advance side by side on the two
-    # cores (numpy releases the GIL in its array loops and BLAS).
-    pool = ThreadPoolExecutor(max_workers=1) if qsim is not None else None
-    for op in progress_bar(graph.weighted_ops(), desc="easyquant", enable=ctx.progress):
-        t_sim = time.perf_counter()
-        _advance(fsim, qsim, graph.ops[done:op.index], pool)
-        t0 = time.perf_counter()
-        t_sim = t0 - t_sim
-        group = groups.get(op.data_input, (op.data_input,))
-        searched = decider.get(group) == op.index
-        lo = min(init_ranges[t][0] for t in group if t in init_ranges)
-        hi = max(init_ranges[t][1] for t in group if t in init_ranges)
-        lbits = resolve.layer_bits(graph, op, bits, widths)
-        problem = _problem(ctx, opts, op, fsim, qsim, (lo, hi) if searched else None, lbits, group)
-        row, act_range, scales = _search(problem, opts, act_params[op.data_input],
-                                         (lo, hi) if searched else None)
-        plan.weight_scales[graph.tensors[op.weight_input].name] = scales
-        if searched:
-            params = grid.activation_params(*act_range, lbits.activations)
-            for t in group:
-                plan.activation_ranges[graph.tensors[t].name] = act_range
-                act_params[t] = params
-                if qsim is not None:
-                    qsim.set_activation(t, params)
-        if qsim is not None:
-            qsim.quant.layers[op.weight_input] = _shipped(graph, op, act_params, scales, lbits)
-        t1 = time.perf_counter()
-        _advance(fsim, qsim, [op], pool)
-        t_sim += time.perf_counter() - t1
-        done = op.index + 1
-        row = {"op_index": op.index, "op_type": op.type,
-               "weight": graph.tensors[op.weight_input].name,
-               "weight_shape": "x".join(str(d) for d in graph.tensors[op.weight_input].shape),
-               "input": graph.tensors[op.data_input].name, "act_searched": searched, **row,
-               "seconds": round(t1 - t0, 3), "simulate_s": round(t_sim, 3),
-               "elapsed_s": round(time.perf_counter() - start, 3),
-               "peak_rss_mb": round(_peak_rss_mb(), 1)}
-        plan.layers.append(row)
-    if pool is not None:
-        pool.shutdown()
-    return plan
+    def solve(layer: Layer) -> Decision:
+        problem = _problem(opts, layer)
+        row, act_range, scales = _search(problem, opts, layer.input_params(), layer.base_range)
+        if layer.base_range is not None:
+            layer.decide_input(act_range)
+        return Decision(scales, row)
+
+    done = walk(ctx, init_plan.activation_ranges, solve, desc="easyquant",
+                quantized_inputs=opts.inputs == "quantized")
+    return Plan("easyquant", ctx.bits, activation_ranges=done.activation_ranges,
+                weight_scales=done.weight_scales, layers=done.layers)
 
 
-def _advance(fsim: simulate.Executor, qsim: simulate.Executor | None, ops: list[Op],
-             pool: ThreadPoolExecutor | None) -> None:
-    """Steps both simulations through ``ops``, the float one on the pool's thread."""
-    if qsim is None or pool is None:
-        for op in ops:
-            fsim.step(op)
-        return
-    pending = pool.submit(lambda: [fsim.step(op) for op in ops])
-    for op in ops:
-        qsim.step(op)
-    pending.result()
+def _problem(opts: Options, layer: Layer) -> LayerProblem:
+    """Sampled rows of the layer: float target, input rows from the quantized (or float) model.
 
-
-def _problem(ctx: MethodContext, opts: Options, op: Op, fsim: simulate.Executor,
-             qsim: simulate.Executor | None,
-             base_range: tuple[float, float] | None = None,
-             bits: BitWidths | None = None, group: tuple[int, ...] = ()) -> LayerProblem:
-    """Samples rows of ``op``: float target, input rows from the quantized (or float) model.
-
-    ``bits``: the layer's own widths (``resolve.layer_bits``; default ``ctx.bits``).
-    ``group``: the input's tied group, whose computed members bound the clipping.
+    In strict mode a deciding layer also counts, over every computed member of
+    its input group, the values a candidate range would clip.
     """
-    bits = ctx.bits if bits is None else bits
-    x_float = fsim.value(op.data_input)
-    lin = fsim.linear(op)
-    if op.type == "FULLY_CONNECTED":
-        spatial: tuple[int, ...] = (x_float[0].size // lin.weight_shape[1],)
-    else:
-        spatial = lin.out_spatial
-    rng = np.random.default_rng([opts.seed, op.index])
-    positions, s, p = sample_positions(x_float.shape[0], spatial, opts.max_rows, rng)
+    op, fsim, bits = layer.op, layer.fsim, layer.bits
+    rows = layer.rows(opts.max_rows, np.random.default_rng([opts.seed, op.index]))
+    lin, s, p = rows.lin, rows.samples, rows.per_sample
     matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float32)
     bias = fsim.value(op.bias_input) if op.bias_input >= 0 else None
     activation = op.activation if opts.objective == "activation" else "NONE"
-    target = lin.apply(lin.rows(x_float, positions), matrix)
+    target = lin.apply(rows.float_inputs, matrix)
     if bias is not None:
         target = target + bias
     linear_target = target.reshape(s, p, -1) if activation != "NONE" else None
     target = simulate.apply_activation(activation, target).reshape(s, p, -1)
-    x_in = x_float if qsim is None else qsim.value(op.data_input)
-    rows = lin.rows(x_in, positions)
     tails = None
-    if bits.strict and base_range is not None:
-        sim = fsim if qsim is None else qsim
-        members = [x_in] + [sim.values[t] for t in group if t != op.data_input and t in sim.values]
-        tails = GroupTails([InputTails.of(v, *base_range, 0.9 / opts.beta) for v in members])
-    return LayerProblem(lin, rows, target, matrix, bias, activation, bits, tails,
+    if bits.strict and layer.base_range is not None:
+        tails = GroupTails([InputTails.of(v, *layer.base_range, 0.9 / opts.beta)
+                            for v in layer.group_values()])
+    return LayerProblem(lin, rows.inputs, target, matrix, bias, activation, bits, tails,
                         linear_target, opts.preselect)
 
 

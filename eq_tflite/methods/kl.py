@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from eq_tflite.collect import collect_histograms, collect_minmax
-from eq_tflite.methods import register
+from eq_tflite.methods import method
 from eq_tflite.plan import MethodContext, Plan
 
 TARGET_BINS = 128
@@ -54,7 +54,7 @@ def kl_threshold(hist: np.ndarray, edge: float, target_bins: int = TARGET_BINS) 
     return (best_i + 0.5) * edge / bins
 
 
-@register("kl")
+@method("kl")
 def kl(ctx: MethodContext) -> Plan:
     """Entropy-calibrated ranges for weighted-op inputs, min/max elsewhere; weights absmax."""
     stats = collect_minmax(ctx.graph, ctx.float_model, ctx.calibration, ctx.progress)

@@ -3,7 +3,7 @@
 Each transform edits a :class:`FloatState` (a private copy of the float graph
 plus its BatchNorm statistics) and keeps the float function: cross-layer
 equalization (``cle``), bias absorption (``bias_absorption``) and SPIQ
-rescaling (``spiq``). ``chains`` finds the layer pairs and triples they act
+rescaling (``spiq``). ``layer_units`` finds the layer pairs and triples they act
 on. Transforms never touch FlatBuffer bytes: ``eq_tflite.rewrite.float_model``
 writes the edited graph back to a float .tflite.
 """

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from eq_tflite.transforms import FloatState
-from eq_tflite.transforms.chains import equalization_units
+from eq_tflite.transforms.layer_units import equalization_units
 
 #: DFQ's choice: shift by beta - 3 gamma (about 0.13% of a normal lies below).
 SIGMAS = 3.0

@@ -14,7 +14,7 @@ import numpy as np
 
 from eq_tflite.transforms import (FloatState, in_channel_range, out_channel_range, scale_inputs,
                                   scale_outputs)
-from eq_tflite.transforms.chains import equalization_units, relu6_in
+from eq_tflite.transforms.layer_units import equalization_units, relu6_in
 
 MAX_SWEEPS = 100
 TOL = 1e-6

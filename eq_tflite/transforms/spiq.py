@@ -16,7 +16,7 @@ import numpy as np
 
 from eq_tflite import moments
 from eq_tflite.transforms import FloatState, scale_inputs, scale_outputs
-from eq_tflite.transforms.chains import equalization_units, relu6_in
+from eq_tflite.transforms.layer_units import equalization_units, relu6_in
 
 #: Channels narrower than this share of the widest one are left alone (dead channels).
 MIN_SHARE = 1e-3

@@ -171,7 +171,7 @@ def test_bad_options(small_float_tflite, small_calibration):
         Options.parse({"bs_activations": "kl"})
     with pytest.raises(EqTfliteError, match="bs_rounds"):
         Options.parse({"bs_rounds": "x"})
-    with pytest.raises(EqTfliteError, match="bs_bias_correction must be bool"):
+    with pytest.raises(EqTfliteError, match="bs_bias_correction must be true or false"):
         Options.parse({"bs_bias_correction": "maybe"})
     assert Options.parse({"bs_bias_correction": "false"}).bias_correction is False
     with pytest.raises(EqTfliteError, match="4 bits"):
@@ -191,8 +191,14 @@ def test_matrix_layout_round_trip(op_type, shape, channels):
     assert np.count_nonzero(m) == w.size  # a grouped matrix is block-diagonal
 
 
-def test_default_activation_choice():
-    assert Options.parse({}).activations == "mse"
+def test_default_activations_are_mse(small_float_tflite, small_calibration):
+    """The default run chooses ranges by MSE: the plan of asking for it, not min/max's."""
+    def ranges(**options):
+        ctx = _ctx(small_float_tflite, small_calibration, 4, bs_rounds=1, bs_holdout=0, **options)
+        return methods.get("bitsplit")(ctx).activation_ranges
+    default = ranges()
+    assert default == ranges(bs_activations="mse")
+    assert default != ranges(bs_activations="minmax")
 
 
 # --------------------------------------------------------------------------

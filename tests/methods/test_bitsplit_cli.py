@@ -45,9 +45,9 @@ def test_cli_pack_int4_needs_4_bits(capsys, tmp_path, small_float_path, small_ca
 
 
 @pytest.mark.parametrize("flag,value,message", [
-    ("--bs_rounds", "-1", "bs_rounds must be >= 0"),
-    ("--bs_ridge", "0,x", "bitsplit option bs_ridge must be comma-separated numbers, got ['0', 'x']"),
-    ("--bs_holdout", "1", "bs_holdout must be in [0, 1)")])
+    ("--bs_rounds", "-1", "bs_rounds must be >= 0, got -1"),
+    ("--bs_ridge", "0,x", "bs_ridge must be comma-separated numbers, got ['0', 'x']"),
+    ("--bs_holdout", "1", "bs_holdout must be in [0, 1), got 1.0")])
 def test_cli_bad_bitsplit_option(capsys, tmp_path, small_float_path, small_calibration_path,
                                  flag, value, message):
     out = tmp_path / "o" / "bad.tflite"

@@ -55,9 +55,14 @@ def test_deterministic_for_a_seed(small_float_tflite, small_calibration, eq_plan
 
 
 def test_float_inputs_variant(small_float_tflite, small_calibration):
-    _, plan = _run(small_float_tflite, small_calibration, eq_inputs="float", eq_rounds=2,
-                   eq_objective="linear", eq_max_rows=512)
+    options = dict(eq_rounds=2, eq_objective="linear", eq_max_rows=512)
+    _, plan = _run(small_float_tflite, small_calibration, eq_inputs="float", **options)
+    _, quantized = _run(small_float_tflite, small_calibration, eq_inputs="quantized", **options)
     assert all(r["cos_eq"] >= r["cos_init"] for r in plan.layers)
+    # The first layer reads the model input either way; later ones read float inputs
+    # (no upstream quantization error) instead of the quantized model's.
+    assert plan.layers[0]["cos_init"] == quantized.layers[0]["cos_init"]
+    assert all(f["cos_init"] > q["cos_init"] for f, q in zip(plan.layers[1:], quantized.layers[1:]))
 
 
 def _degenerate_model() -> bytes:

@@ -8,7 +8,7 @@ from eq_tflite import runtime
 from eq_tflite.graph import Graph
 from eq_tflite.rewrite.float_model import write_float_graph
 from eq_tflite.transforms import FloatState, in_channel_range, out_channel_range
-from eq_tflite.transforms.chains import equalization_units, relu6_in
+from eq_tflite.transforms.layer_units import equalization_units, relu6_in
 from eq_tflite.transforms.cle import equalize
 
 
