@@ -71,6 +71,7 @@ def _cases():
                                                           mode="REFLECT"))(conv(x)))
     case("tile", img, lambda x: lam(lambda t: tf.tile(t, [1, 2, 1, 3]))(conv(x)))
     case("gather", img, lambda x: lam(lambda t: tf.gather(t, [3, 0, 2], axis=-1))(conv(x)))
+    case("gather_nd", img, lambda x: lam(lambda t: tf.gather_nd(t, [[0, 4, 1], [0, 2, 5]]))(conv(x)))
     case("transpose", img, lambda x: L.Permute((3, 1, 2))(conv(x)))
     # elementwise math
     case("exp", img, lambda x: lam(tf.exp)(conv(x)))
