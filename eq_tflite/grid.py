@@ -193,6 +193,26 @@ def weight_scales(w: np.ndarray, axis: int, bits: int) -> np.ndarray:
     return absmax / (2 ** (bits - 1) - 1)
 
 
+#: Clips of the absmax step that ``mse_weight_scales`` tries.
+WEIGHT_CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+
+
+def mse_weight_scales(matrix: np.ndarray, bits: int, clips: tuple[float, ...] = WEIGHT_CLIPS
+                      ) -> np.ndarray:
+    """Per-channel step (axis 1) with the least weight MSE among ``clips`` of the absmax step."""
+    base = weight_scales(matrix, 1, bits)
+    best, err = base, None
+    for r in clips:
+        s = base * r
+        e = ((fake_quant_weights(matrix, s, 1, bits).astype(np.float64) - matrix) ** 2).sum(axis=0)
+        if err is None:
+            best, err = s, e
+        else:
+            better = e < err
+            best, err = np.where(better, s, best), np.where(better, e, err)
+    return best
+
+
 def quantize_weights(w: np.ndarray, scales: np.ndarray, axis: int, bits: int) -> np.ndarray:
     """Integer weights round(w / s_c), clipped to the symmetric b-bit range."""
     qmax = 2 ** (bits - 1) - 1

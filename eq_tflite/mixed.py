@@ -53,8 +53,6 @@ _KERNEL_OPS = ("convolution", "Conv2D", "depthwise", "MatMul", "BiasAdd", "Conv2
                "conv2d_transpose", "Tensordot", "conv2d", "Conv2d")
 #: Low width of the budget search (the INT4 container's widest).
 LOW_BITS = 4
-#: Per-channel clip ratios tried when a width's weights are scored.
-_CLIPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 
 
 # --------------------------------------------------------------------------
@@ -253,22 +251,6 @@ def weight_bytes(graph: Graph, bits: BitWidths | None = None, packed: bool = Tru
     return total
 
 
-def _best_clip(matrix: np.ndarray, bits: int) -> np.ndarray:
-    """Per-channel step (axis 1) with the smallest weight MSE among ``_CLIPS`` of absmax."""
-    base = grid.weight_scales(matrix, 1, bits)
-    best, err = base, None
-    for r in _CLIPS:
-        s = base * r
-        q = grid.fake_quant_weights(matrix, s, 1, bits).astype(np.float64)
-        e = ((q - matrix) ** 2).sum(axis=0)
-        if err is None:
-            best, err = s, e
-        else:
-            better = e < err
-            best, err = np.where(better, s, best), np.where(better, e, err)
-    return best
-
-
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.reshape(1, -1).astype(np.float64), b.reshape(1, -1).astype(np.float64)
     return float(mean_cosine(a, b))
@@ -297,7 +279,7 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
             if op.index in wanted:
                 w = np.asarray(graph.tensors[op.weight_input].data, np.float64)
                 m = np.moveaxis(w, op.channel_axis, -1).reshape(-1, w.shape[op.channel_axis])
-                out.cosines[op.index] = {b: _cos(m, grid.fake_quant_weights(m, _best_clip(m, b), 1, b))
+                out.cosines[op.index] = {b: _cos(m, grid.fake_quant_weights(m, grid.mse_weight_scales(m, b), 1, b))
                                          for b in widths}
         return out
     batch = {k: v[:samples] for k, v in calibration.items()}
@@ -316,7 +298,7 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
             ref = simulate.apply_activation(op.activation, lin.apply(rows, matrix) + bias)
             cos = {}
             for b in widths:
-                wq = grid.fake_quant_weights(matrix, _best_clip(matrix, b), 1, b)
+                wq = grid.fake_quant_weights(matrix, grid.mse_weight_scales(matrix, b), 1, b)
                 cos[b] = _cos(ref, simulate.apply_activation(op.activation,
                                                              lin.apply(rows, wq) + bias))
             out.cosines[op.index] = cos

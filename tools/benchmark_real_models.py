@@ -69,6 +69,8 @@ CONFIGS = {
     "eq_w6a6_linear": ("EasyQuant W6A6 --eq_objective linear (the old default)", "eq",
                        ["--bits", "6", "--eq_objective", "linear"]),
     "kl_w7a7": ("KL W7A7", "eq", ["--method", "kl", "--bits", "7"]),
+    "mse_w7a7": ("MSE W7A7 (methods/mse.py)", "eq", ["--method", "mse", "--bits", "7"]),
+    "mse_w8a8": ("MSE W8A8 (methods/mse.py)", "eq", ["--method", "mse", "--bits", "8"]),
     # Mixed precision (issue 21): EasyQuant, 8-bit activations, weight-size budget search
     # (layers lowered to 4 bits are stored as packed INT4), and --keep_8bit on --bits 7.
     "mixed_eq_w8_budget50": ("EasyQuant W8A8, weight budget 50% of int8 (--weight_size_ratio 0.5)", "eq",
