@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
 
 from eq_tflite import api, methods
 from eq_tflite.quiet import set_verbose

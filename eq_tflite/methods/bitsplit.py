@@ -88,7 +88,6 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from eq_tflite import grid, methods, options, simulate
-from eq_tflite.errors import EqTfliteError
 from eq_tflite.methods import method
 from eq_tflite.methods.layerwise import Decision, Layer, Rows, Walked, walk
 from eq_tflite.options import option
@@ -628,11 +627,11 @@ def bitsplit(ctx: MethodContext) -> Plan:
         base, scales = eq_plan.activation_ranges, eq_plan.weight_scales
     else:
         base, scales = methods.get("minmax")(ctx).activation_ranges, None
-    chooser = None
-    if choice == "mse":
-        def chooser(values: np.ndarray, rng: tuple[float, float],
-                    bits: grid.BitWidths) -> tuple[float, float]:
-            return mse_range(values, rng, bits, opts.mse_iters, opts.clip_budget)
+    def by_mse(values: np.ndarray, rng: tuple[float, float],
+               bits: grid.BitWidths) -> tuple[float, float]:
+        return mse_range(values, rng, bits, opts.mse_iters, opts.clip_budget)
+
+    chooser = by_mse if choice == "mse" else None
     step = split_weights(ctx, base, opts, chooser, weight_scales=scales)
     return Plan("bitsplit", ctx.bits, activation_ranges=step.activation_ranges,
                 weight_scales=step.weight_scales, int_weights=step.int_weights,
