@@ -2,8 +2,9 @@
 
 Contract (every method, present and future):
 
-* A method is a function ``(ctx: MethodContext) -> Plan`` registered in
-  ``eq_tflite.methods`` under its name. It reads the float graph (BatchNorm
+* A method is a function ``(ctx: MethodContext) -> Plan`` registered with
+  ``eq_tflite.methods.method`` under its name (with its spec: data needs,
+  options, chain defaults). It reads the float graph (BatchNorm
   folded, activations fused: the graph TFLite runs) and the calibration data.
   It never reads or writes FlatBuffer bytes.
 * All keys are tensor *names* of the float graph (``Graph.tensors[i].name``);
@@ -72,7 +73,7 @@ class MethodContext:
     float_model: bytes
     calibration: dict[str, np.ndarray]  # input tensor name -> (N, ...) float32
     bits: BitWidths
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # option keys (flag names) -> values
     progress: bool = True
     bn: Any = None                     # eq_tflite.bn_stats.BnStats or None
     input_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
