@@ -94,6 +94,7 @@ SWEEPS = {
         "clip_budget_0": ("--eq_clip_budget", "0"),
         "clip_budget_1pct": ("--eq_clip_budget", "0.01"),
         "init_kl": ("--eq_init", "kl"),
+        "init_mse": ("--eq_init", "mse"),
         "inputs_float": ("--eq_inputs", "float"),
         "rounds_2": ("--eq_rounds", "2"),
         "rows_1024": ("--eq_max_rows", "1024"),
@@ -105,6 +106,7 @@ SWEEPS = {
         "keep_8bit_input": ("--keep_8bit", "input"),
     },
     "eq_w8a8": {
+        "init_mse": ("--eq_init", "mse"),
         "clip_budget_0": ("--eq_clip_budget", "0"),
         "inputs_float": ("--eq_inputs", "float"),
     },

@@ -108,8 +108,8 @@ class Options:
                          check=lambda v: v > 0, rule="must be > 0")
     rounds: int = option(1, "alternating rounds (weights, then the input scale)",
                          check=lambda v: v >= 0, rule="must be >= 0")
-    init: str = option("max", "initial activation ranges: min/max or KL thresholds",
-                       choices=("max", "kl"))
+    init: str = option("max", "initial activation ranges: min/max, KL thresholds or the "
+                       "mse method's ranges", choices=("max", "kl", "mse"))
     inputs: str = option("quantized", "layer inputs from the already-quantized model (the paper) "
                          "or from the float model", choices=("quantized", "float"))
     objective: str = option("activation", "layer cosine after the fused activation (the weight "
@@ -490,11 +490,12 @@ class LayerProblem:
 # The method: the search below, on the shared layer walk
 
 
-@method("easyquant", default_samples=50, options=Options, prefix="eq", simulates=True)
+@method("easyquant", default_samples=50, options=Options, prefix="eq", reads=("mse",),
+        simulates=True)
 def easyquant(ctx: MethodContext) -> Plan:
     """EasyQuant: per-layer cosine-maximizing weight and input activation scales."""
     opts = Options.parse(ctx.options)
-    init_plan = methods.get("minmax" if opts.init == "max" else "kl")(ctx)
+    init_plan = methods.get({"max": "minmax"}.get(opts.init, opts.init))(ctx)
 
     def solve(layer: Layer) -> Decision:
         problem = _problem(opts, layer)

@@ -269,3 +269,18 @@ def _float64_gram_cosines(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.
     dot = np.einsum("kjc,kc->jc", w, xy) + b * y.sum(0)
     norm = np.einsum("kjc,kjc->jc", w, gw) + 2 * b * xw + len(x) * b * b
     return dot / np.sqrt(norm * (y * y).sum(0))
+
+
+def test_init_from_the_mse_method(small_float_tflite, small_calibration):
+    """eq_init=mse starts from the mse method's ranges: tensors no layer searches keep them."""
+    graph, plan = _run(small_float_tflite, small_calibration, 6, eq_init="mse", eq_max_rows=512)
+    ctx = MethodContext(graph, small_float_tflite,
+                        {graph.tensors[graph.inputs[0]].name: small_calibration},
+                        BitWidths(6, 6), progress=False)
+    start = methods.get("mse")(ctx).activation_ranges
+    minmax = methods.get("minmax")(ctx).activation_ranges
+    searched = {t for op in graph.weighted_ops()
+                for t in resolve.tied_groups(graph).get(op.data_input, (op.data_input,))}
+    kept = [graph.tensors[t].name for t in graph.activation_tensors() if t not in searched]
+    assert kept and all(plan.activation_ranges[n] == start[n] for n in kept)
+    assert any(start[n] != minmax[n] for n in kept)  # the test tells the two starts apart
