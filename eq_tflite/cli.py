@@ -48,10 +48,8 @@ def guarded(body: Callable[[], int]) -> int:
         if detail and _debug():
             print(detail, file=sys.stderr, end="")
         return fail(_join(str(err)))
-    except KeyboardInterrupt:
-        return fail("interrupted")
-    except Terminated as err:
-        return fail(f"interrupted ({err.name})")
+    except (KeyboardInterrupt, Terminated) as err:
+        return interrupted(err)
     except MemoryError:
         return fail("out of memory")
     except Exception as err:  # noqa: BLE001 - a bug; still one line for the user
@@ -76,6 +74,22 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     raise Terminated(signum)
+
+
+def interrupted(err: BaseException) -> int:
+    """The error line and exit code of a Ctrl-C or :class:`Terminated`."""
+    return fail(f"interrupted ({err.name})" if isinstance(err, Terminated) else "interrupted")
+
+
+def eq_tflite_main() -> None:
+    """Console-script entry point (``eq-tflite``): signal handlers first, then the CLI's
+    imports (so a signal during them ends in one error line), then the CLI."""
+    handle_termination()
+    try:
+        from eq_tflite import convert
+    except (KeyboardInterrupt, Terminated) as err:
+        sys.exit(interrupted(err))
+    convert.run()
 
 
 def handle_termination() -> None:

@@ -13,10 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-from absl import flags
+from eq_tflite.cli import Terminated, handle_termination, interrupted
 
-from eq_tflite import api, methods
-from eq_tflite.quiet import set_verbose
+if __name__ == "__main__":  # python -m: a signal during the imports below ends in one line too
+    handle_termination()
+try:  # absl, numpy and the methods: about half a second
+    from absl import flags
+
+    from eq_tflite import api, methods
+    from eq_tflite.quiet import set_verbose
+except (KeyboardInterrupt, Terminated) as _err:
+    sys.exit(interrupted(_err))
 
 FLAGS = flags.FLAGS
 #: convert_model's defaults: a flag that is an API keyword takes its default from there.
@@ -271,9 +278,9 @@ def _print_summary(result, output: Path, seconds: float) -> None:
 
 
 def run() -> None:
-    """Console-script entry point (``eq-tflite``)."""
-    from eq_tflite.cli import handle_termination, run_absl
-    handle_termination()  # first: a SIGTERM from here on ends in one error line
+    """Runs the CLI on ``sys.argv`` (``eq-tflite`` starts at ``cli.eq_tflite_main``)."""
+    from eq_tflite.cli import run_absl
+    handle_termination()  # a SIGTERM from here on ends in one error line
 
     set_verbose("--verbose" in sys.argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING)

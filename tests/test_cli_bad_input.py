@@ -187,3 +187,29 @@ def test_summary_says_when_check_is_on_calibration_samples(capsys, out, small_fl
     assert code == 0 and out.exists()
     assert f"the {n} calibration samples (optimistic" in text
     assert "held-back" not in text
+
+
+def test_ctrl_c_during_the_cli_imports_is_one_line(monkeypatch, capsys):
+    """eq-tflite installs its signal handlers before importing the CLI (about half a second of
+    imports): a Ctrl-C or SIGTERM in that window also ends in one error line and exit code 2."""
+    import builtins
+    import signal
+
+    from eq_tflite import cli
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "eq_tflite" and len(args) > 2 and args[2] and "convert" in args[2]:
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.eq_tflite_main()
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: interrupted\n"
