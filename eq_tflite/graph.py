@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.quant_spec import WEIGHTED, WEIGHTED_OPS
 
 

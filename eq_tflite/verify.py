@@ -18,8 +18,9 @@ import numpy as np
 from eq_tflite import grid, runtime
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.io.calibration import load_data_for
+from eq_tflite.io.file_safety import read_file
 from eq_tflite.metrics import mean_cosine
 from eq_tflite.quant_spec import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 from eq_tflite.resolve import Resolved
@@ -458,7 +459,7 @@ def main(argv: list[str], float_model: str | None = None, data: str | None = Non
 
 def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
     from eq_tflite.isolation import run_isolated
-    model = fb.read_file(path, "model")
+    model = read_file(path, "model")
     fb.parse_model(model, path)  # structure check before any native code sees the file
     _check_metadata(model, path)
     float_bytes, samples = load_data_for(float_model, data, model)

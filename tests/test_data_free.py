@@ -8,7 +8,7 @@ import pytest
 from eq_tflite import api
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.evaluation import predict
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 
 def _accuracy(model: bytes, subset) -> float:

@@ -20,7 +20,7 @@ from eq_tflite import op_table, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from litert_probe import litert_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ops"

@@ -147,7 +147,7 @@ def _machine() -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     lines = ["## Accuracy", "",
              f"Command: `{' '.join(['python tools/benchmark_accuracy.py', *sys.argv[1:]])}`", "",
              f"Machine: {_machine()}", "",

@@ -151,7 +151,7 @@ def main(argv: list[str]) -> None:
     from bench_doc import update_section
 
     from eq_tflite import api
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     cmd = " ".join(["python tools/benchmark_bitsplit.py", *sys.argv[1:]])
     data = "Fashion-MNIST test split" + (f" (first {FLAGS.limit})" if FLAGS.limit else " (10,000 images)")
     lines = ["## Bit-Split: low-bit weights", "", f"Command: `{cmd}`", "", f"Machine: {_machine()}", "",

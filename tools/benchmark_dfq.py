@@ -184,7 +184,7 @@ def _lowbit(model: str, results: dict) -> list[str]:
 
 def main(argv: list[str]) -> None:
     del argv
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     title = "DFQ, SPIQ and composed chains" if FLAGS.section == "dfq" else \
         f"DFQ: {', '.join(FLAGS.tables)}"
     lines = [f"## {title}", "",

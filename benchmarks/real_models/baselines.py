@@ -74,8 +74,8 @@ def with_signature(model: bytes) -> bytes:
     models have none. The signature only names existing tensors: it changes
     no computation.
     """
-    from eq_tflite.io import flatbuffer as fb
-    from eq_tflite.io.flatbuffer import schema
+    from eq_tflite.io import codec as fb
+    from eq_tflite.io.codec import schema
     m = fb.parse_model(model)
     if m.signatureDefs:
         return model

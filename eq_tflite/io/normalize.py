@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, first_line
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 schema = fb.schema
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
 from eq_tflite.op_table import ISLANDS
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.isolation import run_isolated
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from eq_tflite import grid
 from eq_tflite import resolve as resolve_mod
 from eq_tflite.graph import Graph
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.plan import Plan
 from eq_tflite.quant_spec import EDGE_OPS, WEIGHTED, tied_tensors
 

@@ -13,7 +13,7 @@ from typing import Mapping
 from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
 from eq_tflite.op_table import ISLANDS
 from eq_tflite.graph import Graph
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.io.tflite_int8 import float_ops_left
 
 

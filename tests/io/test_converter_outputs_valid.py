@@ -1,4 +1,4 @@
-"""The validator (io.flatbuffer.parse_model) accepts what TFLite's own converter writes.
+"""The validator (io.codec.parse_model, io.validation) accepts what TFLite's own converter writes.
 
 Every conversion already validates TFLite's calibrated model and its int8 model
 (``tflite_int8``); here the float, calibrated and int8 files of several
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from eq_tflite import api
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.io import tflite_int8 as t8
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from eq_tflite import api, grid, runtime
 from eq_tflite.graph import Graph
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.plan import Plan
 from eq_tflite.rewrite import apply_plan
 from eq_tflite.quant_spec import WEIGHTED
