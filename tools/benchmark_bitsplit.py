@@ -77,7 +77,7 @@ class Bench:
                                  method_options=options or {}, num_calibration_samples=samples,
                                  pack_int4=wbits <= 4)
         container = api.apply_plan(conv.tflite_int8, api.Graph.from_tflite(self.float_model),
-                                   conv.plan, self.float_model)[0]
+                                   conv.plan, self.float_model)[0].to_bytes()
         s = score(predict(conv.model, self.x), self.reference, self.y)
         levels = activation_levels(conv.model, [self.x], abits)
         return {"method": method, "weight_bits": wbits, "activation_bits": abits,

@@ -74,10 +74,10 @@ def _cell(model: str, spec: dict, calib_path: str, limit: int | None, queue) -> 
         out = float_model
     elif kind == "tflite":
         from eq_tflite.graph import Graph
-        from eq_tflite.io.tflite_int8 import tflite_int8
+        from eq_tflite.tflite_quantizer import calibrated
         graph = Graph.from_tflite(float_model)
         name = graph.tensors[graph.inputs[0]].name
-        out = tflite_int8(float_model, {name: np.load(calib_path)}, [name])
+        out = calibrated(float_model, {name: np.load(calib_path)}, [name]).to_bytes()
     else:
         kwargs = dict(spec["kwargs"])
         data = np.load(calib_path) if spec.get("data") else None

@@ -14,7 +14,7 @@ import pytest
 
 from eq_tflite import api
 from eq_tflite.io import codec as fb
-from eq_tflite.io import tflite_int8 as t8
+from eq_tflite import tflite_quantizer as t8
 
 
 def _deeplab_head():
