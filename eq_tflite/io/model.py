@@ -20,7 +20,8 @@ class TfliteModel:
     Built only from bytes, which :func:`eq_tflite.io.codec.parse_model` decodes
     and checks. Until :meth:`edit` is called, ``to_bytes`` returns those bytes
     unchanged; after it, the edited model serialized once (cached until the next
-    :meth:`edit`).
+    :meth:`edit`), without the buffers no tensor or metadata refers to any more
+    (an edit that gives a tensor a new buffer leaves its old one behind).
     """
 
     def __init__(self, data: bytes, what: str = "model") -> None:
@@ -45,6 +46,7 @@ class TfliteModel:
     def to_bytes(self) -> bytes:
         """The model's .tflite bytes (serialized at most once per round of edits)."""
         if self._bytes is None:
+            fb.drop_unused_buffers(self._model)
             self._bytes = fb.serialize_model(self._model)
         return self._bytes
 

@@ -8,7 +8,8 @@ moved onto the b-bit levels.
 
 Every rewritten constant gets a fresh buffer, so buffers that the converter
 deduplicated are never patched for two tensors at once; the buffers they
-replace are dropped, so the file holds each weight once. Signatures and
+replace are dropped (when the handle is serialized), so the file holds each
+weight once. Signatures and
 metadata are kept; an ``eq_tflite`` metadata entry records bits, method and
 the activation-range mode.
 
@@ -79,7 +80,6 @@ def apply_plan(int8_model: TfliteLike, graph: Graph, plan: Plan, float_model: by
     _copy_tied_params(model, sg, acts, unmapped, log.activation_widths)
     _write_weights(model, sg, numbers, log)
     _write_metadata(model, plan, float_model, log)
-    fb.drop_unused_buffers(model)  # TFLite's replaced weights and biases
     if pack_int4:  # verify checks the packed file against its int8-container twin
         log.int4_tensors = _pack_int4(handle)
     return handle, log
@@ -130,7 +130,6 @@ def _pack_int4(handle: TfliteModel) -> int:
             continue
         fb.set_int4_buffer(model, t, w)
         packed += 1
-    fb.drop_unused_buffers(model)
     return packed
 
 
@@ -142,7 +141,8 @@ def unpack_int4_weights(model: TfliteLike) -> tuple[bytes, int]:
     handle = TfliteModel.of(model)
     if not any(t.type == fb.schema.TensorType.INT4 for t in handle.model.subgraphs[0].tensors):
         return handle.to_bytes(), 0
-    model = TfliteModel(handle.to_bytes()).edit()  # a copy: the twin, edited
+    twin = TfliteModel(handle.to_bytes())  # a copy, edited
+    model = twin.edit()
     unpacked = 0
     for t in model.subgraphs[0].tensors:
         if t.type == fb.schema.TensorType.INT4:
@@ -152,9 +152,7 @@ def unpack_int4_weights(model: TfliteLike) -> tuple[bytes, int]:
             fb.set_buffer(model, t, values.astype(np.int8))
             t.type = fb.schema.TensorType.INT8
             unpacked += 1
-    if unpacked:
-        fb.drop_unused_buffers(model)
-    return fb.serialize_model(model), unpacked
+    return twin.to_bytes(), unpacked
 
 
 # --- tensor mapping ---------------------------------------------------------
