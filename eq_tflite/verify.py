@@ -464,10 +464,9 @@ def main(argv: list[str], float_model: str | None = None, data: str | None = Non
 
 def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
     from eq_tflite.isolation import run_isolated
-    data_bytes = read_file(path, "model")
-    model = TfliteModel(data_bytes, path)  # structure check before any native code sees the file
+    model = TfliteModel(read_file(path, "model"), path)  # checked before native code sees it
     _check_metadata(model, path)
-    float_bytes, samples = load_data_for(float_model, data, data_bytes)
+    float_bytes, samples = load_data_for(float_model, data, model)
     # LiteRT trusts much of the model: a crash in the child is an error line, not a dead CLI.
     report = run_isolated(verify, model, float_model=float_bytes, samples=samples,
                           what="verification (LiteRT)")

@@ -61,3 +61,8 @@ class TfliteModel:
 
 #: What the stages that read a model accept: its bytes, or a handle already parsed.
 TfliteLike = Union[bytes, TfliteModel]
+
+
+def as_bytes(model: TfliteLike) -> bytes:
+    """The .tflite bytes of ``model`` (a handle's, or the bytes themselves: never parsed)."""
+    return model.to_bytes() if isinstance(model, TfliteModel) else model

@@ -9,6 +9,7 @@ from typing import Any
 from eq_tflite.errors import EqTfliteError, first_line
 from eq_tflite.io import codec as fb
 from eq_tflite.io.file_safety import read_file
+from eq_tflite.io.model import TfliteLike, TfliteModel
 from eq_tflite.io.normalize import normalize_float_tflite
 from eq_tflite.isolation import run_isolated
 from eq_tflite.quiet import quiet
@@ -145,17 +146,17 @@ def float_model_of(model: ModelLike, notes: list[str] | None = None) -> bytes:
         raise EqTfliteError(f"cannot convert the given model to TFLite: {err}") from None
 
 
-def signature_output_names(float_model: bytes) -> dict[int, str]:
+def signature_output_names(float_model: TfliteLike) -> dict[int, str]:
     """Tensor index -> signature output name of the first signature."""
-    model = fb.parse_model(float_model)
+    model = TfliteModel.of(float_model).model
     if not model.signatureDefs:
         return {}
     return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].outputs}
 
 
-def signature_input_names(float_model: bytes) -> dict[int, str]:
+def signature_input_names(float_model: TfliteLike) -> dict[int, str]:
     """Tensor index -> signature input name of the first signature."""
-    model = fb.parse_model(float_model)
+    model = TfliteModel.of(float_model).model
     if not model.signatureDefs:
         return {}
     return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].inputs}

@@ -80,3 +80,22 @@ def test_verify_reads_a_handle_without_parsing(w4, codec_calls):
     assert codec_calls["decode"] == 1  # the handle's own parse; none in verify
     assert verify(w4.tflite_int8).op_counts == report.op_counts
     assert codec_calls["decode"] == 2  # bytes: parsed once for every check verify runs
+
+
+def test_load_stage_readers_take_a_handle(small_float_tflite, codec_calls):
+    """The float model's readers take one handle: no parse each (bytes: one parse each)."""
+    from eq_tflite.io.normalize import check_custom_ops
+    from eq_tflite.io.sources import signature_input_names, signature_output_names
+    handle = TfliteModel(small_float_tflite)
+    codec_calls.update(decode=0)
+    graph = Graph.from_tflite(handle)
+    names = signature_input_names(handle), signature_output_names(handle)
+    assert check_custom_ops(handle, allow_float=False) == []
+    assert codec_calls["decode"] == 0
+    from_bytes = Graph.from_tflite(small_float_tflite)
+    assert [t.name for t in graph.tensors] == [t.name for t in from_bytes.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(graph.tensors, from_bytes.tensors)
+               if a.data is not None)
+    assert names == (signature_input_names(small_float_tflite),
+                     signature_output_names(small_float_tflite)) and names[0]
+    assert codec_calls["decode"] == 3
