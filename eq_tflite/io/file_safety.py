@@ -11,6 +11,7 @@ from pathlib import Path
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.io.atomic import existing_ancestor, name_max, short as _short, temp_probe
 
+
 def check_output_path(path: str | os.PathLike, inputs: tuple = (), what: str = "output") -> Path:
     """Checks, before any work, that :func:`write_atomic` can write ``path``.
 
