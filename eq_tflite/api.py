@@ -28,12 +28,11 @@ from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
 from eq_tflite.io.normalize import check_custom_ops
 from eq_tflite.io.dynamic import at_input_size, size_note
 from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names, signature_output_names
-from eq_tflite.io.tflite_int8 import float_ops_left, tflite_int8
 from eq_tflite.op_table import ISLANDS
 from eq_tflite.plan import MethodContext, Plan
 from eq_tflite.quiet import quiet
-from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan, pack_int4_weights
-from eq_tflite.rewrite.skeleton import int8_from_ranges
+from eq_tflite.rewrite.rewriter import RewriteLog, apply_plan
+from eq_tflite.tflite_quantizer import calibrated, float_ops_left, from_ranges
 from eq_tflite.verify import VerifyReport, verify
 
 #: Default number of calibration samples per method: the specs' ``default_samples``
@@ -220,12 +219,12 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     prepared = run_transforms(float_model, graph, chain, bn, bn_note, ranges, options)
     timings["transforms"] = time.perf_counter() - t0
 
-    int8_model = None
+    int8 = None
     if has_data:
         t0 = time.perf_counter()
         with quiet():
-            int8_model = tflite_int8(prepared.float_model, cal, [s.name for s in specs],
-                                     allow_float=allow_float, int8_io=int8_io)
+            int8 = calibrated(prepared.float_model, cal, [s.name for s in specs],
+                              allow_float=allow_float, int8_io=int8_io)
         timings["tflite_int8"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -252,22 +251,20 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     output_ranges.apply(prepared.graph, plan, out_groups)
     timings["corrections"] = time.perf_counter() - t0
 
-    if int8_model is None:  # data-free: the int8 structure from the plan's own ranges
+    if int8 is None:  # data-free: the int8 structure from the plan's own ranges
         t0 = time.perf_counter()
         with quiet():
-            int8_model = int8_from_ranges(prepared.float_model, prepared.graph,
-                                          plan.activation_ranges, allow_float=allow_float,
-                                          int8_io=int8_io)
+            int8 = from_ranges(prepared.float_model, prepared.graph, plan.activation_ranges,
+                               allow_float=allow_float, int8_io=int8_io)
         timings["int8_structure"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    out, log = apply_plan(int8_model, prepared.graph, plan, float_model)
-    int4_tensors = 0
-    if pack_int4:  # verify checks the packed file against its int8-container twin
-        out, int4_tensors = pack_int4_weights(out)
+    int8_model = int8.to_bytes()  # TFLite's own model, kept before the rewrite edits the handle
+    rewritten, log = apply_plan(int8, prepared.graph, plan, float_model, pack_int4=pack_int4)
+    out, int4_tensors = rewritten.to_bytes(), log.int4_tensors
     timings["rewrite"] = time.perf_counter() - t0
 
-    islands = sorted(set(float_ops_left(out)) & ISLANDS)
+    islands = sorted(set(float_ops_left(rewritten)) & ISLANDS)
     if islands and not allow_float:
         plan.notes.append(f"kept in float as TFLite's own int8 conversion does: {', '.join(islands)} "
                           "(float islands of standard layers, simulated in float)")

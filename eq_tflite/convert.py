@@ -177,7 +177,8 @@ def usage() -> str:
 
 def _convert(src: str) -> int:
     from eq_tflite.errors import EqTfliteError
-    from eq_tflite.io.flatbuffer import check_output_path, write_atomic
+    from eq_tflite.io.atomic import write_atomic
+    from eq_tflite.io.file_safety import check_output_path
     from eq_tflite.isolation import run_isolated
 
     start = time.perf_counter()
@@ -226,7 +227,7 @@ def _convert(src: str) -> int:
 
 def _check_report_dir(path: Path, inputs: tuple) -> None:
     from eq_tflite.errors import EqTfliteError
-    from eq_tflite.io.flatbuffer import check_not_inputs
+    from eq_tflite.io.file_safety import check_not_inputs
     if str(path) == "":
         raise EqTfliteError("empty --report_dir")
     for name in ("layers.md", "layers.csv", "layers.png"):

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
+from eq_tflite.io.model import TfliteLike, TfliteModel
 from eq_tflite.quant_spec import WEIGHTED, WEIGHTED_OPS
 
 
@@ -77,9 +78,9 @@ class Graph:
     by_name: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_tflite(cls, model_bytes: bytes) -> "Graph":
-        """Builds the graph of a float .tflite model."""
-        model = fb.parse_model(model_bytes)
+    def from_tflite(cls, model: TfliteLike) -> "Graph":
+        """Builds the graph of a float .tflite model (bytes, or a handle: not parsed again)."""
+        model = TfliteModel.of(model).model
         sg = model.subgraphs[0]
         tensors = []
         for i, t in enumerate(sg.tensors):

@@ -1,6 +1,6 @@
 """Runs a stage that enters native code (TensorFlow, LiteRT) in a child process.
 
-Python-side checks (``flatbuffer.check_model``) catch what we can, but TFLite's
+Python-side checks (``io.validation.check_model``) catch what we can, but TFLite's
 calibrator and kernels trust much of a model; a malformed one can still crash
 them (SIGSEGV, SIGABRT). In a child process such a crash becomes an
 ``EqTfliteError`` in the parent: one line, exit code 2, nothing written.

@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
-from eq_tflite.io.flatbuffer import schema
+from eq_tflite.io.codec import schema
 
 
 def const(graph: Graph, t: int) -> np.ndarray:

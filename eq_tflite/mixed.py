@@ -425,7 +425,7 @@ def check_budget(weight_size_kib: float | None, ratio: float | None) -> None:
 def file_weight_bytes(model_bytes: bytes) -> int:
     """Bytes of the weighted ops' constant weight tensors as stored in a .tflite file
     (float32: 4 per value, int8: 1, INT4: packed, two per byte)."""
-    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.io import codec as fb
     from eq_tflite.quant_spec import WEIGHTED
     model = fb.parse_model(model_bytes)
     sg = model.subgraphs[0]

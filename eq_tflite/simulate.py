@@ -36,7 +36,7 @@ from eq_tflite import grid, kernels, op_table
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
-from eq_tflite.io.flatbuffer import schema
+from eq_tflite.io.codec import schema
 from eq_tflite.plan import Plan
 from eq_tflite.quant_spec import WEIGHTED
 from eq_tflite.resolve import LayerNumbers, resolve

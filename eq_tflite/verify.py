@@ -18,8 +18,10 @@ import numpy as np
 from eq_tflite import grid, runtime
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.io.calibration import load_data_for
+from eq_tflite.io.file_safety import read_file
+from eq_tflite.io.model import TfliteLike, TfliteModel
 from eq_tflite.metrics import mean_cosine
 from eq_tflite.quant_spec import FIXED_OUTPUT_OPS, WEIGHTED, tied_tensors
 from eq_tflite.resolve import Resolved
@@ -81,24 +83,27 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify(model_bytes: bytes, *, float_model: bytes | None = None,
+def verify(model: TfliteLike, *, float_model: bytes | None = None,
            samples: Mapping[str, np.ndarray] | None = None, bits: BitWidths | None = None,
            builtin_kernels: bool = True, written: RewriteLog | None = None,
            run_inputs: Mapping[str, np.ndarray] | None = None) -> VerifyReport:
-    """Checks ``model_bytes``; bits default to the model's eq_tflite metadata (else 8/8).
+    """Checks ``model``; bits default to the model's eq_tflite metadata (else 8/8).
 
+    ``model``: the file's bytes (parsed and checked here, once), or a
+    :class:`TfliteModel` its caller parsed from them (not parsed again).
     With ``samples`` it also measures the share of activations outside the
     b-bit levels; with ``written`` (the rewriter's log) it checks that the file
     holds exactly the resolved numbers. Without samples, the run check feeds
     ``run_inputs`` (data-free conversions pass constant inputs from the input
     range) or, if None, a few seeded random inputs.
     """
-    model = fb.parse_model(model_bytes)
+    handle = TfliteModel.of(model)
+    model, model_bytes = handle.model, handle.to_bytes()
     if bits is None:
-        bits = bits_of(model_bytes)
+        bits = bits_of(handle)
     report = VerifyReport(bits)
     # A mixed model records each tensor's own width; every range is checked against it.
-    report.weight_widths, report.activation_widths = recorded_widths(model_bytes)
+    report.weight_widths, report.activation_widths = recorded_widths(handle)
     _check_invariants(model, report)
     if written is not None and written.resolved is not None:
         report.errors += check_numbers(model, written.resolved, written.mapping)
@@ -117,7 +122,7 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         return report
     if not all(np.all(np.isfinite(o)) for o in outs):
         report.errors.append("the model produced NaN/Inf outputs")
-    twin, report.int4_tensors = unpack_int4_weights(model_bytes)
+    twin, report.int4_tensors = unpack_int4_weights(handle)
     if report.int4_tensors:  # packed INT4 weights must run exactly as their int8 container
         report.errors += same_outputs(model_bytes, twin, data)
     if float_model is not None:
@@ -126,7 +131,7 @@ def verify(model_bytes: bytes, *, float_model: bytes | None = None,
         report.cosine, report.agreement = compare_outputs(ref, outs)
         report.samples = int(ref[0].shape[0])
     if samples is not None:
-        report.levels = activation_levels(model_bytes, data, bits.activations,
+        report.levels = activation_levels(handle, data, bits.activations,
                                           widths=report.activation_widths)
         name, worst = report.levels.worst()
         if bits.strict and (report.levels.share > LEVELS_LIMIT_ALL or worst > LEVELS_LIMIT_TENSOR):
@@ -189,9 +194,9 @@ def match_inputs(interp: Any, samples: Mapping[str, np.ndarray], what: str) -> l
                         f"have {len(samples)} ({', '.join(samples)})")
 
 
-def bits_of(model_bytes: bytes) -> BitWidths:
+def bits_of(model: TfliteLike) -> BitWidths:
     """Bit widths recorded in a model's eq_tflite metadata (8/8 for other models)."""
-    meta = read_metadata(model_bytes) or {}
+    meta = read_metadata(model) or {}
     return BitWidths(meta.get("weight_bits", 8), meta.get("activation_bits", 8),
                      meta.get("activation_range", "strict"))
 
@@ -266,10 +271,10 @@ class LevelsReport:
                 f"{self.total} values; worst tensor {name} {100 * worst:.2f}%")
 
 
-def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | list[np.ndarray],
+def activation_levels(model: TfliteLike, samples: Mapping[str, np.ndarray] | list[np.ndarray],
                       bits: int, batch_size: int = 8,
                       widths: Mapping[int, int] | None = None) -> LevelsReport:
-    """Runs ``model_bytes`` on ``samples`` and counts int8 activations outside the b-bit levels.
+    """Runs ``model`` on ``samples`` and counts int8 activations outside the b-bit levels.
 
     ``widths``: int8 tensor index -> its own width (mixed precision; others ``bits``).
     The interpreter keeps every tensor of a batch, so ``batch_size`` bounds the
@@ -278,7 +283,8 @@ def activation_levels(model_bytes: bytes, samples: Mapping[str, np.ndarray] | li
     and took 77 s (same counts; one process each, on a loaded 2-core machine).
     """
     widths = widths or {}
-    model = fb.parse_model(model_bytes)
+    handle = TfliteModel.of(model)
+    model, model_bytes = handle.model, handle.to_bytes()
     sg = model.subgraphs[0]
     fixed = fixed_range_tensors(model)
     watched = {i: fb.tensor_name(t) for i, t in enumerate(sg.tensors)
@@ -458,8 +464,7 @@ def main(argv: list[str], float_model: str | None = None, data: str | None = Non
 
 def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
     from eq_tflite.isolation import run_isolated
-    model = fb.read_file(path, "model")
-    fb.parse_model(model, path)  # structure check before any native code sees the file
+    model = TfliteModel(read_file(path, "model"), path)  # checked before native code sees it
     _check_metadata(model, path)
     float_bytes, samples = load_data_for(float_model, data, model)
     # LiteRT trusts much of the model: a crash in the child is an error line, not a dead CLI.
@@ -469,7 +474,7 @@ def _verify_file(path: str, float_model: str | None, data: str | None) -> int:
     return 0 if report.ok else 1
 
 
-def _check_metadata(model: bytes, path: str) -> None:
+def _check_metadata(model: TfliteModel, path: str) -> None:
     """The eq_tflite metadata that :func:`verify` reads the bit widths from, if any, is sound."""
     try:
         meta = read_metadata(model)

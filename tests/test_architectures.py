@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.architectures import ARCHITECTURES, build, calibration_samples  # noqa: E402
 from eq_tflite import api, runtime  # noqa: E402
-from eq_tflite.io import flatbuffer as fb  # noqa: E402
+from eq_tflite.io import codec as fb  # noqa: E402
 from eq_tflite.resolve import Resolved  # noqa: E402
 from eq_tflite.verify import verify  # noqa: E402
 

@@ -8,7 +8,7 @@ import pytest
 from eq_tflite import api
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.evaluation import predict
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 
 def _accuracy(model: bytes, subset) -> float:
@@ -37,6 +37,27 @@ def test_data_free_conversion_never_creates_random_data(no_random, keras_example
     assert conv.num_calibration == 0 and conv.report.cosine is None
     # Float accuracy on this subset is 91.9%; measured 92.1%.
     assert _accuracy(conv.model, fmnist_subset) >= 0.90
+
+
+def test_data_free_quantizer_runs_in_a_child(keras_floats, monkeypatch):
+    """TF's quantizer on the data-free path runs in a child process, like the calibrated path's:
+    a native crash there is one EqTfliteError line, not a dead caller (README, *How*)."""
+    import os
+    import signal
+
+    from tensorflow.lite.python import convert as tfl_convert
+    caller = os.getpid()
+
+    def crash(*args, **kwargs):
+        if os.getpid() == caller:  # in-process: fail the test instead of killing it
+            raise RuntimeError("mlir_quantize ran in the caller's process")
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+    monkeypatch.setattr(tfl_convert, "mlir_quantize", crash)
+    with pytest.raises(EqTfliteError) as err:
+        api.convert_model(keras_floats["resnet"], bits=8, input_range=(0, 1))
+    assert str(err.value).startswith("TFLite's int8 quantization crashed in native code (SIGSEGV)")
+    assert "\n" not in str(err.value)
 
 
 def test_data_free_needs_input_range(keras_examples):

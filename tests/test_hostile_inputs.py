@@ -20,7 +20,8 @@ from absl import flags
 
 from eq_tflite import api, convert, runtime, verify
 from eq_tflite.errors import EqTfliteError
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
+from eq_tflite.io.atomic import write_atomic
 from eq_tflite.isolation import run_isolated
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ VERIFY_MUTATIONS = {
                      "tensor index"),
     # was IndexError in verify's opcode lookup
     "opcode_index": (lambda m, sg: setattr(sg.operators[1], "opcodeIndex", 99), "opcode index 99"),
-    # was ValueError: cannot reshape, in flatbuffer.buffer_array
+    # was ValueError: cannot reshape, in codec.buffer_array
     "buffer_size": (lambda m, sg: setattr(
         m.buffers[sg.tensors[first_op(m, sg, "CONV_2D").inputs[1]].buffer], "data",
         m.buffers[sg.tensors[first_op(m, sg, "CONV_2D").inputs[1]].buffer].data[:-1]), "bytes of data"),
@@ -331,7 +332,7 @@ def test_written_model_gets_ordinary_permissions(tmp_path):
     import os
     old = os.umask(0o022)
     try:
-        fb.write_atomic(tmp_path / "m.tflite", b"data")
+        write_atomic(tmp_path / "m.tflite", b"data")
     finally:
         os.umask(old)
     assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o644
@@ -341,7 +342,7 @@ def test_write_failure_leaves_no_file(tmp_path):
     target = tmp_path / "sub" / "q.tflite"
     (tmp_path / "sub").write_bytes(b"a file")
     with pytest.raises(EqTfliteError, match="cannot write"):
-        fb.write_atomic(target, b"data")
+        write_atomic(target, b"data")
     assert (tmp_path / "sub").read_bytes() == b"a file"
 
 

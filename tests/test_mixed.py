@@ -10,7 +10,7 @@ from eq_tflite import api, mixed, runtime, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.quant_spec import WEIGHTED
 from eq_tflite.rewrite.rewriter import recorded_widths
 from eq_tflite.verify import verify

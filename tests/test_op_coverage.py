@@ -144,7 +144,7 @@ def test_unsimulated_op_refused_before_conversion():
 @pytest.mark.parametrize("case", ["split", "split_v", "unpack_pack"])
 def test_renamed_multi_output_tensors_are_mapped(case):
     """TFLite's quantizer renames SPLIT outputs ("a;b", "a;b1"): the rewriter maps them by op."""
-    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.io import codec as fb
     from eq_tflite.rewrite.rewriter import map_to_float
     graph = Graph.from_tflite(_float(case))
     model = fb.parse_model((FIXTURES / f"{case}.int8.tflite").read_bytes())

@@ -20,7 +20,7 @@ from eq_tflite import op_table, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from litert_probe import litert_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ops"
@@ -72,7 +72,7 @@ def test_int8_converter_ops_handled_or_refused_by_name():
 
 def test_float_rows_are_what_tflite_keeps_in_float():
     """Rows marked "float" are exactly the ops TFLite's int8 converter left in float."""
-    from eq_tflite.io.tflite_int8 import float_ops_left
+    from eq_tflite.tflite_quantizer import float_ops_left
     kept = set()
     for case in CASES:
         kept |= set(float_ops_left(_load(case)[1]))

@@ -7,7 +7,7 @@ import pytest
 from eq_tflite import api, grid, resolve, simulate
 from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.plan import Plan
 from eq_tflite.quant_spec import INT32_MAX, WEIGHTED
 from eq_tflite.rewrite.rewriter import read_metadata

@@ -8,7 +8,7 @@ from eq_tflite import resolve, runtime, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op, Tensor
 from eq_tflite.grid import BitWidths
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from litert_probe import litert_tensors
 
 

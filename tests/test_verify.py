@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from eq_tflite import api, verify as verify_mod
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 
 @pytest.fixture(scope="module")

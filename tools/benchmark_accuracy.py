@@ -58,7 +58,7 @@ def _cell(model_dir: str, method: str | None, bits: int, calib_path: str, limit:
     from eq_tflite import api
     from eq_tflite.datasets import load_fashion_mnist
     from eq_tflite.evaluation import predict, score
-    from eq_tflite.io.tflite_int8 import tflite_int8
+    from eq_tflite.tflite_quantizer import calibrated
     from eq_tflite.verify import activation_levels
     x, y = load_fashion_mnist("test")
     if limit:
@@ -74,7 +74,7 @@ def _cell(model_dir: str, method: str | None, bits: int, calib_path: str, limit:
         graph = Graph.from_tflite(float_model)
         name = graph.tensors[graph.inputs[0]].name
         t0 = time.perf_counter()
-        model = tflite_int8(float_model, {name: calib}, [name])
+        model = calibrated(float_model, {name: calib}, [name]).to_bytes()
         row["seconds"] = time.perf_counter() - t0
         row["samples"] = len(calib)
     else:
@@ -147,7 +147,7 @@ def _machine() -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     lines = ["## Accuracy", "",
              f"Command: `{' '.join(['python tools/benchmark_accuracy.py', *sys.argv[1:]])}`", "",
              f"Machine: {_machine()}", "",

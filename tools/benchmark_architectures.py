@@ -189,7 +189,7 @@ def write_markdown(results: dict) -> None:
 def main(argv: list[str]) -> int:
     del argv
     from eq_tflite.cli import fail
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     cache = Path(FLAGS.cache_dir) if FLAGS.cache_dir else default_cache_dir()
     unknown = [p for p in FLAGS.paths if p not in ("tflite_int8", *PATHS)] + \
         [m for m in FLAGS.models if m not in ARCHITECTURES]

@@ -77,7 +77,7 @@ class Bench:
                                  method_options=options or {}, num_calibration_samples=samples,
                                  pack_int4=wbits <= 4)
         container = api.apply_plan(conv.tflite_int8, api.Graph.from_tflite(self.float_model),
-                                   conv.plan, self.float_model)[0]
+                                   conv.plan, self.float_model)[0].to_bytes()
         s = score(predict(conv.model, self.x), self.reference, self.y)
         levels = activation_levels(conv.model, [self.x], abits)
         return {"method": method, "weight_bits": wbits, "activation_bits": abits,
@@ -151,7 +151,7 @@ def main(argv: list[str]) -> None:
     from bench_doc import update_section
 
     from eq_tflite import api
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     cmd = " ".join(["python tools/benchmark_bitsplit.py", *sys.argv[1:]])
     data = "Fashion-MNIST test split" + (f" (first {FLAGS.limit})" if FLAGS.limit else " (10,000 images)")
     lines = ["## Bit-Split: low-bit weights", "", f"Command: `{cmd}`", "", f"Machine: {_machine()}", "",

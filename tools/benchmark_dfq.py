@@ -74,10 +74,10 @@ def _cell(model: str, spec: dict, calib_path: str, limit: int | None, queue) -> 
         out = float_model
     elif kind == "tflite":
         from eq_tflite.graph import Graph
-        from eq_tflite.io.tflite_int8 import tflite_int8
+        from eq_tflite.tflite_quantizer import calibrated
         graph = Graph.from_tflite(float_model)
         name = graph.tensors[graph.inputs[0]].name
-        out = tflite_int8(float_model, {name: np.load(calib_path)}, [name])
+        out = calibrated(float_model, {name: np.load(calib_path)}, [name]).to_bytes()
     else:
         kwargs = dict(spec["kwargs"])
         data = np.load(calib_path) if spec.get("data") else None
@@ -184,7 +184,7 @@ def _lowbit(model: str, results: dict) -> list[str]:
 
 def main(argv: list[str]) -> None:
     del argv
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     title = "DFQ, SPIQ and composed chains" if FLAGS.section == "dfq" else \
         f"DFQ: {', '.join(FLAGS.tables)}"
     lines = [f"## {title}", "",

@@ -390,7 +390,7 @@ def _sweep_tables(results: dict) -> list[str]:
 def main(argv: list[str]) -> int:
     del argv
     from eq_tflite.cli import fail
-    from eq_tflite.io.flatbuffer import write_atomic
+    from eq_tflite.io.atomic import write_atomic
     cache = Path(FLAGS.cache_dir) if FLAGS.cache_dir else default_cache_dir()
     unknown = [c for c in FLAGS.configs if c not in CONFIGS] + [m for m in FLAGS.models if m not in MODELS]
     if unknown:

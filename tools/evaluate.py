@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
     del argv
     from eq_tflite import api
     from eq_tflite.evaluation import load_eval_data, predict, score
-    from eq_tflite.io.flatbuffer import read_file
+    from eq_tflite.io.file_safety import read_file
 
     x, y = load_eval_data(FLAGS.data)
     if FLAGS.limit:

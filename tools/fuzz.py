@@ -84,7 +84,7 @@ class Case:
 def payload_mask(data: bytes) -> Any:
     """Bool array: True on bytes inside buffer data vectors (weights), False on structure."""
     import numpy as np
-    from eq_tflite.io.flatbuffer import schema
+    from eq_tflite.io.codec import schema
     mask = np.zeros(len(data), bool)
     model = schema.Model.GetRootAs(data, 0)
     for i in range(model.BuffersLength()):
@@ -132,7 +132,7 @@ def raw_mutant(data: bytes, rng: random.Random, structure: list[int]) -> tuple[s
 
 def structured_mutant(data: bytes, rng: random.Random) -> tuple[str, bytes]:
     """Edits one FlatBuffer field through the object API; the builder writes valid offsets."""
-    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.io import codec as fb
     for _ in range(20):
         model = fb.flatbuffer_utils.convert_bytearray_to_object(bytearray(data))
         try:
@@ -654,7 +654,7 @@ class _Run:
 def run_fault_case(case: FaultCase, sources: dict[str, bytes], calib: bytes,
                    root: Path) -> tuple[str, str]:
     """Runs one fault case; returns ("clean" | "skipped" | a failure kind, detail)."""
-    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.io import codec as fb
     folder = Path(tempfile.mkdtemp(dir=root))
     mounts: list[Path] = []
     runs: list[_Run] = []

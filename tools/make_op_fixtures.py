@@ -163,7 +163,7 @@ def main() -> int:
     parser.add_argument("--only", default="", help="comma-separated case names")
     parser.add_argument("--list", action="store_true", help="print each case's ops, write nothing")
     args = parser.parse_args()
-    from eq_tflite.io import flatbuffer as fb
+    from eq_tflite.io import codec as fb
     cases = _cases()
     only = [c for c in args.only.split(",") if c]
     unknown = sorted(set(only) - set(cases))

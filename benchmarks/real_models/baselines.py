@@ -6,7 +6,7 @@
 ``tflite_int8``: TFLite's own full-integer converter with the samples as its
 representative dataset. From a SavedModel it is ``TFLiteConverter`` itself;
 from a .tflite (MediaPipe ships no SavedModel) it is the same calibrator and
-MLIR quantizer started from the flatbuffer (``eq_tflite.io.tflite_int8``),
+MLIR quantizer started from the flatbuffer (``eq_tflite.tflite_quantizer.calibrated``),
 float32 I/O in both cases.
 
 ``litert_quantizer``: Google's LiteRT Quantizer (``ai-edge-quantizer``; its
@@ -47,11 +47,11 @@ def tflite_int8(src: str, calib, out: Path) -> None:
         out.write_bytes(conv.convert())
         return
     from eq_tflite.graph import Graph
-    from eq_tflite.io.tflite_int8 import tflite_int8 as convert
+    from eq_tflite.tflite_quantizer import calibrated
     model = _expanded(src)
     graph = Graph.from_tflite(model)
     name = graph.tensors[graph.inputs[0]].name
-    out.write_bytes(convert(model, {name: calib}, [name]))
+    out.write_bytes(calibrated(model, {name: calib}, [name]).to_bytes())
 
 
 def _aeq():
@@ -74,8 +74,8 @@ def with_signature(model: bytes) -> bytes:
     models have none. The signature only names existing tensors: it changes
     no computation.
     """
-    from eq_tflite.io import flatbuffer as fb
-    from eq_tflite.io.flatbuffer import schema
+    from eq_tflite.io import codec as fb
+    from eq_tflite.io.codec import schema
     m = fb.parse_model(model)
     if m.signatureDefs:
         return model

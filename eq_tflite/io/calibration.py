@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, first_line
+from eq_tflite.io.model import TfliteLike
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 #: Samples drawn for the no-data fallback.
@@ -221,10 +222,11 @@ def _load_images(folder: Path, specs: Sequence[InputSpec], image_size: tuple[int
 
 
 def load_data_for(float_src: str | None, data_path: str | None,
-                  model: bytes | None = None) -> tuple[bytes | None, dict | None]:
+                  model: TfliteLike | None = None) -> tuple[bytes | None, dict | None]:
     """Float model bytes and validated samples for ``verify`` / tools (either may be None).
 
-    Without a float model the samples are checked against ``model``'s own inputs.
+    Without a float model the samples are checked against ``model``'s own inputs
+    (its bytes, or its handle: not parsed again).
     """
     from eq_tflite.graph import Graph
     from eq_tflite.io.sources import float_model_of, signature_input_names

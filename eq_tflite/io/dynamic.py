@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, first_line
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 
 def at_input_size(model_bytes: bytes, input_shapes: Sequence[Sequence[int]]) -> bytes:

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, first_line
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
+from eq_tflite.io.model import TfliteLike, TfliteModel, as_bytes
 
 schema = fb.schema
 
@@ -372,14 +373,14 @@ def _lower_custom_ops(model: Any, sg: Any, what: str) -> dict[str, int]:
     return done
 
 
-def custom_ops(model_bytes: bytes) -> list[str]:
+def custom_ops(model: TfliteLike) -> list[str]:
     """Names of the custom ops left in a model (sorted, without the CUSTOM: prefix)."""
-    model = fb.parse_model(model_bytes)
+    model = TfliteModel.of(model).model
     names = {fb.op_name(model, op) for sg in model.subgraphs for op in sg.operators or []}
     return sorted(n[7:] for n in names if n.startswith("CUSTOM:"))
 
 
-def check_custom_ops(float_model: bytes, allow_float: bool) -> list[str]:
+def check_custom_ops(float_model: TfliteLike, allow_float: bool) -> list[str]:
     """Refuses custom ops with one line naming them; returns those kept in float.
 
     Without ``allow_float`` any custom op is refused (eq-tflite cannot quantize
@@ -398,7 +399,7 @@ def check_custom_ops(float_model: bytes, allow_float: bool) -> list[str]:
                             "kernels for them)")
     from eq_tflite.runtime import make_interpreter
     try:
-        make_interpreter(float_model).allocate_tensors()
+        make_interpreter(as_bytes(float_model)).allocate_tensors()
     except Exception as err:  # the resolver names the op it lacks; we name them all
         raise EqTfliteError(f"the model has custom ops that TFLite's runtime has no kernel for, so "
                             f"it cannot even be calibrated: {listed} ({first_line(err, 120)})"

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from eq_tflite.errors import EqTfliteError, first_line
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
+from eq_tflite.io.file_safety import read_file
+from eq_tflite.io.model import TfliteLike, TfliteModel
 from eq_tflite.io.normalize import normalize_float_tflite
 from eq_tflite.isolation import run_isolated
 from eq_tflite.quiet import quiet
@@ -32,7 +34,7 @@ def load_float_model(src: str | os.PathLike, notes: list[str] | None = None) -> 
     kind = source_kind(src)
     if kind in ("saved_model", "keras"):
         return _convert_isolated(kind, path)
-    data, done = normalize_float_tflite(fb.read_file(path, "model"), str(path))
+    data, done = normalize_float_tflite(read_file(path, "model"), str(path))
     _check_float_tflite(data, path)
     if notes is not None and done.changed():
         notes.append(f"as shipped: {done.summary()}")
@@ -144,17 +146,17 @@ def float_model_of(model: ModelLike, notes: list[str] | None = None) -> bytes:
         raise EqTfliteError(f"cannot convert the given model to TFLite: {err}") from None
 
 
-def signature_output_names(float_model: bytes) -> dict[int, str]:
+def signature_output_names(float_model: TfliteLike) -> dict[int, str]:
     """Tensor index -> signature output name of the first signature."""
-    model = fb.parse_model(float_model)
+    model = TfliteModel.of(float_model).model
     if not model.signatureDefs:
         return {}
     return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].outputs}
 
 
-def signature_input_names(float_model: bytes) -> dict[int, str]:
+def signature_input_names(float_model: TfliteLike) -> dict[int, str]:
     """Tensor index -> signature input name of the first signature."""
-    model = fb.parse_model(float_model)
+    model = TfliteModel.of(float_model).model
     if not model.signatureDefs:
         return {}
     return {int(m.tensorIndex): fb.text(m.name) for m in model.signatureDefs[0].inputs}

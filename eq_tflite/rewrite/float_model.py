@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from eq_tflite.graph import Graph
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 _ACTIVATION_CODES = {name: code for code, name in fb.ACTIVATIONS.items()}
 

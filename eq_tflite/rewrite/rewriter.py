@@ -8,9 +8,14 @@ moved onto the b-bit levels.
 
 Every rewritten constant gets a fresh buffer, so buffers that the converter
 deduplicated are never patched for two tensors at once; the buffers they
-replace are dropped, so the file holds each weight once. Signatures and
+replace are dropped (when the handle is serialized), so the file holds each
+weight once. Signatures and
 metadata are kept; an ``eq_tflite`` metadata entry records bits, method and
 the activation-range mode.
+
+The rewrite and the optional INT4 packing edit one model handle
+(``eq_tflite.io.model``): TFLite's int8 model is parsed once, and the result
+serialized once.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import numpy as np
 from eq_tflite import grid
 from eq_tflite import resolve as resolve_mod
 from eq_tflite.graph import Graph
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
+from eq_tflite.io.model import TfliteLike, TfliteModel
 from eq_tflite.plan import Plan
 from eq_tflite.quant_spec import EDGE_OPS, WEIGHTED, tied_tensors
 
@@ -49,12 +55,20 @@ class RewriteLog:
     #: int8 tensor index -> bit width, for weights and activations (mixed precision)
     weight_widths: dict[int, int] = field(default_factory=dict)
     activation_widths: dict[int, int] = field(default_factory=dict)
+    #: weight tensors stored as packed INT4 (``apply_plan(..., pack_int4=True)``)
+    int4_tensors: int = 0
 
 
-def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
-               float_model: bytes | None = None) -> tuple[bytes, RewriteLog]:
-    """The int8 model rewritten with ``plan``, and a log (with the numbers written)."""
-    model = fb.parse_model(int8_model, "TFLite's int8 model")
+def apply_plan(int8_model: TfliteLike, graph: Graph, plan: Plan, float_model: bytes | None = None,
+               *, pack_int4: bool = False) -> tuple[TfliteModel, RewriteLog]:
+    """The int8 model rewritten with ``plan``, and a log (with the numbers written).
+
+    A :class:`TfliteModel` is edited in place (and returned); bytes are parsed
+    first. ``pack_int4`` then stores the weights that fit as packed INT4
+    (:func:`pack_int4_weights`; ``log.int4_tensors`` counts them).
+    """
+    handle = TfliteModel.of(int8_model, "TFLite's int8 model")
+    model = handle.edit()
     sg = model.subgraphs[0]
     log = RewriteLog()
     log.mapping = map_to_float(model, graph)
@@ -66,8 +80,9 @@ def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
     _copy_tied_params(model, sg, acts, unmapped, log.activation_widths)
     _write_weights(model, sg, numbers, log)
     _write_metadata(model, plan, float_model, log)
-    fb.drop_unused_buffers(model)  # TFLite's replaced weights and biases
-    return fb.serialize_model(model), log
+    if pack_int4:  # verify checks the packed file against its int8-container twin
+        log.int4_tensors = _pack_int4(handle)
+    return handle, log
 
 
 # --- INT4 packing -----------------------------------------------------------------
@@ -78,7 +93,7 @@ def apply_plan(int8_model: bytes, graph: Graph, plan: Plan,
 INT4_WEIGHT_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"})
 
 
-def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
+def pack_int4_weights(model: TfliteLike) -> tuple[bytes, int]:
     """The model with every int8 weight of ``INT4_WEIGHT_OPS`` within [-7, 7] stored as INT4.
 
     Returns (model bytes, number of weight tensors packed). Values, scales
@@ -87,9 +102,15 @@ def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
     model (per-layer widths in the metadata), only layers of at most 4 bits
     are packed.
     """
-    widths, default = recorded_widths(model_bytes)[0], (read_metadata(model_bytes) or {}).get(
-        "weight_bits", 8)
-    model = fb.parse_model(model_bytes)
+    handle = TfliteModel.of(model)
+    packed = _pack_int4(handle)
+    return handle.to_bytes(), packed
+
+
+def _pack_int4(handle: TfliteModel) -> int:
+    """Packs ``handle``'s INT4-able weights in place (see :func:`pack_int4_weights`); how many."""
+    widths, default = recorded_widths(handle)[0], (read_metadata(handle) or {}).get("weight_bits", 8)
+    model = handle.edit()
     sg = model.subgraphs[0]
     readers: dict[int, set[str]] = {}
     for op in sg.operators:
@@ -109,13 +130,19 @@ def pack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
             continue
         fb.set_int4_buffer(model, t, w)
         packed += 1
-    fb.drop_unused_buffers(model)
-    return fb.serialize_model(model), packed
+    return packed
 
 
-def unpack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
-    """The model with every INT4 constant stored as int8 (its int8-container twin), and how many."""
-    model = fb.parse_model(model_bytes)
+def unpack_int4_weights(model: TfliteLike) -> tuple[bytes, int]:
+    """The model with every INT4 constant stored as int8 (its int8-container twin), and how many.
+
+    A model without INT4 constants comes back as it is (not parsed again).
+    """
+    handle = TfliteModel.of(model)
+    if not any(t.type == fb.schema.TensorType.INT4 for t in handle.model.subgraphs[0].tensors):
+        return handle.to_bytes(), 0
+    twin = TfliteModel(handle.to_bytes())  # a copy, edited
+    model = twin.edit()
     unpacked = 0
     for t in model.subgraphs[0].tensors:
         if t.type == fb.schema.TensorType.INT4:
@@ -125,9 +152,7 @@ def unpack_int4_weights(model_bytes: bytes) -> tuple[bytes, int]:
             fb.set_buffer(model, t, values.astype(np.int8))
             t.type = fb.schema.TensorType.INT8
             unpacked += 1
-    if unpacked:
-        fb.drop_unused_buffers(model)
-    return fb.serialize_model(model), unpacked
+    return twin.to_bytes(), unpacked
 
 
 # --- tensor mapping ---------------------------------------------------------
@@ -418,18 +443,15 @@ def _add_metadata(model: Any, name: str, data: bytes) -> None:
     model.metadata = list(model.metadata or []) + [meta]
 
 
-def recorded_widths(model_bytes: bytes) -> tuple[dict[int, int], dict[int, int]]:
+def recorded_widths(model: TfliteLike) -> tuple[dict[int, int], dict[int, int]]:
     """(weight widths, activation widths) by int8 tensor index that a mixed model records
     (tensors not listed have the model's widths); two empty dicts for other models."""
-    mixed = (read_metadata(model_bytes) or {}).get("mixed") or {}
+    mixed = (read_metadata(model) or {}).get("mixed") or {}
     return ({int(i): int(b) for i, b in (mixed.get("weight_bits") or {}).items()},
             {int(i): int(b) for i, b in (mixed.get("activation_bits") or {}).items()})
 
 
-def read_metadata(model_bytes: bytes) -> dict[str, Any] | None:
+def read_metadata(model: TfliteLike) -> dict[str, Any] | None:
     """The ``eq_tflite`` metadata entry of a model written by this tool, or None."""
-    model = fb.parse_model(model_bytes)
-    for m in model.metadata or []:
-        if _name(m) == METADATA_NAME:
-            return json.loads(bytes(np.asarray(model.buffers[m.buffer].data, np.uint8)).decode())
-    return None
+    data = TfliteModel.of(model).metadata(METADATA_NAME)
+    return None if data is None else json.loads(data.decode())

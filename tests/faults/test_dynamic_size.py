@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 
 from eq_tflite import api, convert, runtime
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.metrics import mean_cosine
 
 

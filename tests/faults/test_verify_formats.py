@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eq_tflite import api, verify
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 FORMATS = ("keras", "saved_model", "tflite")
 

@@ -1,7 +1,7 @@
-"""The validator (io.flatbuffer.parse_model) accepts what TFLite's own converter writes.
+"""The validator (io.codec.parse_model, io.validation) accepts what TFLite's own converter writes.
 
 Every conversion already validates TFLite's calibrated model and its int8 model
-(``tflite_int8``); here the float, calibrated and int8 files of several
+(``tflite_quantizer``); here the float, calibrated and int8 files of several
 architectures are checked one by one. Tie groups: a YOLO-like head's SPLIT_V
 outputs, and a BlazeFace-like block whose ADD+RELU the quantizer fuses (the
 fused tensor was unmapped and kept TFLite's own, round-tripped scale: one
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from eq_tflite import api
-from eq_tflite.io import flatbuffer as fb
-from eq_tflite.io import tflite_int8 as t8
+from eq_tflite.io import codec as fb
+from eq_tflite import tflite_quantizer as t8
 
 
 def _deeplab_head():

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eq_tflite.errors import EqTfliteError
-from eq_tflite.io.flatbuffer import parse_model, serialize_model
+from eq_tflite.io.codec import parse_model, serialize_model
 from eq_tflite.runtime import make_interpreter, run_model
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from eq_tflite import api
 from eq_tflite.errors import EqTfliteError
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.io.normalize import custom_ops, normalize_float_tflite
 from eq_tflite.runtime import make_interpreter, run_model
 from tflite_builder import Builder

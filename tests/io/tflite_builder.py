@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 
 S = fb.schema
 

@@ -7,7 +7,7 @@ import pytest
 from absl import flags
 
 from eq_tflite import convert
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.rewrite.rewriter import read_metadata
 from eq_tflite.verify import verify
 

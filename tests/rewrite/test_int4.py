@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from eq_tflite import api, runtime
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.quant_spec import WEIGHTED
 from eq_tflite.rewrite.rewriter import INT4_WEIGHT_OPS, pack_int4_weights, unpack_int4_weights
 from eq_tflite.verify import same_outputs, verify

@@ -6,7 +6,7 @@ import pytest
 
 from eq_tflite import api, grid, runtime
 from eq_tflite.graph import Graph
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.io import codec as fb
 from eq_tflite.plan import Plan
 from eq_tflite.rewrite import apply_plan
 from eq_tflite.quant_spec import WEIGHTED
@@ -140,7 +140,8 @@ def test_bias_overflow_grows_weight_scale(small_float_tflite, small_calibration)
     bias = graph.tensors[op.bias_input].data.copy()
     bias[0] = 1e9  # cannot fit int32 at the absmax weight scale
     plan = Plan("minmax", conv.plan.bits, dict(conv.plan.activation_ranges), float_weights={b_name: bias})
-    out, log = apply_plan(conv.tflite_int8, graph, plan, conv.float_model)
+    rewritten, log = apply_plan(conv.tflite_int8, graph, plan, conv.float_model)
+    out = rewritten.to_bytes()
     sharing = sum(1 for o in graph.weighted_ops() if o.bias_input == op.bias_input)
     assert log.bias_overflow_channels == sharing  # channel 0 of each op using that bias
     model = fb.parse_model(out)

@@ -1,8 +1,21 @@
-"""Stage 2 (convert): TFLite's own full-integer int8 conversion of a float .tflite.
+"""Stage 2 (convert): TFLite's own int8 model of a float .tflite, made by TFLite's quantizer.
 
-This is exactly what ``TFLiteConverter`` does with a representative dataset
-(calibrate with the TFLite calibrator, then the MLIR quantizer), but it starts
-from a float .tflite so every source format takes the same path.
+Two ways in, one quantizer:
+
+* :func:`calibrated`: exactly what ``TFLiteConverter`` does with a
+  representative dataset (TFLite's calibrator records every tensor's min/max,
+  then the MLIR quantizer), but started from a float .tflite so every source
+  format takes the same path;
+* :func:`from_ranges` (the data-free path): the plan's ranges are written as
+  those min/max, so the quantizer builds the same int8 structure with no
+  sample ever run.
+
+The float model is checked and re-encoded by the FlatBuffer builder first, and
+TensorFlow's calibrator and quantizer always run in a child process
+(:func:`eq_tflite.isolation.run_isolated`): they trust the model, and a crash
+there becomes an EqTfliteError instead of killing the caller. Both return the
+int8 model as a :class:`~eq_tflite.io.model.TfliteModel`, parsed and checked
+once, which the rewriter then edits.
 """
 from __future__ import annotations
 
@@ -11,28 +24,55 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
-from eq_tflite.op_table import ISLANDS
-from eq_tflite.io import flatbuffer as fb
+from eq_tflite.graph import Graph
+from eq_tflite.io import codec as fb
+from eq_tflite.io.model import TfliteLike, TfliteModel
 from eq_tflite.isolation import run_isolated
+from eq_tflite.op_table import ISLANDS
 
 
-def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input_names: Sequence[str],
-                *, allow_float: bool = False, int8_io: bool = False) -> bytes:
-    """Returns TFLite's int8 model calibrated on ``calibration``.
+def calibrated(float_model: bytes, calibration: Mapping[str, np.ndarray], input_names: Sequence[str],
+               *, allow_float: bool = False, int8_io: bool = False) -> TfliteModel:
+    """TFLite's int8 model calibrated on ``calibration``.
 
     ``allow_float`` keeps ops without int8 kernels in float (with
     QUANTIZE/DEQUANTIZE around them) instead of failing. ``int8_io`` makes the
     model's inputs and outputs int8 instead of float32.
-
-    The model is checked and re-encoded first (``fb.canonical_bytes``), and
-    TensorFlow's calibrator and quantizer run in a child process: they trust
-    the model, and a crash there becomes an EqTfliteError instead of killing
-    the caller.
     """
     canonical = fb.canonical_bytes(float_model, "the float model")
     import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
     model = run_isolated(_calibrate_and_quantize, canonical, dict(calibration), list(input_names),
                          int8_io, what="TFLite's int8 conversion")
+    return _int8_model(model, allow_float)
+
+
+def from_ranges(float_model: bytes, graph: Graph, ranges: Mapping[str, tuple[float, float]],
+                *, allow_float: bool = False, int8_io: bool = False) -> TfliteModel:
+    """The int8 model TFLite's quantizer makes when tensors carry ``ranges`` as min/max."""
+    model = fb.parse_model(float_model)
+    sg = model.subgraphs[0]
+    missing = []
+    for i in graph.activation_tensors():
+        name = graph.tensors[i].name
+        if name not in ranges:
+            missing.append(name)
+            continue
+        lo, hi = ranges[name]
+        q = fb.schema.QuantizationParametersT()
+        q.min, q.max = [min(float(lo), 0.0)], [max(float(hi), 0.0)]
+        sg.tensors[i].quantization = q
+    if missing:
+        raise EqTfliteError(f"the data-free plan has no range for {len(missing)} tensors "
+                            f"(first: {missing[0]})")
+    import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
+    out = run_isolated(_quantize, fb.serialize_model(model), int8_io,
+                       what="TFLite's int8 quantization")
+    return _int8_model(out, allow_float)
+
+
+def _int8_model(data: bytes, allow_float: bool) -> TfliteModel:
+    """The quantizer's output as a handle; UnsupportedOpsError for ops it left in float."""
+    model = TfliteModel(data, "TFLite's int8 model")
     float_ops = [op for op in float_ops_left(model) if op not in ISLANDS]
     if float_ops and not allow_float:  # ISLANDS stay float as in TFLite's own conversion
         raise UnsupportedOpsError(float_ops)
@@ -41,8 +81,6 @@ def tflite_int8(float_model: bytes, calibration: Mapping[str, np.ndarray], input
 
 def _calibrate_and_quantize(float_model: bytes, calibration: Mapping[str, np.ndarray],
                             input_names: Sequence[str], int8_io: bool) -> bytes:
-    import tensorflow as tf
-    from tensorflow.lite.python import convert as tfl_convert
     from tensorflow.lite.python.optimize import calibrator
 
     n = int(next(iter(calibration.values())).shape[0])
@@ -57,12 +95,20 @@ def _calibrate_and_quantize(float_model: bytes, calibration: Mapping[str, np.nda
     except Exception as err:
         raise EqTfliteError(f"TFLite calibration failed: {first_line(err)}") from None
     _check_ranges_finite(calibrated)
+    return _quantize(calibrated, int8_io)
+
+
+def _quantize(model_with_ranges: bytes, int8_io: bool) -> bytes:
+    """TFLite's MLIR quantizer on a float model whose tensors carry min/max."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tfl_convert
+
     try:
         # fully_quantize=True is what makes the MLIR quantizer emit int8 model
         # inputs/outputs; with float I/O it adds QUANTIZE/DEQUANTIZE at the edges
         # (identical to TFLiteConverter with a representative dataset).
         return bytes(tfl_convert.mlir_quantize(
-            calibrated, fully_quantize=int8_io,
+            model_with_ranges, fully_quantize=int8_io,
             input_data_type=tf.int8 if int8_io else tf.float32,
             output_data_type=tf.int8 if int8_io else tf.float32))
     except Exception as err:
@@ -91,9 +137,9 @@ def _check_ranges_finite(calibrated: bytes) -> None:
                                 "scale and preprocessing")
 
 
-def float_ops_left(model_bytes: bytes) -> list[str]:
+def float_ops_left(model: TfliteLike) -> list[str]:
     """Names of ops that the quantizer left in float (QUANTIZE/DEQUANTIZE excluded)."""
-    model = fb.parse_model(model_bytes)
+    model = TfliteModel.of(model).model
     sg = model.subgraphs[0]
     names = []
     for op in sg.operators:
