@@ -27,6 +27,7 @@ from eq_tflite.io import calibration as calib
 from eq_tflite.io.calibration import load_data_for  # noqa: F401  (re-exported)
 from eq_tflite.io.normalize import check_custom_ops
 from eq_tflite.io.dynamic import at_input_size, size_note
+from eq_tflite.io.model import TfliteModel
 from eq_tflite.io.sources import ModelLike, float_model_of, signature_input_names, signature_output_names
 from eq_tflite.op_table import ISLANDS
 from eq_tflite.plan import MethodContext, Plan
@@ -183,13 +184,14 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     t0 = time.perf_counter()
     load_notes: list[str] = []
     float_model = float_model_of(model, load_notes)
-    kept_custom = check_custom_ops(float_model, allow_float)
+    handle = TfliteModel(float_model, "the float model")  # one parse for the load stage's readers
+    kept_custom = check_custom_ops(handle, allow_float)
     if kept_custom:
         load_notes.append(f"custom ops kept in float (--allow_float): {', '.join(kept_custom)}")
-    graph = Graph.from_tflite(float_model)
-    specs = calib.input_specs(graph, signature_input_names(float_model))
+    graph = Graph.from_tflite(handle)
+    specs = calib.input_specs(graph, signature_input_names(handle))
     ranges = parse_input_ranges(input_range, [s.name for s in specs])
-    out_groups = output_ranges.resolve_names(graph, out_ranges, signature_output_names(float_model))
+    out_groups = output_ranges.resolve_names(graph, out_ranges, signature_output_names(handle))
     if not has_data and not ranges:
         raise EqTfliteError("a data-free conversion needs the input's real range: pass "
                             "--input_range LO,HI (e.g. --input_range 0,1), or --calibration_data")
