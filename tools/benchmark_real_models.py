@@ -327,7 +327,11 @@ def write_markdown(results: dict, cache: Path) -> None:
              "`benchmarks/real_models/images.py`), split by photo like the rest; the rows measure how well "
              "each tool preserves the float model's outputs, not task accuracy (no labels). Every calibrated method gets the same 64 samples "
              "(`--num_calibration_samples 64`), so eq-tflite's own summary scores those (shown as such). "
-             "A configuration missing from a table has not been run yet (the command above fills it in).",
+             "A configuration missing from a table has not been run yet (the command above fills it in). "
+             "EasyQuant's start changed on this suite's evidence from the calibration min/max to the mse "
+             "method's ranges (`--eq_init mse`, the default since 2026-12-06): the `--eq_init mse` rows "
+             "are the current default; every other EasyQuant row ran with the min/max start (its stored "
+             "command says `# eq_init max`).",
              ""]
     for model in MODELS:
         rows = results.get(model)
@@ -371,7 +375,9 @@ def _sweep_tables(results: dict) -> list[str]:
         return []
     lines = ["### Defaults chosen on the suite", "",
              "Each row changes one option of the default row above it (classifiers: agreement / cosine "
-             "on the held-out crops; detectors: detections IoU; segmentation: mask IoU; seconds). The default is the first row of each table.", ""]
+             "on the held-out crops; detectors: detections IoU; segmentation: mask IoU; seconds). The first row of each "
+             "table is the base row as run (for EasyQuant: with the min/max start, the default when it ran; "
+             "`--eq_init mse` is the default now).", ""]
     for base, variants in SWEEPS.items():
         lines += [f"**{CONFIGS[base][0]}**", "", "| variant | " + " | ".join(models) + " |",
                   "|---|" + "---|" * len(models)]

@@ -272,8 +272,9 @@ def _float64_gram_cosines(x: np.ndarray, y: np.ndarray, w: np.ndarray, bias: np.
 
 
 def test_init_from_the_mse_method(small_float_tflite, small_calibration):
-    """eq_init=mse starts from the mse method's ranges: tensors no layer searches keep them."""
-    graph, plan = _run(small_float_tflite, small_calibration, 6, eq_init="mse", eq_max_rows=512)
+    """eq_init=mse (the default) starts from the mse method's ranges: tensors no layer
+    searches keep them."""
+    graph, plan = _run(small_float_tflite, small_calibration, 6, eq_max_rows=512)
     ctx = MethodContext(graph, small_float_tflite,
                         {graph.tensors[graph.inputs[0]].name: small_calibration},
                         BitWidths(6, 6), progress=False)
