@@ -374,7 +374,7 @@ def _sweep_tables(results: dict) -> list[str]:
     if not models:
         return []
     lines = ["### Defaults chosen on the suite", "",
-             "Each row changes one option of the default row above it (classifiers: agreement / cosine "
+             "Each row changes one option of the base row above it (classifiers: agreement / cosine "
              "on the held-out crops; detectors: detections IoU; segmentation: mask IoU; seconds). The first row of each "
              "table is the base row as run (for EasyQuant: with the min/max start, the default when it ran; "
              "`--eq_init mse` is the default now).", ""]
@@ -387,7 +387,7 @@ def _sweep_tables(results: dict) -> list[str]:
                 r = results.get(m, {}).get(config)
                 cells.append("-" if r is None else f"failed: `{r['error'][:60]}`" if "error" in r else
                              f"{_key_metric(r)} ({r.get('seconds', 0):.0f} s)")
-            name = "default" if config == base else " ".join(SWEEPS[base][config.split("__")[1]])
+            name = "base" if config == base else " ".join(SWEEPS[base][config.split("__")[1]])
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
     return lines
