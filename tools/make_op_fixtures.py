@@ -123,6 +123,8 @@ def _cases():
     case("transpose_conv", img, lambda x: L.Conv2DTranspose(3, 3, strides=2, padding="same")(x))
     case("grouped_conv", lambda: img(c=8), lambda x: L.Conv2D(8, 3, padding="same", groups=4,
                                                               activation="relu")(x))
+    # Keras's depthwise convolution as ConvNeXt writes it: TFLite keeps a CONV_2D, filters [O, KH, KW, 1]
+    case("depthwise_groups", lambda: img(c=8), lambda x: L.Conv2D(8, 3, padding="same", groups=8)(x))
     case("dilated_depthwise", lambda: img(hw=9), lambda x: L.DepthwiseConv2D(
         3, dilation_rate=2, padding="same")(x))
     case("layer_norm", lambda: keras.Input((6, 8), batch_size=1),

@@ -122,7 +122,7 @@ class Layer:
     def rows(self, max_rows: int, rng: np.random.Generator, ids: np.ndarray | None = None) -> Rows:
         """Seeded im2col rows of the layer (``sample_positions``), from samples ``ids`` (all)."""
         op, x_float = self.op, self.fsim.value(self.op.data_input)
-        lin = self.fsim.linear(op)
+        lin = simulate.GroupedAsDepthwise.of(self.fsim.linear(op))  # depthwise as Conv2D(groups=C)
         spatial = ((x_float[0].size // lin.weight_shape[1],) if op.type == "FULLY_CONNECTED"
                    else lin.out_spatial)
         ids = np.arange(x_float.shape[0]) if ids is None else ids
