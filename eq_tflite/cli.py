@@ -153,7 +153,27 @@ def run_absl(main: Callable[[list[str]], int], usage: str | None = None) -> None
         except flags.Error as err:
             sys.exit(fail(first_line(err)))
 
-    app.run(lambda argv: sys.exit(guarded(lambda: main(argv))), flags_parser=parse)
+    app.run(lambda argv: _exit(_guarded_main(main, argv)), flags_parser=parse)
+
+
+def _guarded_main(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    try:
+        return guarded(lambda: main(argv))
+    except (KeyboardInterrupt, Terminated) as err:  # after the body ended, before _exit
+        return interrupted(err)
+
+
+def _exit(code: int) -> None:
+    """Exits with ``code``; a signal from here on is ignored.
+
+    Python's finalization puts every signal that has a Python handler back to
+    its default action, and finalizing TensorFlow takes a while: a SIGTERM in
+    that window killed a finished conversion (exit -15 after it had written
+    its model). Ignored signals stay ignored through finalization.
+    """
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
 
 
 def print_help(usage: str | None, full: bool = False) -> int:

@@ -213,3 +213,20 @@ def test_ctrl_c_during_the_cli_imports_is_one_line(monkeypatch, capsys):
             signal.signal(s, handler)
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == "error: interrupted\n"
+
+
+def test_a_finished_cli_ignores_late_signals():
+    """After its work, a CLI ignores SIGTERM/SIGHUP/SIGINT through Python's finalization
+    (which would otherwise restore their default action while TensorFlow is torn down, so a
+    late SIGTERM killed a conversion that had already written its model: exit -15)."""
+    import subprocess
+    import sys
+    program = ("import atexit, os, signal, sys\n"
+               "from eq_tflite import cli\n"
+               "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGTERM),"
+               " print(signal.getsignal(signal.SIGTERM) == signal.SIG_IGN)))\n"
+               "sys.argv = ['prog']\n"
+               "cli.run_absl(lambda argv: 0)\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "True", (done.returncode, done.stderr)
