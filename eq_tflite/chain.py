@@ -56,13 +56,18 @@ class ChainOptions:
         return options.parse(cls, "", values)
 
 
+def option_owners() -> list[tuple[str, type, str]]:
+    """(owner, options dataclass, key prefix) of the chain and of every method with options."""
+    return [("chain", ChainOptions, "")] + [(s.name, s.options, s.prefix)
+                                           for s in methods.specs().values() if s.options]
+
+
 def option_readers() -> dict[str, set[str]]:
     """Every option key -> who reads it ("chain" and/or method names)."""
-    readers: dict[str, set[str]] = {key: {"chain"} for key in options.keys(ChainOptions, "")}
-    for spec in methods.specs().values():
-        if spec.options is not None:
-            for key in options.keys(spec.options, spec.prefix):
-                readers.setdefault(key, set()).add(spec.name)
+    readers: dict[str, set[str]] = {}
+    for owner, cls, prefix in option_owners():
+        for key in options.keys(cls, prefix):
+            readers.setdefault(key, set()).add(owner)
     return readers
 
 

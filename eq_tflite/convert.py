@@ -57,8 +57,9 @@ flags.DEFINE_multi_string("input_range", None,
                           "LO,HI: the real range of a model input (repeat once per input, in "
                           "order; one applies to all). Required without --calibration_data.")
 flags.DEFINE_integer("num_calibration_samples", None,
-                     "Cap on calibration samples (default: 50 for easyquant, 256 for bitsplit, "
-                     "all for others, always holding back at least 1/8 of the data, 4-32 "
+                     "Cap on calibration samples (default: "
+                     + ", ".join(f"{n} for {m}" for m, n in api.DEFAULT_SAMPLES.items())
+                     + ", all for others, always holding back at least 1/8 of the data, 4-32 "
                      "samples). Samples beyond it (up to 256) are held back for the agreement "
                      "check; a value that takes every sample makes that check optimistic.")
 flags.DEFINE_list("image_size", None, "H,W for an image-directory calibration set (default: model's).")
@@ -106,11 +107,9 @@ def _define_option_flags() -> tuple[str, ...]:
     dataclass alone, and its help text states it.
     """
     from eq_tflite import options
-    from eq_tflite.chain import ChainOptions
-    owners = [("chain", ChainOptions, "")] + [(s.name, s.options, s.prefix)
-                                             for s in methods.specs().values() if s.options]
+    from eq_tflite.chain import option_owners
     names = []
-    for owner, cls, prefix in owners:
+    for owner, cls, prefix in option_owners():
         for key, f in options.keys(cls, prefix).items():
             if key in names or key == "seed":  # seed: the general --seed flag
                 continue

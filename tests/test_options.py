@@ -5,23 +5,18 @@ from dataclasses import dataclass
 import pytest
 
 from eq_tflite import api, methods, options
-from eq_tflite.chain import ChainOptions, check_options, option_readers
+from eq_tflite.chain import check_options, option_owners, option_readers
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.options import option
 
 
-def _owners():
-    yield "chain", ChainOptions, ""
-    for spec in methods.specs().values():
-        if spec.options is not None:
-            yield spec.name, spec.options, spec.prefix
 
 
 def test_every_option_is_a_flag_with_the_dataclass_default():
     from absl import flags
 
     import eq_tflite.convert  # noqa: F401  (defines the flags)
-    for owner, cls, prefix in _owners():
+    for owner, cls, prefix in option_owners():
         for key, f in options.keys(cls, prefix).items():
             if key == "seed":
                 continue
@@ -83,7 +78,7 @@ def test_api_refuses_before_loading(tmp_path):
 
 
 def test_field_metadata_is_complete():
-    for owner, cls, prefix in _owners():
+    for owner, cls, prefix in option_owners():
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), (owner, f.name)
 

@@ -29,8 +29,8 @@ def data_free_ranges(ctx: MethodContext, notes: list[str] | None = None
     """
     sigmas = ChainOptions.parse(ctx.options).dfq_sigmas
     stats = moments.propagate(ctx.graph, ctx.input_ranges, ctx.bn, sigmas, notes)
-    return {ctx.graph.tensors[t].name: s.range for t, s in stats.items()
-            if t in set(ctx.graph.activation_tensors())}
+    activations = set(ctx.graph.activation_tensors())
+    return {ctx.graph.tensors[t].name: s.range for t, s in stats.items() if t in activations}
 
 
 @method("dfq", needs_data=False, summary="DFQ's data-free chain: CLE, bias absorption, "
