@@ -37,6 +37,24 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+def fresh_output(folder: Path, name: str) -> Path:
+    """``folder/runs/<name>.tflite``, with any earlier file there removed (a cell never scores
+    the model of an earlier run)."""
+    runs = folder / "runs"
+    runs.mkdir(exist_ok=True)
+    out = runs / f"{name}.tflite"
+    if out.exists():
+        out.unlink()
+    return out
+
+
+def shown_command(cmd: list[str], cache: Path) -> str:
+    """A cell's command as recorded: the interpreter as ``python``, the cache as ``$CACHE``."""
+    import sys
+    return " ".join("python" if c == sys.executable else c.replace(str(cache), "$CACHE")
+                    for c in cmd)
+
+
 def run_in_repo(cmd: list[str], repo: Path, timeout: float) -> tuple[subprocess.CompletedProcess | None, float]:
     """Runs one conversion process from ``repo`` (on its ``PYTHONPATH``), capturing its output.
 

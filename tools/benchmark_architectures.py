@@ -104,16 +104,11 @@ def check_converted(model: bytes, folder: Path, arch) -> dict:
 
 def run_cell(model: str, path: str, cache: Path) -> dict:
     from benchmarks.architectures import build
+    from bench_doc import fresh_output, run_in_repo, shown_command
     folder = build(model, cache)
-    runs = folder / "runs"
-    runs.mkdir(exist_ok=True)
-    out = runs / f"{path}.tflite"
-    if out.exists():
-        out.unlink()
+    out = fresh_output(folder, path)
     cmd = command(model, path, folder, out)
-    row = {"path": path, "command": " ".join("python" if c == sys.executable else
-                                             c.replace(str(cache), "$CACHE") for c in cmd)}
-    from bench_doc import run_in_repo
+    row = {"path": path, "command": shown_command(cmd, cache)}
     proc, seconds = run_in_repo(cmd, REPO, FLAGS.timeout)
     row["seconds"] = round(seconds, 2)
     ok = proc is not None and proc.returncode == 0 and out.exists()

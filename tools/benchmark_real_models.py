@@ -221,18 +221,12 @@ def _evaluate(model: bytes, x, reference: list, meta: dict) -> dict:
 
 def run_cell(model: str, config: str, cache: Path) -> dict:
     import numpy as np
+    from bench_doc import fresh_output, run_in_repo, shown_command
     model_dir = cache / model
     meta = json.loads((model_dir / "meta.json").read_text())
-    runs = model_dir / "runs"
-    runs.mkdir(exist_ok=True)
-    out = runs / f"{config}.tflite"
-    if out.exists():
-        out.unlink()
+    out = fresh_output(model_dir, config)
     cmd = _command(config, model_dir, meta, out)
-    row = {"config": config, "label": CONFIGS[config][0],
-           "command": " ".join(Path(c).name if c == sys.executable else c.replace(str(cache), "$CACHE")
-                               for c in cmd)}
-    from bench_doc import run_in_repo
+    row = {"config": config, "label": CONFIGS[config][0], "command": shown_command(cmd, cache)}
     proc, seconds = run_in_repo(cmd, REPO, FLAGS.timeout)
     row["seconds"] = round(seconds, 1)
     ok = proc is not None and proc.returncode == 0 and out.exists()
