@@ -143,7 +143,8 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                   pack_int4: bool = False, layer_bits: Sequence[str] | None = None,
                   keep_8bit: Sequence[str] | str | None = None,
                   weight_size: float | None = None,
-                  weight_size_ratio: float | None = None, output_range: Any = None) -> Conversion:
+                  weight_size_ratio: float | None = None, output_range: Any = None,
+                  budget_sensitivity: str = "output") -> Conversion:
     """Runs the whole pipeline and returns every artifact (see :class:`Conversion`).
 
     ``method`` None: ``easyquant`` with calibration data, the data-free DFQ
@@ -160,6 +161,8 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     (``"input,first,last"`` or a list of them), and a weight budget,
     ``weight_size`` (KiB) or ``weight_size_ratio`` (of the int8 weights),
     whose search lowers layers to 4 bits stored as packed INT4.
+    ``budget_sensitivity`` ("output" or "layer") is what the search ranks
+    layers by (``mixed.output_sensitivity`` / ``mixed.sensitivity``).
 
     ``output_range`` (``"NAME=LO,HI"`` strings or ``{name: (lo, hi)}``) sets the
     range a model output is quantized over (``eq_tflite.output_ranges``).
@@ -168,7 +171,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     widths = resolve_bits(bits, weight_bits, activation_bits, activation_range)
     layer_specs = mixed.parse_layer_bits(layer_bits)
     keep = mixed.parse_keep_8bit(keep_8bit)
-    mixed.check_budget(weight_size, weight_size_ratio)
+    mixed.check_budget(weight_size, weight_size_ratio, budget_sensitivity)
     out_ranges = output_ranges.parse(output_range)
     budget_asked = weight_size is not None or weight_size_ratio is not None
     if pack_int4 and widths.weights > 4 and not layer_specs and not budget_asked:
@@ -231,7 +234,7 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
 
     t0 = time.perf_counter()
     widths, budget = mixed_widths(prepared.graph, widths, layer_specs, keep, cal, weight_size,
-                                  weight_size_ratio, seed)
+                                  weight_size_ratio, seed, prepared.float_model, budget_sensitivity)
     if budget is not None and budget.low:
         pack_int4 = True  # the budget counts 4-bit layers packed: that is where the bytes go
     if pack_int4 and not any(widths.weights_of(prepared.graph.tensors[op.weight_input].name) <= 4
@@ -287,14 +290,27 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
 
 def mixed_widths(graph: Graph, widths: BitWidths, specs: Sequence[mixed.LayerSpec],
                  keep: Sequence[str], cal: Mapping[str, np.ndarray], weight_size: float | None,
-                 weight_size_ratio: float | None, seed: int = 0,
-                 ) -> tuple[BitWidths, "mixed.BudgetChoice | None"]:
-    """The per-layer widths: overrides first, then the budget search over the other layers."""
+                 weight_size_ratio: float | None, seed: int = 0, float_model: bytes | None = None,
+                 measure: str = "output") -> tuple[BitWidths, "mixed.BudgetChoice | None"]:
+    """The per-layer widths: overrides first, then the budget search over the other layers.
+
+    The search ranks layers by their cost at the model outputs when it can run
+    the float model (``mixed.output_sensitivity``); without data, or when
+    LiteRT cannot run the float model (a custom op kept in float), by the
+    layer's own cosine (``mixed.sensitivity``), and says so in the summary.
+    """
     widths = mixed.overrides(graph, widths, specs, keep)
     budget = mixed.budget_bytes(graph, weight_size, weight_size_ratio)
     if budget is None:
         return widths, None
-    sens = mixed.sensitivity(graph, cal, (mixed.LOW_BITS, widths.weights), seed=seed)
+    sens = None
+    if measure == "output" and cal and float_model is not None:
+        try:
+            sens = mixed.output_sensitivity(graph, float_model, cal)
+        except (ValueError, RuntimeError):
+            sens = None  # LiteRT cannot run the float model: rank by layer cosine
+    if sens is None:
+        sens = mixed.sensitivity(graph, cal, (mixed.LOW_BITS, widths.weights), seed=seed)
     choice = mixed.search_budget(graph, widths, sens, budget)
     return mixed.apply_choice(graph, widths, choice), choice
 
@@ -304,7 +320,7 @@ def budget_note(choice: "mixed.BudgetChoice") -> str:
     return (f"weight budget {choice.budget / 1024:.1f} KiB ({choice.budget / choice.int8_bytes:.2f} "
             f"of int8): {len(choice.low)} layers at {mixed.LOW_BITS} bits (packed INT4), weights "
             f"{choice.bytes / 1024:.1f} KiB ({choice.bytes / choice.int8_bytes:.2f} of int8), "
-            f"predicted layer-cosine loss {choice.loss:.4f}")
+            f"predicted {choice.measure} loss {choice.loss:.4g}")
 
 
 def fixed_range_notes(resolved: Any, activation_bits: int) -> list[str]:

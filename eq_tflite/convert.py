@@ -88,6 +88,9 @@ flags.DEFINE_multi_string("output_range", None,
                           "(repeatable; see eq_tflite/output_ranges.py).")
 flags.DEFINE_float("weight_size_ratio", None,
                    "Weight budget as a share of the int8 weights (e.g. 0.6); see --weight_size.")
+flags.DEFINE_enum("budget_sensitivity", _API["budget_sensitivity"], ["output", "layer"],
+                  "What the weight-budget search ranks layers by: output (the model outputs' noise "
+                  "with that layer alone at 4 bits) or layer (the layer's own output cosine).")
 flags.DEFINE_integer("seed", _API["seed"], "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
 flags.DEFINE_bool("progress", True, "Show progress bars (the API's default is off).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")
@@ -97,7 +100,7 @@ API_FLAGS = ("bits", "weight_bits", "activation_bits", "activation_range", "meth
              "num_calibration_samples", "allow_float", "int8_io", "progress", "seed", "pack_int4",
              "cross_layer_equalization", "bias_absorption", "bias_correction",
              "per_tensor_weights", "input_range", "layer_bits", "keep_8bit", "weight_size",
-             "weight_size_ratio", "output_range")
+             "weight_size_ratio", "output_range", "budget_sensitivity")
 
 
 def _define_option_flags() -> tuple[str, ...]:

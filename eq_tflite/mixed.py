@@ -258,10 +258,20 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclass
 class Sensitivity:
-    """Layer cosine per width of every packable layer (op index -> {bits: cosine})."""
+    """What lowering each packable layer to ``LOW_BITS`` costs (op index -> loss).
 
-    cosines: dict[int, dict[int, float]] = field(default_factory=dict)
-    data: bool = True  # False: weight cosines (no calibration data)
+    ``measure`` names the loss: ``output noise`` (the model outputs' noise power
+    relative to their power, that layer alone at 4 bits), ``layer cosine`` (the
+    layer's own output cosine drop) or ``weight cosine`` (no calibration data).
+    """
+
+    losses: dict[int, float] = field(default_factory=dict)
+    measure: str = "layer cosine"
+    cosines: dict[int, dict[int, float]] = field(default_factory=dict)  # layer/weight cosines per width
+
+    @property
+    def data(self) -> bool:
+        return self.measure != "weight cosine"
 
 
 def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Sequence[int],
@@ -273,7 +283,7 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
     """
     from eq_tflite.methods.layerwise import sample_positions
     wanted = set(packable(graph) if ops is None else ops)
-    out = Sensitivity(data=bool(calibration))
+    out = Sensitivity()
     if not calibration:
         for op in graph.weighted_ops():
             if op.index in wanted:
@@ -281,7 +291,8 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
                 m = np.moveaxis(w, op.channel_axis, -1).reshape(-1, w.shape[op.channel_axis])
                 out.cosines[op.index] = {b: _cos(m, grid.fake_quant_weights(m, grid.mse_weight_scales(m, b), 1, b))
                                          for b in widths}
-        return out
+        out.measure = "weight cosine"
+        return _cosine_losses(out)
     batch = {k: v[:samples] for k, v in calibration.items()}
     fsim = simulate.Executor(graph, batch)
     for op in graph.ops:
@@ -303,6 +314,116 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
                                                              lin.apply(rows, wq) + bias))
             out.cosines[op.index] = cos
         fsim.step(op)
+    return _cosine_losses(out)
+
+
+def _cosine_losses(sens: Sensitivity) -> Sensitivity:
+    """Losses from cosines: the drop from the widest measured width to ``LOW_BITS``."""
+    for i, cos in sens.cosines.items():
+        sens.losses[i] = max(cos[max(cos)] - cos.get(LOW_BITS, cos[min(cos)]), 0.0)
+    return sens
+
+
+def lowered_weights(graph: Graph, op: Op, bits: int = LOW_BITS) -> np.ndarray:
+    """``op``'s float weights on the ``bits`` grid (per channel, the least-MSE clip)."""
+    w = np.asarray(graph.tensors[op.weight_input].data, np.float32)
+    m = np.moveaxis(w, op.channel_axis, -1).reshape(-1, w.shape[op.channel_axis])
+    q = grid.fake_quant_weights(m, grid.mse_weight_scales(m, bits), 1, bits)
+    return np.moveaxis(q.reshape(np.moveaxis(w, op.channel_axis, -1).shape), -1, op.channel_axis)
+
+
+def _noise(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:
+    """Sum over outputs of the noise power relative to the output's power."""
+    total = 0.0
+    for r, o in zip(ref, out):
+        r64 = r.astype(np.float64)
+        power = float(np.sum(r64 * r64))
+        if power > 0:
+            total += float(np.sum((o.astype(np.float64) - r64) ** 2)) / power
+    return total
+
+
+class _WeightPatcher:
+    """Float model bytes with one weighted op's weights replaced.
+
+    Patches the weight's float32 bytes where they sit in the file (found once;
+    the bytes must occur exactly once), else edits the parsed model and
+    serializes it.
+    """
+
+    def __init__(self, graph: Graph, float_model: bytes) -> None:
+        self.graph, self.model = graph, bytes(float_model)
+        self._parsed = None
+
+    def with_weights(self, op: Op, values: np.ndarray) -> bytes:
+        t = self.graph.tensors[op.weight_input]
+        old = np.ascontiguousarray(np.asarray(t.data, np.float32)).tobytes()
+        at = self.model.find(old)
+        if at >= 0 and self.model.find(old, at + 1) < 0:
+            buf = bytearray(self.model)
+            buf[at:at + len(old)] = np.ascontiguousarray(values, np.float32).tobytes()
+            return bytes(buf)
+        from eq_tflite.io import codec as fb
+        if self._parsed is None:
+            self._parsed = fb.parse_model(self.model)
+        tensor = self._parsed.subgraphs[0].tensors[op.weight_input]
+        stored = fb.buffer_array(self._parsed, tensor)
+        if stored is None or not np.issubdtype(stored.dtype, np.floating):
+            raise ValueError(f"weights of op {op.index} are not stored as float")
+        buf = self._parsed.buffers[tensor.buffer]
+        saved = buf.data
+        buf.data = np.frombuffer(np.ascontiguousarray(values, stored.dtype).tobytes(), np.uint8)
+        try:
+            return fb.serialize_model(self._parsed)
+        finally:
+            buf.data = saved
+
+
+def _logits_as_outputs(graph: Graph, float_model: bytes) -> bytes:
+    """``float_model`` with each SOFTMAX output replaced by its input (the logits).
+
+    A confident sample's probabilities barely move under weight noise that
+    flips a less confident one, so noise is measured on the logits.
+    """
+    producer = {t: op for op in graph.ops for t in op.outputs}
+    outs = [producer[t].inputs[0] if t in producer and producer[t].type == "SOFTMAX" else t
+            for t in graph.outputs]
+    if outs == list(graph.outputs):
+        return float_model
+    from eq_tflite.io import codec as fb
+    model = fb.parse_model(float_model)
+    model.subgraphs[0].outputs = np.asarray(outs, np.int32)
+    return fb.serialize_model(model)
+
+
+def output_sensitivity(graph: Graph, float_model: bytes, calibration: Mapping[str, np.ndarray],
+                       ops: Iterable[int] | None = None, samples: int = 16) -> Sensitivity:
+    """Each op's cost of ``LOW_BITS`` weights, measured where it counts: at the model outputs.
+
+    The float model runs (LiteRT) on ``samples`` calibration samples with one
+    layer's weights on the 4-bit grid (the least-MSE per-channel clip) and the
+    rest in float; the loss is the outputs' noise power relative to their
+    power, summed over outputs (a softmax output is measured on its logits). Noise from independently quantized layers adds
+    up, so the knapsack's sum of losses predicts the whole choice; a layer's own
+    cosine does not, because it ignores what follows the layer (a 4-bit
+    projection feeding a residual sum costs less than one feeding a depthwise).
+    """
+    from eq_tflite import runtime
+    wanted = sorted(set(packable(graph) if ops is None else ops))
+    float_model = _logits_as_outputs(graph, float_model)
+    inputs = [np.asarray(calibration[graph.tensors[i].name][:samples]) for i in graph.inputs]
+    n = inputs[0].shape[0]
+
+    def outputs(model: bytes) -> list[np.ndarray]:
+        return runtime.run_model(runtime.make_interpreter(model, builtin_kernels=False), inputs,
+                                 batch_size=n)
+
+    ref = outputs(float_model)
+    patcher = _WeightPatcher(graph, float_model)
+    out = Sensitivity(measure="output noise")
+    for i in wanted:
+        op = graph.ops[i]
+        out.losses[i] = _noise(ref, outputs(patcher.with_weights(op, lowered_weights(graph, op))))
     return out
 
 
@@ -314,7 +435,8 @@ class BudgetChoice:
     int8_bytes: int                   # all weights in the int8 container
     low: list[int] = field(default_factory=list)    # op indices lowered to LOW_BITS
     bytes: int = 0                    # weight bytes of the choice
-    loss: float = 0.0                 # sum of (1 - cosine) over lowered layers' cosine drops
+    loss: float = 0.0                 # sum of the lowered layers' losses (Sensitivity.measure)
+    measure: str = "layer cosine"     # what the losses are (Sensitivity.measure)
     frontier: list[tuple[float, int, float]] = field(default_factory=list)  # (ratio, bytes, loss)
 
 
@@ -363,7 +485,7 @@ def search_budget(graph: Graph, bits: BitWidths, sens: Sensitivity, budget: int,
     int8 = weight_bytes(graph)
     fixed_names = dict(bits.layer_weights)
     can = packable(graph)
-    free = [op for op in graph.weighted_ops() if op.index in can and op.index in sens.cosines
+    free = [op for op in graph.weighted_ops() if op.index in can and op.index in sens.losses
             and graph.tensors[op.weight_input].name not in fixed_names]
     high = bits.weights
     base = weight_bytes(graph, bits)  # every free layer at the model's width
@@ -371,7 +493,7 @@ def search_budget(graph: Graph, bits: BitWidths, sens: Sensitivity, budget: int,
         free = []
     sizes = [int(graph.tensors[op.weight_input].data.size) - (int(graph.tensors[op.weight_input].data.size) + 1) // 2
              for op in free]
-    losses = [max(sens.cosines[op.index][high] - sens.cosines[op.index][LOW_BITS], 0.0) for op in free]
+    losses = [sens.losses[op.index] for op in free]
     smallest = base - sum(sizes)
     if budget < smallest:
         raise EqTfliteError(f"the weight budget {budget / 1024:.1f} KiB ({budget / int8:.2f} of the "
@@ -380,7 +502,8 @@ def search_budget(graph: Graph, bits: BitWidths, sens: Sensitivity, budget: int,
                             f"layer at {LOW_BITS} bits")
     low = _knapsack(sizes, losses, base - budget)
     choice = BudgetChoice(budget, int8, [free[i].index for i in low],
-                          base - sum(sizes[i] for i in low), float(sum(losses[i] for i in low)))
+                          base - sum(sizes[i] for i in low), float(sum(losses[i] for i in low)),
+                          sens.measure)
     for r in frontier_ratios:
         b = int(r * int8)
         if b < smallest:
@@ -407,8 +530,14 @@ def budget_bytes(graph: Graph, weight_size_kib: float | None, ratio: float | Non
     return None
 
 
-def check_budget(weight_size_kib: float | None, ratio: float | None) -> None:
+#: What the budget search ranks layers by (``api.convert_model(budget_sensitivity=...)``).
+MEASURES = ("output", "layer")
+
+
+def check_budget(weight_size_kib: float | None, ratio: float | None, measure: str = "output") -> None:
     """One-line errors for bad budget arguments (before anything is loaded)."""
+    if measure not in MEASURES:
+        raise EqTfliteError(f"--budget_sensitivity takes {' or '.join(MEASURES)}, got {measure!r}")
     if weight_size_kib is not None and ratio is not None:
         raise EqTfliteError("give --weight_size or --weight_size_ratio, not both")
     if weight_size_kib is not None:

@@ -205,10 +205,10 @@ def write_conversion_report(conversion: Any, out_dir: str | Path,
                     f"Budget {budget.budget} bytes ({budget.budget / budget.int8_bytes:.2f} of the int8 "
                     f"weights, {budget.int8_bytes} bytes); chosen: {budget.bytes} bytes, "
                     f"{len(budget.low)} layers at 4 bits (`w_bits` above). The search's frontier "
-                    "(predicted: sum of the lowered layers' layer-cosine drops; measured agreement "
+                    f"(predicted: sum of the lowered layers' {budget.measure} losses; measured agreement "
                     "per budget: BENCHMARKS.md, *Mixed precision*):", "",
                     "| budget (of int8) | weight bytes | predicted loss |", "|---|---|---|"]
-        summary += [f"| {r:.2f} | {b} | {loss:.4f} |" for r, b, loss in budget.frontier]
+        summary += [f"| {r:.2f} | {b} | {loss:.4g} |" for r, b, loss in budget.frontier]
     if not rows:
         summary.append(f"`{plan.method}` records no per-layer rows; give samples to score layers.")
     return write_layer_report({plan.method: rows}, out_dir, "\n".join(summary) + "\n")
