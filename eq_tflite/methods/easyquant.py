@@ -336,9 +336,14 @@ class LayerProblem:
         return (q * step.astype(np.float64)).astype(np.float32)
 
     def outside_levels(self, act: tuple[float, int]) -> float:
-        """Fraction of sampled input values beyond the b-bit levels (before any clip)."""
-        q = np.round(self.rows / act[0]) + act[1]
-        return grid.outside_levels(q, self.bits.activations) / max(q.size, 1)
+        """Fraction of sampled input values beyond the b-bit levels (before any clip).
+
+        Counted against the levels' real bounds (``grid.level_bounds``: the values
+        that round outside), two comparisons instead of quantizing every row.
+        """
+        lo, hi = grid.level_bounds(*act, self.bits)
+        out = np.count_nonzero(self.rows < lo) + np.count_nonzero(self.rows >= hi)
+        return out / max(self.rows.size, 1)
 
     def weight_candidates(self, scales: np.ndarray) -> np.ndarray:
         """Dequantized weights (K, J, C) on the b-bit grid for candidate step sizes (J, C)."""
