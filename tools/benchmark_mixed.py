@@ -34,7 +34,7 @@ from absl import flags  # noqa: E402
 from benchmarks.real_models import default_cache_dir  # noqa: E402
 
 MIXED_CONFIGS = ["mixed_eq_w8_budget50", "mixed_eq_w8_budget60", "mixed_eq_w8_budget75",
-                 "mixed_eq_w7a7_keep8", "mixed_eq_w8_budget60_bc"]
+                 "mixed_eq_w7a7_keep8", "mixed_eq_w8_budget60_bc", "mixed_eq_w8_budget60_layer"]
 MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range",
           "selfie_segmentation", "palm_detection_lite", "hand_landmark_lite"]
 #: The suite's rows each table starts from (benchmarks/real_models.json).
@@ -43,12 +43,25 @@ SUITE_ROWS = {"tflite_int8": "TFLite INT8", "eq_w8a8": "all-8 (EasyQuant W8A8)",
 BUDGET_ROWS = {"mixed_eq_w8_budget50": "budget 50% (EasyQuant, A8)",
                "mixed_eq_w8_budget60": "budget 60% (EasyQuant, A8)",
                "mixed_eq_w8_budget75": "budget 75% (EasyQuant, A8)",
-               "mixed_eq_w8_budget60_bc": "budget 60%, --bias_correction empirical"}
+               "mixed_eq_w8_budget60_bc": "budget 60%, --bias_correction empirical",
+               "mixed_eq_w8_budget60_layer": "budget 60%, --budget_sensitivity layer (the old ranking)"}
+#: The suite row that is the current default command for a configuration (a sweep row whose
+#: flag became the default since the base row ran; its command says so).
+CURRENT = {"eq_w7a7": "eq_w7a7__init_mse", "eq_w8a8": "eq_w8a8__init_mse"}
+
+
+def _current(ref: dict, config: str) -> tuple[str, dict | None]:
+    """(config, row) of the suite row that runs ``config``'s current default."""
+    for c in (CURRENT.get(config), config):
+        if c and c in ref:
+            return c, ref[c]
+    return config, None
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", MODELS, "Suite models.")
 flags.DEFINE_list("configs", MIXED_CONFIGS, "Mixed configurations to run.")
 flags.DEFINE_bool("write_only", False, "Only write the section and the plot from the json files.")
+flags.DEFINE_bool("rerun", False, "Run configurations that already have a result in the json.")
 flags.DEFINE_string("results", str(REPO / "benchmarks" / "mixed_precision.json"), "Mixed results json.")
 flags.DEFINE_string("suite_results", str(REPO / "benchmarks" / "real_models.json"),
                     "The suite's results json (reference rows).")
@@ -59,7 +72,7 @@ flags.DEFINE_string("cache_dir", None, "Suite cache (default: the suite's).")
 COMMAND = "python tools/benchmark_mixed.py"
 #: Main metric per model kind: (key, label, scale, format, higher is better).
 METRIC = {"classifier": ("agreement", "top-1 agreement", 100, ".1f", True),
-          "detector": ("top10_anchors", "top-10 anchors", 100, ".0f", True),
+          "detector": ("detection_iou", "detections IoU", 1, ".4f", True),
           "segmentation": ("mask_iou", "mask IoU", 1, ".4f", True),
           "landmarks": ("landmark_px", "landmark error px", 1, ".2f", False)}
 
@@ -129,9 +142,10 @@ def write(results: dict, suite: dict, cache: Path) -> None:
         lines += [f"### {model}", "", f"| configuration | weight bytes (of int8) | {metric} | "
                   "4-bit layers |", "|---|---|---|---|"]
         for config, name in SUITE_ROWS.items():
-            if config in ref:
+            used, row = _current(ref, config)
+            if row is not None:
                 size = all4 if config == "eq_w4a8" else int8
-                lines.append(f"| {name} | {size:,} ({size / int8:.2f}) | {_value(ref[config], kind)} | "
+                lines.append(f"| {name} | {size:,} ({size / int8:.2f}) | {_value(row, kind)} | "
                              f"{'all' if config == 'eq_w4a8' else 'none'} |")
         for config, name in BUDGET_ROWS.items():
             if config in rows:
@@ -141,10 +155,11 @@ def write(results: dict, suite: dict, cache: Path) -> None:
                 lines.append(f"| {name} | {sz} | {_value(r, kind)} | {_summary_widths(r)} |")
         lines.append("")
         keep = rows.get("mixed_eq_w7a7_keep8")
-        if keep is not None and "eq_w7a7" in ref and "tflite_int8" in ref:
+        _, strict_row = _current(ref, "eq_w7a7")
+        if keep is not None and strict_row is not None and "tflite_int8" in ref:
             key = METRIC[kind][0]
             higher = METRIC[kind][4]
-            strict, k8, int8_v = ref["eq_w7a7"].get(key), keep.get(key), ref["tflite_int8"].get(key)
+            strict, k8, int8_v = strict_row.get(key), keep.get(key), ref["tflite_int8"].get(key)
             note = ""
             if None not in (strict, k8, int8_v):
                 gap = (int8_v - strict) if higher else (strict - int8_v)
@@ -154,7 +169,7 @@ def write(results: dict, suite: dict, cache: Path) -> None:
                         + ("; keep_8bit recovers " + f"{100 * got / gap:.0f}% of that gap" if gap > 0 else
                            f"; keep_8bit moves it by {got * METRIC[kind][2]:+{METRIC[kind][3]}}"))
             lines += [f"`--bits 7 --keep_8bit input,first,last`: {_value(keep, kind)} against strict "
-                      f"W7A7 {_value(ref['eq_w7a7'], kind)} and TFLite INT8 "
+                      f"W7A7 {_value(strict_row, kind)} and TFLite INT8 "
                       f"{_value(ref['tflite_int8'], kind)} ({note}).", ""]
     lines += ["Plot: `benchmarks/mixed_pareto.png` (weight bytes against the main metric per model).", ""]
     update_section(FLAGS.output, "mixed_precision", "\n".join(lines))
@@ -176,9 +191,10 @@ def _plot(results: dict, suite: dict, cache: Path) -> None:
         pts = []
         ref = suite.get(model, {})
         for config, size in (("eq_w4a8", all4), ("eq_w8a8", int8)):
-            if ref.get(config, {}).get(key) is not None:
-                pts.append((size, scale * ref[config][key], config.replace("eq_", "")))
-        for config in BUDGET_ROWS:
+            _, row = _current(ref, config)
+            if (row or {}).get(key) is not None:
+                pts.append((size, scale * row[key], config.replace("eq_", "")))
+        for config in ("mixed_eq_w8_budget50", "mixed_eq_w8_budget60", "mixed_eq_w8_budget75"):
             r = results[model].get(config, {})
             if r.get(key) is not None and r.get("weight_bytes"):
                 pts.append((r["weight_bytes"], scale * r[key], config.split("_")[-1]))
@@ -214,6 +230,8 @@ def main(argv: list[str]) -> int:
                "--results", FLAGS.results, "--output", str(scratch)]
         if FLAGS.cache_dir:
             cmd += ["--cache_dir", FLAGS.cache_dir]
+        if FLAGS.rerun:
+            cmd.append("--rerun")
         proc = subprocess.run(cmd, cwd=REPO)
         scratch.unlink(missing_ok=True)
         if proc.returncode != 0:

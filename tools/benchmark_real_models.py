@@ -86,6 +86,10 @@ CONFIGS = {
                                        "--bias_correction", "empirical"]),
     "mixed_bs_w8_budget60": ("Bit-Split W8A8, weight budget 60% of int8", "eq",
                              ["--method", "bitsplit", "--bits", "8", "--weight_size_ratio", "0.6"]),
+    "mixed_eq_w8_budget60_layer": ("EasyQuant W8A8, weight budget 60% of int8, layers ranked by "
+                                   "their own cosine (the old ranking)", "eq",
+                                   ["--bits", "8", "--weight_size_ratio", "0.6",
+                                    "--budget_sensitivity", "layer"]),
 }
 #: One-flag variations of a default configuration: the tables that chose the defaults (BENCHMARKS.md).
 #: Each changes exactly one option of its base row ("eq_w7a7" or "datafree_w8a8").
@@ -104,6 +108,9 @@ SWEEPS = {
     },
     "eq_w6a6": {
         "keep_8bit_input": ("--keep_8bit", "input"),
+    },
+    "eq_w4a8": {
+        "rounding_nearest": ("--eq_rounding", "nearest"),
     },
     "eq_w8a8": {
         "init_mse": ("--eq_init", "mse"),

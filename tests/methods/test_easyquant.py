@@ -285,3 +285,25 @@ def test_init_from_the_mse_method(small_float_tflite, small_calibration):
     kept = [graph.tensors[t].name for t in graph.activation_tensors() if t not in searched]
     assert kept and all(plan.activation_ranges[n] == start[n] for n in kept)
     assert any(start[n] != minmax[n] for n in kept)  # the test tells the two starts apart
+
+
+def test_gptq_rounding_keeps_the_steps_and_only_wins(small_float_tflite, small_calibration):
+    """eq_rounding=gptq: integers on the searched steps, kept only where the layer cosine rises;
+    nearest rounding writes none; layers above eq_rounding_bits keep nearest rounding."""
+    from eq_tflite import api
+    graph, near = _run(small_float_tflite, small_calibration, 4, eq_max_rows=1024, eq_rounding="nearest")
+    _, plan = _run(small_float_tflite, small_calibration, 4, eq_max_rows=1024)  # gptq: the default
+    rows = {r["weight"]: r for r in plan.layers}
+    assert plan.int_weights and all("cos_gptq" in r for r in plan.layers)
+    assert not near.int_weights and not any("cos_gptq" in r for r in near.layers)
+    for name, q in plan.int_weights.items():
+        assert rows[name]["cos_gptq"] > rows[name]["cos_eq"]
+        assert np.abs(q.astype(int)).max() <= 7 and q.shape == graph.tensors[graph.by_name[name]].shape
+    # the first layer sees the same inputs either way: same search, only the rounding differs
+    first = plan.layers[0]["weight"]
+    np.testing.assert_array_equal(plan.weight_scales[first], near.weight_scales[first])
+    conv = api.convert_model(small_float_tflite, small_calibration, weight_bits=4, activation_bits=8,
+                             method_options={"eq_rounding": "gptq", "eq_steps": 40})
+    assert conv.report.ok
+    _, wide = _run(small_float_tflite, small_calibration, 7, eq_max_rows=1024)
+    assert not wide.int_weights  # 7-bit layers are above eq_rounding_bits (4): nearest rounding
