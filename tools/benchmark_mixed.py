@@ -117,10 +117,13 @@ def write(results: dict, suite: dict, cache: Path) -> None:
              "crops of other photos, LiteRT's builtin kernels, everything against the float model. "
              "Weight bytes: the weighted ops' weight tensors as stored (int8: 1 byte per weight, "
              "packed INT4: half; biases and scales not counted). Budget rows: EasyQuant with 8-bit "
-             "activations, `--bits 8 --weight_size_ratio R`: the search lowers the least "
-             "sensitive layers to 4-bit weights (packed INT4) until the weights fit R of the int8 "
-             "bytes. TFLite INT8, all-8 and all-4 are the suite's rows (all-4 ran unpacked; its "
-             "bytes are the packed size, same outputs).", "",
+             "activations, `--bits 8 --weight_size_ratio R`: the search lowers the layers whose "
+             "4-bit weights add the least noise at the model outputs (`--budget_sensitivity "
+             "output`) to 4-bit weights (packed INT4, GPTQ-rounded) until the weights fit R of "
+             "the int8 bytes. TFLite INT8, all-8 and all-4 are the suite's rows run with the "
+             "current defaults (all-8: its `--eq_init mse` row; all-4 ran unpacked, its bytes "
+             "are the packed size, same outputs). Strict W7A7 in the `--keep_8bit` lines: the "
+             "suite's `--eq_init mse` row (the current default).", "",
              "Sony MCT's mixed precision is not beside it: `pip install model-compression-toolkit` "
              "installs 2.6.1, whose Keras entry point (`mct.ptq.keras_post_training_quantization`) "
              "refuses this TensorFlow: \"Tensorflow must be installed with a version of 2.15 or lower "
@@ -152,7 +155,9 @@ def write(results: dict, suite: dict, cache: Path) -> None:
                 r = rows[config]
                 size = r.get("weight_bytes")
                 sz = "-" if size is None else f"{size:,} ({size / int8:.2f})"
-                lines.append(f"| {name} | {sz} | {_value(r, kind)} | {_summary_widths(r)} |")
+                note = r.get("command", "").partition("  # ")[2]  # a row run under older defaults
+                shown = f"{name} ({note})" if note else name
+                lines.append(f"| {shown} | {sz} | {_value(r, kind)} | {_summary_widths(r)} |")
         lines.append("")
         keep = rows.get("mixed_eq_w7a7_keep8")
         _, strict_row = _current(ref, "eq_w7a7")

@@ -331,8 +331,10 @@ def write_markdown(results: dict, cache: Path) -> None:
              "A configuration missing from a table has not been run yet (the command above fills it in). "
              "EasyQuant's start changed on this suite's evidence from the calibration min/max to the mse "
              "method's ranges (`--eq_init mse`, the default since 2026-12-06): the `--eq_init mse` rows "
-             "are the current default; every other EasyQuant row ran with the min/max start (its stored "
-             "command says `# eq_init max`).",
+             "are the current default; an EasyQuant row run before that change ran with the min/max start "
+             "(its stored command says `# eq_init max`). Since the same day EasyQuant rounds layers of at "
+             "most 4 weight bits with GPTQ (`--eq_rounding gptq`); the W4A8 rows were rerun with it "
+             "(`--eq_rounding nearest`: the old rounding).",
              ""]
     for model in MODELS:
         rows = results.get(model)
