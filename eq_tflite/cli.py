@@ -153,14 +153,31 @@ def run_absl(main: Callable[[list[str]], int], usage: str | None = None) -> None
         except flags.Error as err:
             sys.exit(fail(first_line(err)))
 
-    app.run(lambda argv: _exit(_guarded_main(main, argv)), flags_parser=parse)
+    try:
+        app.run(lambda argv: _exit(_guarded_main(main, argv)), flags_parser=parse)
+    except (KeyboardInterrupt, Terminated) as err:  # in absl's own setup, before main
+        _exit(interrupted(err))
 
 
 def _guarded_main(main: Callable[[list[str]], int], argv: list[str]) -> int:
+    """``guarded(main)``, with signals ignored once it returns (see :func:`_exit`).
+
+    The switch happens inside the ``try``: a signal that lands after the body
+    ended but before the handlers are ignored still ends in one error line, not
+    in an uncaught KeyboardInterrupt (which Python turns into death by SIGINT).
+    """
     try:
-        return guarded(lambda: main(argv))
-    except (KeyboardInterrupt, Terminated) as err:  # after the body ended, before _exit
+        code = guarded(lambda: main(argv))
+        _ignore_signals()
+        return code
+    except (KeyboardInterrupt, Terminated) as err:  # after the body ended, before the switch
+        _ignore_signals()
         return interrupted(err)
+
+
+def _ignore_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _exit(code: int) -> None:
@@ -171,8 +188,7 @@ def _exit(code: int) -> None:
     that window killed a finished conversion (exit -15 after it had written
     its model). Ignored signals stay ignored through finalization.
     """
-    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
+    _ignore_signals()
     sys.exit(code)
 
 

@@ -296,4 +296,7 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    run()
+    try:
+        run()
+    except (KeyboardInterrupt, Terminated) as _err:  # before run_absl's own handlers
+        sys.exit(interrupted(_err))
