@@ -269,10 +269,6 @@ class Sensitivity:
     measure: str = "layer cosine"
     cosines: dict[int, dict[int, float]] = field(default_factory=dict)  # layer/weight cosines per width
 
-    @property
-    def data(self) -> bool:
-        return self.measure != "weight cosine"
-
 
 def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Sequence[int],
                 ops: Iterable[int] | None = None, samples: int = 16, max_rows: int = 2048,
@@ -287,10 +283,8 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
     if not calibration:
         for op in graph.weighted_ops():
             if op.index in wanted:
-                w = np.asarray(graph.tensors[op.weight_input].data, np.float64)
-                m = np.moveaxis(w, op.channel_axis, -1).reshape(-1, w.shape[op.channel_axis])
-                out.cosines[op.index] = {b: _cos(m, grid.fake_quant_weights(m, grid.mse_weight_scales(m, b), 1, b))
-                                         for b in widths}
+                m = _channel_matrix(graph, op)
+                out.cosines[op.index] = {b: _cos(m, _lowered(m, b)) for b in widths}
         out.measure = "weight cosine"
         return _cosine_losses(out)
     batch = {k: v[:samples] for k, v in calibration.items()}
@@ -324,12 +318,23 @@ def _cosine_losses(sens: Sensitivity) -> Sensitivity:
     return sens
 
 
+def _channel_matrix(graph: Graph, op: Op) -> np.ndarray:
+    """``op``'s float weights as a (values per channel, channels) matrix."""
+    w = np.asarray(graph.tensors[op.weight_input].data, np.float32)
+    return np.moveaxis(w, op.channel_axis, -1).reshape(-1, w.shape[op.channel_axis])
+
+
+def _lowered(matrix: np.ndarray, bits: int) -> np.ndarray:
+    """A channel matrix on the ``bits`` grid (per channel, the least-MSE clip)."""
+    return grid.fake_quant_weights(matrix, grid.mse_weight_scales(matrix, bits), 1, bits)
+
+
 def lowered_weights(graph: Graph, op: Op, bits: int = LOW_BITS) -> np.ndarray:
     """``op``'s float weights on the ``bits`` grid (per channel, the least-MSE clip)."""
-    w = np.asarray(graph.tensors[op.weight_input].data, np.float32)
-    m = np.moveaxis(w, op.channel_axis, -1).reshape(-1, w.shape[op.channel_axis])
-    q = grid.fake_quant_weights(m, grid.mse_weight_scales(m, bits), 1, bits)
-    return np.moveaxis(q.reshape(np.moveaxis(w, op.channel_axis, -1).shape), -1, op.channel_axis)
+    shape = list(graph.tensors[op.weight_input].data.shape)
+    shape.append(shape.pop(op.channel_axis))
+    q = _lowered(_channel_matrix(graph, op), bits)
+    return np.moveaxis(q.reshape(shape), -1, op.channel_axis)
 
 
 def _noise(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:
@@ -403,10 +408,11 @@ def output_sensitivity(graph: Graph, float_model: bytes, calibration: Mapping[st
     The float model runs (LiteRT) on ``samples`` calibration samples with one
     layer's weights on the 4-bit grid (the least-MSE per-channel clip) and the
     rest in float; the loss is the outputs' noise power relative to their
-    power, summed over outputs (a softmax output is measured on its logits). Noise from independently quantized layers adds
-    up, so the knapsack's sum of losses predicts the whole choice; a layer's own
-    cosine does not, because it ignores what follows the layer (a 4-bit
-    projection feeding a residual sum costs less than one feeding a depthwise).
+    power, summed over outputs (a softmax output is measured on its logits).
+    Noise from independently quantized layers adds up, so the knapsack's sum of
+    losses predicts the whole choice; a layer's own cosine does not, because it
+    ignores what follows the layer (a 4-bit projection feeding a residual sum
+    costs less than one feeding a depthwise).
     """
     from eq_tflite import runtime
     wanted = sorted(set(packable(graph) if ops is None else ops))

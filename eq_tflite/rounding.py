@@ -42,23 +42,17 @@ def _upper_inverse_cholesky(h: np.ndarray) -> np.ndarray:
 
 def gptq_plain(matrix: np.ndarray, scales: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
     """Integer weights (K, C) for ``matrix`` (K, C) on per-column ``scales``, inputs' H (K, K)."""
-    u = _upper_inverse_cholesky(np.asarray(h, np.float64))
-    w = np.asarray(matrix, np.float64).copy()
-    s = np.where(scales > 0, scales, 1.0).astype(np.float64)
-    q = np.zeros(w.shape, np.int64)
-    for k in range(w.shape[0]):
-        qk = np.clip(np.round(w[k] / s), -qmax, qmax)
-        q[k] = qk
-        err = (w[k] - qk * s) / u[k, k]
-        if k + 1 < w.shape[0]:
-            w[k + 1:] -= np.outer(u[k, k + 1:], err)
-    q[:, scales <= 0] = 0
-    return q
+    return _gptq(matrix, scales, qmax, _upper_inverse_cholesky(np.asarray(h, np.float64))[None])
 
 
 def gptq_depthwise(matrix: np.ndarray, scales: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
     """Integer weights (K, C) of a depthwise layer; ``h`` (C, K, K): each channel's own H."""
-    u = _upper_inverse_cholesky(np.asarray(h, np.float64))  # (C, K, K)
+    return _gptq(matrix, scales, qmax, _upper_inverse_cholesky(np.asarray(h, np.float64)))
+
+
+def _gptq(matrix: np.ndarray, scales: np.ndarray, qmax: int, u: np.ndarray) -> np.ndarray:
+    """The rounding loop; ``u`` (G, K, K): one factor shared by every column (G = 1) or one
+    per column (G = C)."""
     w = np.asarray(matrix, np.float64).copy()
     s = np.where(scales > 0, scales, 1.0).astype(np.float64)
     q = np.zeros(w.shape, np.int64)

@@ -197,6 +197,24 @@ def test_budget_conversion_end_to_end(resnet_float, fmnist_calib, fmnist_subset)
         api.convert_model(resnet_float, fmnist_calib[:60], weight_size=10, weight_size_ratio=0.5)
 
 
+def test_budget_ranking_falls_back_to_layer_cosine(resnet_float, fmnist_calib, monkeypatch):
+    """Default ranking by output noise; layer cosine when asked, and when LiteRT cannot run the
+    float model (a custom op kept in float), instead of failing the conversion."""
+    from eq_tflite.runtime import LiteRTError
+    kw = dict(bits=8, method="minmax", weight_size_ratio=0.6)
+    assert api.convert_model(resnet_float, fmnist_calib[:60], **kw).budget.measure == "output noise"
+    asked = api.convert_model(resnet_float, fmnist_calib[:60], budget_sensitivity="layer", **kw)
+    assert asked.budget.measure == "layer cosine"
+
+    def cannot_run(*args, **kwargs):
+        raise LiteRTError("LiteRT cannot load the model: custom op")
+    monkeypatch.setattr(mixed, "output_sensitivity", cannot_run)
+    fallback = api.convert_model(resnet_float, fmnist_calib[:60], **kw)
+    assert fallback.report.ok and fallback.budget.measure == "layer cosine"
+    assert fallback.budget.low == asked.budget.low
+    assert any("predicted layer cosine loss" in n for n in fallback.plan.notes)
+
+
 @pytest.mark.parametrize("method", ["minmax", "kl", "bitsplit"])
 def test_every_method_respects_the_widths(method, small_float_tflite, small_calibration):
     conv = api.convert_model(small_float_tflite, small_calibration, bits=7, method=method,
