@@ -13,6 +13,10 @@ A plain layer has one H (K x K, K = KH·KW·C_in) for all output channels; a
 depthwise layer has one per channel (KH·KW x KH·KW), solved batched. The
 damping (``DAMP`` of H's mean diagonal) keeps H invertible when inputs are
 collinear or dead (a dead input's weights are rounded and carry no error).
+
+GPTQ matches the layer's own float weights on the inputs the quantized model
+feeds it. ``corrected_target`` moves that target to the float model's layer
+output, so the rounding also makes up for error from the layers before.
 """
 from __future__ import annotations
 
@@ -25,17 +29,21 @@ import numpy as np
 DAMP = 0.1
 
 
-def _upper_inverse_cholesky(h: np.ndarray) -> np.ndarray:
-    """U with H⁻¹ = Uᵀ·U (upper triangular), for H (..., K, K) made positive definite."""
+def _damped(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
+    """H (..., K, K) made positive definite: dead inputs get a unit diagonal, all get ``damp``."""
     k = h.shape[-1]
     diag = np.diagonal(h, axis1=-2, axis2=-1)
-    dead = diag <= 0
-    h = h.copy()
+    h = np.array(h, np.float64)
     idx = np.arange(k)
-    h[..., idx, idx] = np.where(dead, 1.0, diag)
+    h[..., idx, idx] = np.where(diag <= 0, 1.0, diag)
     mean = np.diagonal(h, axis1=-2, axis2=-1).mean(-1)
-    h[..., idx, idx] += DAMP * mean[..., None]
-    inv = np.linalg.inv(h)
+    h[..., idx, idx] += damp * mean[..., None]
+    return h
+
+
+def _upper_inverse_cholesky(h: np.ndarray) -> np.ndarray:
+    """U with H⁻¹ = Uᵀ·U (upper triangular), for H (..., K, K) made positive definite."""
+    inv = np.linalg.inv(_damped(h))
     inv = 0.5 * (inv + np.swapaxes(inv, -1, -2))
     return np.swapaxes(np.linalg.cholesky(inv), -1, -2)
 
@@ -64,6 +72,26 @@ def _gptq(matrix: np.ndarray, scales: np.ndarray, qmax: int, u: np.ndarray) -> n
             w[k + 1:] -= u[:, k, k + 1:].T * err
     q[:, scales <= 0] = 0
     return q
+
+
+def corrected_target(matrix: np.ndarray, h: np.ndarray, cross: np.ndarray,
+                     depthwise: bool) -> np.ndarray:
+    """W + ΔW: the weights whose output on the shipped inputs X_q best matches the float
+    layer's output X_f·W (ridge on ΔW with GPTQ's damping).
+
+    ``cross`` = X_qᵀ·(X_f·W − X_q·W) (K, C). Since the least-squares residual is
+    orthogonal to X_q's columns, ‖X_f·W − X_q·Q‖² = ‖X_q·(W + ΔW) − X_q·Q‖² + const,
+    so GPTQ on W + ΔW with the same H minimizes the error against the float
+    model's output, upstream quantization error included, instead of against
+    the layer's own float weights on already-quantized inputs (the GPTAQ /
+    "asymmetric calibration" target, Li et al., 2025).
+    """
+    hd = _damped(h)
+    if depthwise:                                  # (C, K, K) with (K, C) -> per column
+        delta = np.linalg.solve(hd, np.asarray(cross, np.float64).T[..., None])[..., 0].T
+    else:
+        delta = np.linalg.solve(hd, np.asarray(cross, np.float64))
+    return np.asarray(matrix, np.float64) + delta
 
 
 def input_hessian(rows: np.ndarray, depthwise: bool) -> np.ndarray:

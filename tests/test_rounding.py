@@ -51,3 +51,40 @@ def test_dead_inputs_and_channels():
     s = np.abs(w).max(0) / 7
     q = rounding.gptq_plain(w, s, 7, rounding.input_hessian(x, False))
     assert np.all(np.isfinite(q)) and np.all(q[:, 1] == 0) and np.abs(q).max() <= 7
+
+
+def _upstream(rng, shape, noise):
+    xf = rng.normal(size=shape) + 0.5
+    # shipped inputs: the float ones with a systematic (upstream-quantization-like) error
+    return xf, xf * (1 + noise) + noise * rng.normal(size=shape)
+
+
+def test_corrected_target_matches_the_float_output():
+    """GPTQ on corrected_target(W) lowers ‖X_f·W − X_q·Q‖, the float model's error, against GPTQ
+    on W (which only matches X_q·W); with no upstream error the target is W itself."""
+    rng = np.random.default_rng(4)
+    xf, xq = _upstream(rng, (3000, 20), 0.15)
+    w = rng.normal(size=(20, 6))
+    s = np.abs(w).max(0) / 7
+    h = rounding.input_hessian(xq, False)
+    cross = xq.T @ (xf @ w - xq @ w)
+    q_layer = rounding.gptq_plain(w, s, 7, h)
+    q_float = rounding.gptq_plain(rounding.corrected_target(w, h, cross, False), s, 7, h)
+    err = lambda q: np.sum((xf @ w - xq @ (q * s)) ** 2)
+    # measured: 0.45 of GPTQ-on-W's error on this seed (0.41-0.45 on seeds 4-7)
+    assert err(q_float) < 0.6 * err(q_layer)
+    same = rounding.corrected_target(w, h, np.zeros_like(cross), False)
+    np.testing.assert_allclose(same, w)
+
+
+def test_corrected_target_depthwise_is_per_channel():
+    rng = np.random.default_rng(5)
+    xf, xq = _upstream(rng, (800, 9, 3), 0.1)
+    w = rng.normal(size=(9, 3))
+    h = rounding.input_hessian(xq, True)
+    cross = np.einsum("rkc,rc->kc", xq, np.einsum("rkc,kc->rc", xf - xq, w))
+    got = rounding.corrected_target(w, h, cross, True)
+    for c in range(3):
+        plain = rounding.corrected_target(w[:, c:c + 1], rounding.input_hessian(xq[:, :, c], False),
+                                          cross[:, c:c + 1], False)
+        np.testing.assert_allclose(got[:, c:c + 1], plain, rtol=1e-10)

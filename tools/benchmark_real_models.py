@@ -111,6 +111,8 @@ SWEEPS = {
     },
     "eq_w4a8": {
         "rounding_nearest": ("--eq_rounding", "nearest"),
+        "gptq_target_layer": ("--eq_gptq_target", "layer"),
+        "gptq_target_float": ("--eq_gptq_target", "float"),
     },
     "eq_w8a8": {
         "init_mse": ("--eq_init", "mse"),

@@ -307,3 +307,18 @@ def test_gptq_rounding_keeps_the_steps_and_only_wins(small_float_tflite, small_c
     assert conv.report.ok
     _, wide = _run(small_float_tflite, small_calibration, 7, eq_max_rows=1024)
     assert not wide.int_weights  # 7-bit layers are above eq_rounding_bits (4): nearest rounding
+
+
+def test_gptq_target_choices(small_float_tflite, small_calibration):
+    """eq_gptq_target: "layer" and "float" round differently (the correction acts); "auto"
+    records its per-layer pick and its integers are those of the target it picked."""
+    runs = {t: _run(small_float_tflite, small_calibration, 4, eq_max_rows=1024, eq_gptq_target=t)[1]
+            for t in ("layer", "float", "auto")}
+    assert {r["gptq_target"] for r in runs["layer"].layers if "gptq_target" in r} == {"layer"}
+    assert {r["gptq_target"] for r in runs["float"].layers if "gptq_target" in r} == {"float"}
+    first = runs["layer"].layers[0]["weight"]  # same inputs and steps in every run
+    assert not np.array_equal(runs["layer"].int_weights.get(first), runs["float"].int_weights.get(first))
+    picks = {r["weight"]: r["gptq_target"] for r in runs["auto"].layers if "gptq_target" in r}
+    assert picks and set(picks.values()) <= {"layer", "float"}
+    pick = picks[first]
+    assert runs["auto"].layers[0]["cos_gptq"] == runs[pick].layers[0]["cos_gptq"]
