@@ -95,12 +95,14 @@ float, "cos" = output cosine; seeds 0-2 of the default spread ~0.1 pp):
   model's layer output instead (``rounding.corrected_target``), which also
   makes up for the error of the layers before. Per layer, "auto" fits both on
   the even samples, scores them on the odd ones (and back) and keeps the
-  better. In-process runs, W4A8, 500 held-out crops, layer -> float -> auto:
-  Lite1 68.2% / 0.88296 -> 66.0% / 0.91623 -> 70.2% / 0.92634. "float"
+  better. Suite rows (sweep ``eq_w4a8__gptq_target_*``), W4A8, 500 held-out
+  crops, layer / float / auto: Lite1 68.2% / 0.88296, 66.0% / 0.91623,
+  70.2% / 0.92634; Lite2 59.6% / 0.86754, 70.8% / 0.92122, 71.0% / 0.93032;
+  detections IoU BlazeFace 0.219 / 0.271 / 0.234, palm 0.000 / 0.161 / 0.232;
+  selfie mask IoU 0.608 / 0.647 / 0.614; hand 9.13 / 7.55 / 7.35 px. "float"
   alone overfits where little error comes from upstream: Lite1 at a 60%
-  weight budget 81.8% / 0.96788 -> 77.4% / 0.96475, where "auto" keeps
-  "layer" (81.8% / 0.96788). Suite rows: BENCHMARKS.md, sweep
-  ``eq_w4a8__gptq_target_*``.
+  weight budget 81.8% / 0.96788 -> 77.4% / 0.96475 (in-process), where
+  "auto" keeps "layer" (81.8% / 0.96788).
 
 Shared and tied inputs: the layer walk (``methods/layerwise.py``) lets the
 first weighted reader of each tied group search the group's scale on its own
