@@ -235,3 +235,24 @@ def test_data_free_chain_respects_the_widths(keras_examples):
     assert conv.plan.steps[-1] == "bias_correction:data_free"
     ww, _ = recorded_widths(conv.model)
     assert sorted(ww.values()) == [4, 4, 4, 4]
+
+
+def test_weight_patcher_serialize_path_matches_the_byte_patch(resnet_float, fmnist_calib):
+    """Weights whose bytes occur twice in the file cannot be patched in place: the patcher edits
+    the parsed model instead, and the model computes exactly what the in-place patch computes."""
+    graph = Graph.from_tflite(resnet_float)
+    op = graph.ops[sorted(mixed.packable(graph))[1]]
+    values = mixed.lowered_weights(graph, op)
+    in_place = mixed._WeightPatcher(graph, resnet_float).with_weights(op, values)
+    twice = mixed._WeightPatcher(graph, resnet_float)
+    twice.model += np.asarray(graph.tensors[op.weight_input].data, np.float32).tobytes()
+    edited = twice.with_weights(op, values)
+    assert twice._parsed is not None  # the serialize path ran
+    patched = Graph.from_tflite(edited).tensors[op.weight_input].data
+    np.testing.assert_array_equal(patched, values.astype(np.float32))
+    run = lambda m: runtime.run_model(runtime.make_interpreter(m), [fmnist_calib[:8]], batch_size=8)
+    for a, b in zip(run(in_place), run(edited)):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(run(in_place)[0], run(resnet_float)[0])  # the patch changed the output
+    again = twice.with_weights(op, values)  # the parsed model is restored after each call
+    assert again == edited
