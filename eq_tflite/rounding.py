@@ -29,15 +29,15 @@ import numpy as np
 DAMP = 0.1
 
 
-def _damped(h: np.ndarray, damp: float = DAMP) -> np.ndarray:
-    """H (..., K, K) made positive definite: dead inputs get a unit diagonal, all get ``damp``."""
+def _damped(h: np.ndarray) -> np.ndarray:
+    """H (..., K, K) made positive definite: dead inputs get a unit diagonal, all get DAMP."""
     k = h.shape[-1]
     diag = np.diagonal(h, axis1=-2, axis2=-1)
     h = np.array(h, np.float64)
     idx = np.arange(k)
     h[..., idx, idx] = np.where(diag <= 0, 1.0, diag)
     mean = np.diagonal(h, axis1=-2, axis2=-1).mean(-1)
-    h[..., idx, idx] += damp * mean[..., None]
+    h[..., idx, idx] += DAMP * mean[..., None]
     return h
 
 
