@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite import methods, mixed, op_table, output_ranges
+from eq_tflite import methods, mixed, op_table, output_ranges, runtime
 from eq_tflite.bn_stats import bn_stats_of
 from eq_tflite.chain import build_chain, check_options, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
@@ -307,7 +307,7 @@ def mixed_widths(graph: Graph, widths: BitWidths, specs: Sequence[mixed.LayerSpe
     if measure == "output" and cal and float_model is not None:
         try:
             sens = mixed.output_sensitivity(graph, float_model, cal)
-        except (ValueError, RuntimeError):
+        except (runtime.LiteRTError, mixed.NoFloatWeights):
             sens = None  # LiteRT cannot run the float model: rank by layer cosine
     if sens is None:
         sens = mixed.sensitivity(graph, cal, (mixed.LOW_BITS, widths.weights), seed=seed)

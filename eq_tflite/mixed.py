@@ -348,6 +348,10 @@ def _noise(ref: Sequence[np.ndarray], out: Sequence[np.ndarray]) -> float:
     return total
 
 
+class NoFloatWeights(EqTfliteError):
+    """The float model stores a layer's weights in another type: no output sensitivity."""
+
+
 class _WeightPatcher:
     """Float model bytes with one weighted op's weights replaced.
 
@@ -374,7 +378,7 @@ class _WeightPatcher:
         tensor = self._parsed.subgraphs[0].tensors[op.weight_input]
         stored = fb.buffer_array(self._parsed, tensor)
         if stored is None or not np.issubdtype(stored.dtype, np.floating):
-            raise ValueError(f"weights of op {op.index} are not stored as float")
+            raise NoFloatWeights(f"weights of op {op.index} are not stored as float")
         buf = self._parsed.buffers[tensor.buffer]
         saved = buf.data
         buf.data = np.frombuffer(np.ascontiguousarray(values, stored.dtype).tobytes(), np.uint8)

@@ -214,6 +214,12 @@ def test_budget_ranking_falls_back_to_layer_cosine(resnet_float, fmnist_calib, m
     assert fallback.budget.low == asked.budget.low
     assert any("predicted layer cosine loss" in n for n in fallback.plan.notes)
 
+    def internal_bug(*args, **kwargs):
+        raise ValueError("operands could not be broadcast together")
+    monkeypatch.setattr(mixed, "output_sensitivity", internal_bug)
+    with pytest.raises(ValueError, match="broadcast"):  # a bug is not a reason to fall back
+        api.convert_model(resnet_float, fmnist_calib[:60], **kw)
+
 
 @pytest.mark.parametrize("method", ["minmax", "kl", "bitsplit"])
 def test_every_method_respects_the_widths(method, small_float_tflite, small_calibration):
