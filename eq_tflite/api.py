@@ -161,8 +161,9 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
     (``"input,first,last"`` or a list of them), and a weight budget,
     ``weight_size`` (KiB) or ``weight_size_ratio`` (of the int8 weights),
     whose search lowers layers to 4 bits stored as packed INT4.
-    ``budget_sensitivity`` ("output" or "layer") is what the search ranks
-    layers by (``mixed.output_sensitivity`` / ``mixed.sensitivity``).
+    ``budget_sensitivity`` ("output", "output_gptq" or "layer") is what the
+    search ranks layers by (``mixed.output_sensitivity``, nearest or GPTQ
+    rounding / ``mixed.sensitivity``).
 
     ``output_range`` (``"NAME=LO,HI"`` strings or ``{name: (lo, hi)}``) sets the
     range a model output is quantized over (``eq_tflite.output_ranges``).
@@ -304,9 +305,10 @@ def mixed_widths(graph: Graph, widths: BitWidths, specs: Sequence[mixed.LayerSpe
     if budget is None:
         return widths, None
     sens = None
-    if measure == "output" and cal and float_model is not None:
+    if measure.startswith("output") and cal and float_model is not None:
         try:
-            sens = mixed.output_sensitivity(graph, float_model, cal)
+            sens = mixed.output_sensitivity(graph, float_model, cal,
+                                            rounding="gptq" if measure == "output_gptq" else "nearest")
         except (runtime.LiteRTError, mixed.NoFloatWeights):
             sens = None  # LiteRT cannot run the float model: rank by layer cosine
     if sens is None:

@@ -20,7 +20,7 @@ if __name__ == "__main__":  # python -m: a signal during the imports below ends 
 try:  # absl, numpy and the methods: about half a second
     from absl import flags
 
-    from eq_tflite import api, methods
+    from eq_tflite import api, methods, mixed
     from eq_tflite.quiet import set_verbose
 except (KeyboardInterrupt, Terminated) as _err:
     sys.exit(interrupted(_err))
@@ -88,9 +88,11 @@ flags.DEFINE_multi_string("output_range", None,
                           "(repeatable; see eq_tflite/output_ranges.py).")
 flags.DEFINE_float("weight_size_ratio", None,
                    "Weight budget as a share of the int8 weights (e.g. 0.6); see --weight_size.")
-flags.DEFINE_enum("budget_sensitivity", _API["budget_sensitivity"], ["output", "layer"],
+flags.DEFINE_enum("budget_sensitivity", _API["budget_sensitivity"], list(mixed.MEASURES),
                   "What the weight-budget search ranks layers by: output (the model outputs' noise "
-                  "with that layer alone at 4 bits) or layer (the layer's own output cosine).")
+                  "with that layer alone at 4 bits, nearest-rounded), output_gptq (the same with "
+                  "the 4 bits GPTQ-rounded as EasyQuant ships them) or layer (the layer's own "
+                  "output cosine).")
 flags.DEFINE_integer("seed", _API["seed"], "Seed for sampling calibration rows (EasyQuant, Bit-Split).")
 flags.DEFINE_bool("progress", True, "Show progress bars (the API's default is off).")
 flags.DEFINE_bool("verbose", False, "Show TensorFlow's own logs.")

@@ -406,7 +406,8 @@ def _logits_as_outputs(graph: Graph, float_model: bytes) -> bytes:
 
 
 def output_sensitivity(graph: Graph, float_model: bytes, calibration: Mapping[str, np.ndarray],
-                       ops: Iterable[int] | None = None, samples: int = 16) -> Sensitivity:
+                       ops: Iterable[int] | None = None, samples: int = 16,
+                       rounding: str = "nearest") -> Sensitivity:
     """Each op's cost of ``LOW_BITS`` weights, measured where it counts: at the model outputs.
 
     The float model runs (LiteRT) on ``samples`` calibration samples with one
@@ -417,6 +418,12 @@ def output_sensitivity(graph: Graph, float_model: bytes, calibration: Mapping[st
     losses predicts the whole choice; a layer's own cosine does not, because it
     ignores what follows the layer (a 4-bit projection feeding a residual sum
     costs less than one feeding a depthwise).
+
+    ``rounding="gptq"`` lowers the weights as EasyQuant ships 4-bit layers
+    (GPTQ, H from the float inputs of other calibration samples when there
+    are at least twice ``samples``): with one layer lowered its inputs are
+    exact, so GPTQ's two targets coincide. Ops GPTQ does not cover keep
+    nearest rounding.
     """
     from eq_tflite import runtime
     wanted = sorted(set(packable(graph) if ops is None else ops))
@@ -430,10 +437,44 @@ def output_sensitivity(graph: Graph, float_model: bytes, calibration: Mapping[st
 
     ref = outputs(float_model)
     patcher = _WeightPatcher(graph, float_model)
-    out = Sensitivity(measure="output noise")
+    out = Sensitivity(measure="output noise" + (" (GPTQ)" if rounding == "gptq" else ""))
+    lowered = _gptq_lowered(graph, calibration, wanted, samples) if rounding == "gptq" else {}
     for i in wanted:
         op = graph.ops[i]
-        out.losses[i] = _noise(ref, outputs(patcher.with_weights(op, lowered_weights(graph, op))))
+        w = lowered.get(i)
+        w = lowered_weights(graph, op) if w is None else w
+        out.losses[i] = _noise(ref, outputs(patcher.with_weights(op, w)))
+    return out
+
+
+def _gptq_lowered(graph: Graph, calibration: Mapping[str, np.ndarray], wanted: Sequence[int],
+                  samples: int, max_rows: int = 2048, seed: int = 0) -> dict[int, np.ndarray]:
+    """4-bit weights as EasyQuant will round them (GPTQ on float input rows of other samples)."""
+    from eq_tflite import rounding
+    from eq_tflite.methods.layerwise import sample_positions
+    n = len(next(iter(calibration.values())))
+    lo = samples if n >= 2 * samples else 0
+    fsim = simulate.Executor(graph, {k: v[lo:lo + samples] for k, v in calibration.items()})
+    todo, out = set(wanted), {}
+    qmax = 2 ** (LOW_BITS - 1) - 1
+    for op in graph.ops:
+        if op.index in todo:
+            lin = simulate.GroupedAsDepthwise.of(fsim.linear(op))
+            depthwise = lin.op.type == "DEPTHWISE_CONV_2D"
+            grouped = simulate.conv_groups(lin.op.type, lin.weight_shape, lin.in_channels) > 1
+            if not grouped and not (depthwise and lin.multiplier > 1) and op.type != "TRANSPOSE_CONV":
+                x = fsim.value(op.data_input)
+                spatial = ((x[0].size // lin.weight_shape[1],) if op.type == "FULLY_CONNECTED"
+                           else lin.out_spatial)
+                positions, _, _ = sample_positions(x.shape[0], spatial, max_rows,
+                                                   np.random.default_rng([seed, op.index]))
+                rows = lin.rows(x, positions).astype(np.float32)
+                matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
+                scales = grid.mse_weight_scales(matrix, LOW_BITS)
+                solve = rounding.gptq_depthwise if depthwise else rounding.gptq_plain
+                q = solve(matrix, scales, qmax, rounding.input_hessian(rows, depthwise))
+                out[op.index] = lin.weights((q * scales[None]).astype(np.float32)).astype(np.float32)
+        fsim.step(op)
     return out
 
 
@@ -541,13 +582,14 @@ def budget_bytes(graph: Graph, weight_size_kib: float | None, ratio: float | Non
 
 
 #: What the budget search ranks layers by (``api.convert_model(budget_sensitivity=...)``).
-MEASURES = ("output", "layer")
+MEASURES = ("output", "output_gptq", "layer")
 
 
 def check_budget(weight_size_kib: float | None, ratio: float | None, measure: str = "output") -> None:
     """One-line errors for bad budget arguments (before anything is loaded)."""
     if measure not in MEASURES:
-        raise EqTfliteError(f"--budget_sensitivity takes {' or '.join(MEASURES)}, got {measure!r}")
+        raise EqTfliteError(f"--budget_sensitivity takes {', '.join(MEASURES[:-1])} or {MEASURES[-1]}, "
+                           f"got {measure!r}")
     if weight_size_kib is not None and ratio is not None:
         raise EqTfliteError("give --weight_size or --weight_size_ratio, not both")
     if weight_size_kib is not None:
