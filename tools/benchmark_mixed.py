@@ -34,7 +34,8 @@ from absl import flags  # noqa: E402
 from benchmarks.real_models import default_cache_dir  # noqa: E402
 
 MIXED_CONFIGS = ["mixed_eq_w8_budget50", "mixed_eq_w8_budget60", "mixed_eq_w8_budget75",
-                 "mixed_eq_w7a7_keep8", "mixed_eq_w8_budget60_bc", "mixed_eq_w8_budget60_layer"]
+                 "mixed_eq_w7a7_keep8", "mixed_eq_w8_budget60_bc", "mixed_eq_w8_budget60_layer",
+                 "mixed_eq_w8_budget60_output_gptq"]
 MODELS = ["efficientnet_lite1", "efficientnet_lite2", "face_detection_short_range",
           "selfie_segmentation", "palm_detection_lite", "hand_landmark_lite"]
 #: The suite's rows each table starts from (benchmarks/real_models.json).
@@ -44,7 +45,8 @@ BUDGET_ROWS = {"mixed_eq_w8_budget50": "budget 50% (EasyQuant, A8)",
                "mixed_eq_w8_budget60": "budget 60% (EasyQuant, A8)",
                "mixed_eq_w8_budget75": "budget 75% (EasyQuant, A8)",
                "mixed_eq_w8_budget60_bc": "budget 60%, --bias_correction empirical",
-               "mixed_eq_w8_budget60_layer": "budget 60%, --budget_sensitivity layer (the old ranking)"}
+               "mixed_eq_w8_budget60_layer": "budget 60%, --budget_sensitivity layer (the old ranking)",
+               "mixed_eq_w8_budget60_output_gptq": "budget 60%, --budget_sensitivity output_gptq"}
 #: The suite row that is the current default command for a configuration (a sweep row whose
 #: flag became the default since the base row ran; its command says so).
 CURRENT = {"eq_w7a7": "eq_w7a7__init_mse", "eq_w8a8": "eq_w8a8__init_mse"}

@@ -86,6 +86,10 @@ CONFIGS = {
                                        "--bias_correction", "empirical"]),
     "mixed_bs_w8_budget60": ("Bit-Split W8A8, weight budget 60% of int8", "eq",
                              ["--method", "bitsplit", "--bits", "8", "--weight_size_ratio", "0.6"]),
+    "mixed_eq_w8_budget60_output_gptq": ("EasyQuant W8A8, weight budget 60% of int8, layers ranked by "
+                                         "output noise with GPTQ-rounded 4 bits", "eq",
+                                         ["--bits", "8", "--weight_size_ratio", "0.6",
+                                          "--budget_sensitivity", "output_gptq"]),
     "mixed_eq_w8_budget60_layer": ("EasyQuant W8A8, weight budget 60% of int8, layers ranked by "
                                    "their own cosine (the old ranking)", "eq",
                                    ["--bits", "8", "--weight_size_ratio", "0.6",
