@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -277,7 +277,6 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
 
     Without calibration data, the cosine of the quantized weight tensor itself.
     """
-    from eq_tflite.methods.layerwise import sample_positions
     wanted = set(packable(graph) if ops is None else ops)
     out = Sensitivity()
     if not calibration:
@@ -287,28 +286,40 @@ def sensitivity(graph: Graph, calibration: Mapping[str, np.ndarray], widths: Seq
                 out.cosines[op.index] = {b: _cos(m, _lowered(m, b)) for b in widths}
         out.measure = "weight cosine"
         return _cosine_losses(out)
-    batch = {k: v[:samples] for k, v in calibration.items()}
-    fsim = simulate.Executor(graph, batch)
+    for op, fsim in _float_layers(graph, calibration, wanted, 0, samples):
+        lin = fsim.linear(op)
+        rows = _sampled_rows(lin, fsim.value(op.data_input), max_rows, seed)
+        matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
+        bias = fsim.value(op.bias_input) if op.bias_input >= 0 else 0.0
+        ref = simulate.apply_activation(op.activation, lin.apply(rows, matrix) + bias)
+        cos = {}
+        for b in widths:
+            wq = grid.fake_quant_weights(matrix, grid.mse_weight_scales(matrix, b), 1, b)
+            cos[b] = _cos(ref, simulate.apply_activation(op.activation,
+                                                         lin.apply(rows, wq) + bias))
+        out.cosines[op.index] = cos
+    return _cosine_losses(out)
+
+
+def _float_layers(graph: Graph, calibration: Mapping[str, np.ndarray], wanted: set[int],
+                  start: int, samples: int) -> Iterator[tuple[Op, simulate.Executor]]:
+    """Each wanted op, in graph order, with the float simulation of calibration samples
+    ``start:start + samples`` up to its inputs."""
+    fsim = simulate.Executor(graph, {k: v[start:start + samples] for k, v in calibration.items()})
     for op in graph.ops:
         if op.index in wanted:
-            lin = fsim.linear(op)
-            x = fsim.value(op.data_input)
-            spatial = ((x[0].size // lin.weight_shape[1],) if op.type == "FULLY_CONNECTED"
-                       else lin.out_spatial)
-            positions, _, _ = sample_positions(x.shape[0], spatial, max_rows,
-                                               np.random.default_rng([seed, op.index]))
-            rows = lin.rows(x, positions)
-            matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
-            bias = fsim.value(op.bias_input) if op.bias_input >= 0 else 0.0
-            ref = simulate.apply_activation(op.activation, lin.apply(rows, matrix) + bias)
-            cos = {}
-            for b in widths:
-                wq = grid.fake_quant_weights(matrix, grid.mse_weight_scales(matrix, b), 1, b)
-                cos[b] = _cos(ref, simulate.apply_activation(op.activation,
-                                                             lin.apply(rows, wq) + bias))
-            out.cosines[op.index] = cos
+            yield op, fsim
         fsim.step(op)
-    return _cosine_losses(out)
+
+
+def _sampled_rows(lin: simulate.Linear, x: np.ndarray, max_rows: int, seed: int) -> np.ndarray:
+    """Seeded im2col rows of ``lin`` on its input ``x`` (at most ``max_rows`` positions)."""
+    from eq_tflite.methods.layerwise import sample_positions
+    spatial = ((x[0].size // lin.weight_shape[1],) if lin.op.type == "FULLY_CONNECTED"
+               else lin.out_spatial)
+    positions, _, _ = sample_positions(x.shape[0], spatial, max_rows,
+                                       np.random.default_rng([seed, lin.op.index]))
+    return lin.rows(x, positions)
 
 
 def _cosine_losses(sens: Sensitivity) -> Sensitivity:
@@ -451,30 +462,21 @@ def _gptq_lowered(graph: Graph, calibration: Mapping[str, np.ndarray], wanted: S
                   samples: int, max_rows: int = 2048, seed: int = 0) -> dict[int, np.ndarray]:
     """4-bit weights as EasyQuant will round them (GPTQ on float input rows of other samples)."""
     from eq_tflite import rounding
-    from eq_tflite.methods.layerwise import sample_positions
     n = len(next(iter(calibration.values())))
-    lo = samples if n >= 2 * samples else 0
-    fsim = simulate.Executor(graph, {k: v[lo:lo + samples] for k, v in calibration.items()})
-    todo, out = set(wanted), {}
+    start = samples if n >= 2 * samples else 0
     qmax = 2 ** (LOW_BITS - 1) - 1
-    for op in graph.ops:
-        if op.index in todo:
-            lin = simulate.GroupedAsDepthwise.of(fsim.linear(op))
-            depthwise = lin.op.type == "DEPTHWISE_CONV_2D"
-            grouped = simulate.conv_groups(lin.op.type, lin.weight_shape, lin.in_channels) > 1
-            if not grouped and not (depthwise and lin.multiplier > 1) and op.type != "TRANSPOSE_CONV":
-                x = fsim.value(op.data_input)
-                spatial = ((x[0].size // lin.weight_shape[1],) if op.type == "FULLY_CONNECTED"
-                           else lin.out_spatial)
-                positions, _, _ = sample_positions(x.shape[0], spatial, max_rows,
-                                                   np.random.default_rng([seed, op.index]))
-                rows = lin.rows(x, positions).astype(np.float32)
-                matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
-                scales = grid.mse_weight_scales(matrix, LOW_BITS)
-                solve = rounding.gptq_depthwise if depthwise else rounding.gptq_plain
-                q = solve(matrix, scales, qmax, rounding.input_hessian(rows, depthwise))
-                out[op.index] = lin.weights((q * scales[None]).astype(np.float32)).astype(np.float32)
-        fsim.step(op)
+    out = {}
+    for op, fsim in _float_layers(graph, calibration, set(wanted), start, samples):
+        lin = simulate.GroupedAsDepthwise.of(fsim.linear(op))
+        solve = rounding.solver(lin)
+        if solve is None or op.type == "TRANSPOSE_CONV":
+            continue
+        rows = _sampled_rows(lin, fsim.value(op.data_input), max_rows, seed).astype(np.float32)
+        matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float64)
+        scales = grid.mse_weight_scales(matrix, LOW_BITS)
+        h = rounding.input_hessian(rows, solve is rounding.gptq_depthwise)
+        out[op.index] = lin.weights((solve(matrix, scales, qmax, h) * scales[None])
+                                    .astype(np.float32)).astype(np.float32)
     return out
 
 

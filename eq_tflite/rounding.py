@@ -20,7 +20,12 @@ output, so the rounding also makes up for error from the layers before.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from eq_tflite import simulate
 
 #: Damping added to H's diagonal, as a share of its mean diagonal. GPTQ's paper uses 1%;
 #: with 64 calibration crops of a few photos that overfits: EfficientNet-Lite1 W4A8 on 500
@@ -56,6 +61,16 @@ def gptq_plain(matrix: np.ndarray, scales: np.ndarray, qmax: int, h: np.ndarray)
 def gptq_depthwise(matrix: np.ndarray, scales: np.ndarray, qmax: int, h: np.ndarray) -> np.ndarray:
     """Integer weights (K, C) of a depthwise layer; ``h`` (C, K, K): each channel's own H."""
     return _gptq(matrix, scales, qmax, _upper_inverse_cholesky(np.asarray(h, np.float64)))
+
+
+def solver(lin: "simulate.Linear") -> Callable[..., np.ndarray] | None:
+    """``gptq_plain`` or ``gptq_depthwise`` for a layer, or None where GPTQ does not apply:
+    a depthwise layer with a channel multiplier, a grouped convolution."""
+    from eq_tflite import simulate
+    if lin.op.type == "DEPTHWISE_CONV_2D":
+        return gptq_depthwise if lin.multiplier == 1 else None
+    grouped = simulate.conv_groups(lin.op.type, lin.weight_shape, lin.in_channels) > 1
+    return None if grouped else gptq_plain
 
 
 def _gptq(matrix: np.ndarray, scales: np.ndarray, qmax: int, u: np.ndarray) -> np.ndarray:

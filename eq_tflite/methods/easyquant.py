@@ -579,16 +579,14 @@ def _gptq(problem: LayerProblem, act: tuple[float, int], scales: np.ndarray,
     the rows (the report's ``cos_gptq`` says what GPTQ reached), and for
     layers it does not cover: depthwise with a multiplier, grouped convolutions.
     """
-    lin = problem.lin
-    depthwise = lin.op.type == "DEPTHWISE_CONV_2D"
-    if (depthwise and lin.multiplier > 1) or simulate.conv_groups(
-            lin.op.type, lin.weight_shape, lin.in_channels) > 1:
+    solve = rounding.solver(problem.lin)
+    if solve is None:
         return None
-    qmax = 2 ** (problem.bits.weights - 1) - 1
-    solve = rounding.gptq_depthwise if depthwise else rounding.gptq_plain
+    depthwise = solve is rounding.gptq_depthwise
+    qmax = problem.bits.weight_qmax
     bias = None if problem.bias is None else problem._bias(act[0], scales)
 
-    def fit(h: np.ndarray, cross: np.ndarray, corrected: bool) -> np.ndarray:
+    def fit(h: np.ndarray, cross: np.ndarray | None, corrected: bool) -> np.ndarray:
         matrix = rounding.corrected_target(problem.matrix, h, cross, depthwise) if corrected \
             else problem.matrix
         return solve(matrix, scales, qmax, h)
@@ -600,14 +598,14 @@ def _gptq(problem: LayerProblem, act: tuple[float, int], scales: np.ndarray,
     samples = problem.target.shape[0]
     if target == "auto" and samples >= 2:
         folds = [_samples(problem, slice(i, None, 2)) for i in (0, 1)]
-        stats = [_rounding_stats(f, act, depthwise) for f in folds]
+        stats = [_rounding_stats(f, act, depthwise, True) for f in folds]
         held = {t: sum(score(folds[1 - i], fit(*stats[i], t == "float")) for i in (0, 1))
                 for t in ("layer", "float")}
         target = "float" if held["float"] > held["layer"] else "layer"
         h, cross = stats[0][0] + stats[1][0], stats[0][1] + stats[1][1]
     else:
         target = "layer" if target == "auto" else target
-        h, cross = _rounding_stats(problem, act, depthwise)
+        h, cross = _rounding_stats(problem, act, depthwise, target == "float")
     q = fit(h, cross, target == "float")
     cos = score(problem, q)
     row["cos_gptq"] = cos
@@ -625,19 +623,21 @@ def _samples(problem: LayerProblem, which: slice) -> LayerProblem:
                                linear_target=None if lt is None else lt[which])
 
 
-def _rounding_stats(problem: LayerProblem, act: tuple[float, int],
-                    depthwise: bool) -> tuple[np.ndarray, np.ndarray]:
-    """H = X_qᵀ·X_q and X_qᵀ·(X_f·W − X_q·W) on the layer's input rows quantized at ``act``
-    (X_f·W from the float target: the target's bias is the float bias)."""
+def _rounding_stats(problem: LayerProblem, act: tuple[float, int], depthwise: bool,
+                    with_cross: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """H = X_qᵀ·X_q and (``with_cross``, else None) X_qᵀ·(X_f·W − X_q·W) on the layer's input
+    rows quantized at ``act`` (X_f·W from the float target: the target's bias is the float bias)."""
     linear = problem.linear_target if problem.linear_target is not None else problem.target
     linear = linear.reshape(len(problem.rows), -1)
-    h = cross = 0.0
+    h, cross = 0.0, (0.0 if with_cross else None)
     block = max(1, (1 << 22) // max(problem.rows[0].size, 1))
     buf = np.empty((min(block, len(problem.rows)), *problem.rows.shape[1:]), np.float32)
     for r0 in range(0, len(problem.rows), block):
         chunk = problem.rows[r0:r0 + block]
         xq = fake_quant_into(chunk, *act, buf[:len(chunk)], problem.bits.act_clip)
         h = h + rounding.input_hessian(xq, depthwise)
+        if not with_cross:
+            continue
         err = linear[r0:r0 + len(chunk)] - problem.lin.apply(xq, problem.matrix)
         if problem.bias is not None:
             err = err - problem.bias
