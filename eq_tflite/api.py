@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from eq_tflite import methods, mixed, op_table, output_ranges, runtime
+from eq_tflite import isolation, methods, mixed, op_table, output_ranges, runtime
 from eq_tflite.bn_stats import bn_stats_of
 from eq_tflite.chain import build_chain, check_options, run_corrections, run_transforms
 from eq_tflite.errors import EqTfliteError
@@ -184,109 +185,116 @@ def convert_model(model: ModelLike, calibration_data: Any = None, *, bits: int =
                         per_tensor_weights=per_tensor_weights)
     check_options(chain.method, method_options or {})
     options = dict(method_options or {}, seed=seed)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    load_notes: list[str] = []
-    float_model = float_model_of(model, load_notes)
-    handle = TfliteModel(float_model, "the float model")  # one parse for the load stage's readers
-    kept_custom = check_custom_ops(handle, allow_float)
-    if kept_custom:
-        load_notes.append(f"custom ops kept in float (--allow_float): {', '.join(kept_custom)}")
-    graph = Graph.from_tflite(handle)
-    specs = calib.input_specs(graph, signature_input_names(handle))
-    ranges = parse_input_ranges(input_range, [s.name for s in specs])
-    out_groups = output_ranges.resolve_names(graph, out_ranges, signature_output_names(handle))
-    if not has_data and not ranges:
-        raise EqTfliteError("a data-free conversion needs the input's real range: pass "
-                            "--input_range LO,HI (e.g. --input_range 0,1), or --calibration_data")
-    _check_ops(graph, chain.method)
-    bn, bn_note = bn_stats_of(model, graph) if chain.needs_bn else (None, "")
-    timings["load"] = time.perf_counter() - t0
-
-    if has_data:
-        data = calib.load_calibration(calibration_data, specs, image_size=image_size, mean=mean,
-                                      std=std, seed=seed)
-        total = calib.num_samples(data)
-        n, holdout_is_cal = split_calibration(total, num_calibration_samples,
-                                              DEFAULT_SAMPLES.get(chain.method))
-        cal = calib.take(data, 0, n)
-        holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
-        if not ranges:  # data-free steps in a calibrated run: the data gives the input range
-            ranges = {k: (float(v.min()), float(v.max())) for k, v in cal.items()}
-        if any(s.dynamic for s in specs):  # calibrate at the data's size (io.dynamic)
-            float_model = at_input_size(float_model, [data[s.name].shape[1:] for s in specs])
-            graph = Graph.from_tflite(float_model)
-            size_notes.append(size_note({s.alias: (s.signature, data[s.name].shape[1:])
-                                         for s in specs if s.dynamic}))
-    else:
-        n, cal, holdout, holdout_is_cal = 0, {}, None, False
-
-    t0 = time.perf_counter()
-    prepared = run_transforms(float_model, graph, chain, bn, bn_note, ranges, options)
-    timings["transforms"] = time.perf_counter() - t0
-
-    int8 = None
-    if has_data:
+    # In the CLI's child (a run_isolated child without TensorFlow), TensorFlow's stages run in
+    # one worker child that ends after TFLite's int8 conversion: its ~1 GB never sits in this
+    # process through the method stage (issue 18: peak RSS).
+    with isolation.separate_stages(isolation.in_child() and "tensorflow" not in sys.modules) \
+            as tf_stages:
+        timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        with quiet():
-            int8 = calibrated(prepared.float_model, cal, [s.name for s in specs],
-                              allow_float=allow_float, int8_io=int8_io)
-        timings["tflite_int8"] = time.perf_counter() - t0
+        load_notes: list[str] = []
+        float_model = float_model_of(model, load_notes)
+        handle = TfliteModel(float_model, "the float model")  # one parse for the load stage's readers
+        kept_custom = check_custom_ops(handle, allow_float)
+        if kept_custom:
+            load_notes.append(f"custom ops kept in float (--allow_float): {', '.join(kept_custom)}")
+        graph = Graph.from_tflite(handle)
+        specs = calib.input_specs(graph, signature_input_names(handle))
+        ranges = parse_input_ranges(input_range, [s.name for s in specs])
+        out_groups = output_ranges.resolve_names(graph, out_ranges, signature_output_names(handle))
+        if not has_data and not ranges:
+            raise EqTfliteError("a data-free conversion needs the input's real range: pass "
+                                "--input_range LO,HI (e.g. --input_range 0,1), or --calibration_data")
+        _check_ops(graph, chain.method)
+        bn, bn_note = bn_stats_of(model, graph) if chain.needs_bn else (None, "")
+        timings["load"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    widths, budget = mixed_widths(prepared.graph, widths, layer_specs, keep, cal, weight_size,
-                                  weight_size_ratio, seed, prepared.float_model, budget_sensitivity)
-    if budget is not None and budget.low:
-        pack_int4 = True  # the budget counts 4-bit layers packed: that is where the bytes go
-    if pack_int4 and not any(widths.weights_of(prepared.graph.tensors[op.weight_input].name) <= 4
-                             for op in prepared.graph.weighted_ops()):
-        raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
-    timings["widths"] = time.perf_counter() - t0
+        if has_data:
+            data = calib.load_calibration(calibration_data, specs, image_size=image_size, mean=mean,
+                                          std=std, seed=seed)
+            total = calib.num_samples(data)
+            n, holdout_is_cal = split_calibration(total, num_calibration_samples,
+                                                  DEFAULT_SAMPLES.get(chain.method))
+            cal = calib.take(data, 0, n)
+            holdout = cal if holdout_is_cal else calib.take(data, n, n + MAX_HOLDOUT)
+            if not ranges:  # data-free steps in a calibrated run: the data gives the input range
+                ranges = {k: (float(v.min()), float(v.max())) for k, v in cal.items()}
+            if any(s.dynamic for s in specs):  # calibrate at the data's size (io.dynamic)
+                float_model = at_input_size(float_model, [data[s.name].shape[1:] for s in specs])
+                graph = Graph.from_tflite(float_model)
+                size_notes.append(size_note({s.alias: (s.signature, data[s.name].shape[1:])
+                                             for s in specs if s.dynamic}))
+        else:
+            n, cal, holdout, holdout_is_cal = 0, {}, None, False
 
-    t0 = time.perf_counter()
-    ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
-                        progress=progress, bn=prepared.bn, input_ranges=ranges)
-    plan = methods.get(chain.method)(ctx)
-    plan.method = chain.method
-    plan.notes[:0] = size_notes + mixed.describe(prepared.graph, widths) + (
-        [] if budget is None else [budget_note(budget)])
-    timings["method"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    plan = run_corrections(plan, prepared, chain, cal, ranges, options, progress)
-    output_ranges.apply(prepared.graph, plan, out_groups)
-    timings["corrections"] = time.perf_counter() - t0
-
-    if int8 is None:  # data-free: the int8 structure from the plan's own ranges
         t0 = time.perf_counter()
-        with quiet():
-            int8 = from_ranges(prepared.float_model, prepared.graph, plan.activation_ranges,
-                               allow_float=allow_float, int8_io=int8_io)
-        timings["int8_structure"] = time.perf_counter() - t0
+        prepared = run_transforms(float_model, graph, chain, bn, bn_note, ranges, options)
+        timings["transforms"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    int8_model = int8.to_bytes()  # TFLite's own model, kept before the rewrite edits the handle
-    rewritten, log = apply_plan(int8, prepared.graph, plan, float_model, pack_int4=pack_int4)
-    out, int4_tensors = rewritten.to_bytes(), log.int4_tensors
-    timings["rewrite"] = time.perf_counter() - t0
+        int8 = None
+        if has_data:
+            t0 = time.perf_counter()
+            with quiet():
+                int8 = calibrated(prepared.float_model, cal, [s.name for s in specs],
+                                  allow_float=allow_float, int8_io=int8_io)
+            timings["tflite_int8"] = time.perf_counter() - t0
+            if tf_stages is not None:
+                tf_stages.close()  # TensorFlow's memory goes now (a data-free run keeps it)
 
-    islands = sorted(set(float_ops_left(rewritten)) & ISLANDS)
-    if islands and not allow_float:
-        plan.notes.append(f"kept in float as TFLite's own int8 conversion does: {', '.join(islands)} "
-                          "(float islands of standard layers, simulated in float)")
+        t0 = time.perf_counter()
+        widths, budget = mixed_widths(prepared.graph, widths, layer_specs, keep, cal, weight_size,
+                                      weight_size_ratio, seed, prepared.float_model, budget_sensitivity)
+        if budget is not None and budget.low:
+            pack_int4 = True  # the budget counts 4-bit layers packed: that is where the bytes go
+        if pack_int4 and not any(widths.weights_of(prepared.graph.tensors[op.weight_input].name) <= 4
+                                 for op in prepared.graph.weighted_ops()):
+            raise EqTfliteError(f"pack_int4 needs weights of at most 4 bits, got {widths.weights}")
+        timings["widths"] = time.perf_counter() - t0
 
-    plan.notes += fixed_range_notes(log.resolved, widths.activations)
+        t0 = time.perf_counter()
+        ctx = MethodContext(prepared.graph, prepared.float_model, cal, widths, options,
+                            progress=progress, bn=prepared.bn, input_ranges=ranges)
+        plan = methods.get(chain.method)(ctx)
+        plan.method = chain.method
+        plan.notes[:0] = size_notes + mixed.describe(prepared.graph, widths) + (
+            [] if budget is None else [budget_note(budget)])
+        timings["method"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    run_inputs = None if has_data else constant_inputs(graph, ranges)
-    report = verify(out, float_model=float_model if has_data else None, samples=holdout,
-                    bits=widths, written=log, run_inputs=run_inputs)
-    timings["verify"] = time.perf_counter() - t0
-    if not report.ok:
-        raise EqTfliteError("the rewritten model failed verification\n" + report.summary())
-    return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
-                      int4_tensors, load_notes, mixed.weight_bytes(prepared.graph, widths, pack_int4),
-                      mixed.weight_bytes(prepared.graph), budget, mixed.layer_names(prepared.graph))
+        t0 = time.perf_counter()
+        plan = run_corrections(plan, prepared, chain, cal, ranges, options, progress)
+        output_ranges.apply(prepared.graph, plan, out_groups)
+        timings["corrections"] = time.perf_counter() - t0
+
+        if int8 is None:  # data-free: the int8 structure from the plan's own ranges
+            t0 = time.perf_counter()
+            with quiet():
+                int8 = from_ranges(prepared.float_model, prepared.graph, plan.activation_ranges,
+                                   allow_float=allow_float, int8_io=int8_io)
+            timings["int8_structure"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        int8_model = int8.to_bytes()  # TFLite's own model, kept before the rewrite edits the handle
+        rewritten, log = apply_plan(int8, prepared.graph, plan, float_model, pack_int4=pack_int4)
+        out, int4_tensors = rewritten.to_bytes(), log.int4_tensors
+        timings["rewrite"] = time.perf_counter() - t0
+
+        islands = sorted(set(float_ops_left(rewritten)) & ISLANDS)
+        if islands and not allow_float:
+            plan.notes.append(f"kept in float as TFLite's own int8 conversion does: {', '.join(islands)} "
+                              "(float islands of standard layers, simulated in float)")
+
+        plan.notes += fixed_range_notes(log.resolved, widths.activations)
+
+        t0 = time.perf_counter()
+        run_inputs = None if has_data else constant_inputs(graph, ranges)
+        report = verify(out, float_model=float_model if has_data else None, samples=holdout,
+                        bits=widths, written=log, run_inputs=run_inputs)
+        timings["verify"] = time.perf_counter() - t0
+        if not report.ok:
+            raise EqTfliteError("the rewritten model failed verification\n" + report.summary())
+        return Conversion(out, int8_model, float_model, plan, log, report, n, holdout_is_cal, timings,
+                          int4_tensors, load_notes, mixed.weight_bytes(prepared.graph, widths, pack_int4),
+                          mixed.weight_bytes(prepared.graph), budget, mixed.layer_names(prepared.graph))
 
 
 def mixed_widths(graph: Graph, widths: BitWidths, specs: Sequence[mixed.LayerSpec],

@@ -160,8 +160,15 @@ def fake_quant_activation(x: np.ndarray, scale: float, zp: int,
     ``clip`` is ``BitWidths.act_clip``: the b-bit levels (strict) or the int8
     container (how a stock kernel stores values beyond the levels).
     """
-    q = np.clip(np.round(x / scale) + zp, clip[0], clip[1])
-    return ((q - zp) * scale).astype(np.float32)
+    q = np.divide(x, scale)  # one buffer, every step in place (the same dtypes and values)
+    if not isinstance(q, np.ndarray):  # a scalar
+        return ((np.clip(np.round(q) + zp, clip[0], clip[1]) - zp) * scale).astype(np.float32)
+    np.round(q, out=q)
+    q += zp
+    np.clip(q, clip[0], clip[1], out=q)
+    q -= zp
+    q *= scale
+    return q.astype(np.float32, copy=False)
 
 
 def outside_levels(q: np.ndarray, bits: int) -> int:

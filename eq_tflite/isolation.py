@@ -20,6 +20,7 @@ child is gone, however it ended (crash, SIGKILL, its parent killed).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import io
 import multiprocessing as mp
@@ -32,7 +33,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from eq_tflite.errors import EqTfliteError, first_line
 
@@ -56,6 +57,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
     attributes). A native crash or any other exception becomes EqTfliteError
     naming ``what`` (e.g. "TFLite calibration").
     """
+    if _WORKER is not None:  # a stage worker of this process (see separate_stages)
+        return _WORKER.run(fn, args, kwargs, what)
     if _IN_CHILD:  # already isolated: a crash here ends this child, which the parent reports
         return fn(*args, **kwargs)
     # fork only on Linux (macOS frameworks are not fork-safe); spawn pickles fn and args
@@ -88,8 +91,13 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
         receiver.close()
         _end_janitor(janitor)
         shutil.rmtree(scratch, ignore_errors=True)
+    return _result(message, what, child.exitcode)
+
+
+def _result(message: tuple | None, what: str, exitcode: int | None) -> Any:
+    """The value of a child's message, or its error raised here (None: the child died)."""
     if message is None:
-        raise EqTfliteError(f"{what} crashed in native code ({_describe_exit(child.exitcode)}); "
+        raise EqTfliteError(f"{what} crashed in native code ({_describe_exit(exitcode)}); "
                             "the model or data is probably malformed")
     status, payload, output = message
     for name, text in output.items():
@@ -110,8 +118,8 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
 def _child_main(sender: Any, receiver: Any, parent: int, scratch: str, fn: Callable[..., Any],
                 args: tuple, kwargs: dict) -> None:
     import faulthandler
-    global _IN_CHILD
-    _IN_CHILD = True
+    global _IN_CHILD, _WORKER
+    _IN_CHILD, _WORKER = True, None  # a forked worker's calls run in it (no worker of its own)
     receiver.close()  # a send to a dead parent must fail (EPIPE), not block on our own read end
     _die_with_parent(parent)
     # The parent reports the signals it is sent; here they end the child at once
@@ -121,6 +129,19 @@ def _child_main(sender: Any, receiver: Any, parent: int, scratch: str, fn: Calla
     tempfile.tempdir = scratch  # removed by the janitor (forked) or the parent, whatever happens
     os.environ["TMPDIR"] = scratch
     faulthandler.disable()  # the parent reports a crash in one line; no dump here
+    try:
+        if fn is _serve:  # a stage worker: calls come through the pipe until it is closed
+            _serve(sender)
+        else:
+            _send(sender, _call(fn, args, kwargs))
+        sender.close()
+    except OSError:  # the parent is gone (EPIPE): nobody to report to
+        os._exit(1)
+
+
+def _call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple:
+    """``fn(*args, **kwargs)`` as a message: (status, payload, captured output)."""
+    saved = sys.stdout, sys.stderr
     captured = _capture_unless_real_files()
     try:
         message = ("ok", fn(*args, **kwargs))
@@ -128,18 +149,140 @@ def _child_main(sender: Any, receiver: Any, parent: int, scratch: str, fn: Calla
         message = ("error", (type(err), dict(err.__dict__), str(err)))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which decides
         message = ("internal", (type(err).__name__, first_line(err), traceback.format_exc()))
-    output = {name: buf.getvalue() for name, buf in captured.items()}
+    finally:
+        sys.stdout, sys.stderr = saved
+    return (*message, {name: buf.getvalue() for name, buf in captured.items()})
+
+
+def _send(conn: Any, message: tuple) -> None:
+    """Sends a message; one that cannot be pickled becomes an internal error. OSError: parent gone."""
     try:
+        conn.send(message)
+    except OSError:
+        raise
+    except Exception as err:  # e.g. a result that cannot be pickled
+        conn.send(("internal", (type(err).__name__, first_line(err), traceback.format_exc()),
+                   message[2]))
+
+
+def _serve(conn: Any) -> None:
+    """A stage worker's loop: (fn, args, kwargs) in, a message out, until the pipe closes."""
+    while True:
         try:
-            sender.send((*message, output))
-        except OSError:
-            raise
-        except Exception as err:  # e.g. a result that cannot be pickled
-            sender.send(("internal", (type(err).__name__, first_line(err), traceback.format_exc()),
-                         output))
-        sender.close()
-    except OSError:  # the parent is gone (EPIPE): nobody to report to
-        os._exit(1)
+            request = conn.recv()
+        except EOFError:
+            return
+        _send(conn, _call(*request))
+
+
+# --------------------------------------------------------------------------
+# Stage workers: several stages in one child
+
+
+#: The stage worker ``run_isolated`` hands calls to (``separate_stages``), or None.
+_WORKER: "_Worker | None" = None
+
+
+class _Worker:
+    """One child, started at the first call, that runs each call as ``run_isolated`` would."""
+
+    def __init__(self) -> None:
+        self._conn: Any = None
+        self._done: Callable[[], int | None] | None = None
+
+    def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, what: str) -> Any:
+        if self._conn is None:
+            self._conn, self._done = _start_worker()
+        message = None
+        try:
+            self._conn.send((fn, args, kwargs))
+            message = self._conn.recv()
+        except (EOFError, OSError):  # the worker died (a crash in native code)
+            pass
+        if message is None:
+            code = self.close()
+            raise _result_error(what, code)
+        return _result(message, what, None)
+
+    def close(self) -> int | None:
+        """Ends the worker (its memory is returned now); its exit code, None if never started."""
+        if self._conn is None:
+            return None
+        conn, done = self._conn, self._done
+        self._conn = self._done = None
+        conn.close()
+        return done()
+
+
+def _result_error(what: str, code: int | None) -> EqTfliteError:
+    try:
+        _result(None, what, code)
+    except EqTfliteError as err:
+        return err
+    raise AssertionError("unreachable")
+
+
+def _start_worker() -> tuple[Any, Callable[[], int | None]]:
+    """Starts a stage worker; returns its end of a duplex pipe and a function that reaps it."""
+    forking = sys.platform.startswith("linux")
+    ctx = mp.get_context("fork" if forking else "spawn")
+    scratch = tempfile.mkdtemp(prefix="eq_tflite_child_")
+    here, there = ctx.Pipe(duplex=True)
+    janitor, alive_fd = _start_janitor(scratch) if forking else (None, None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = ctx.Process(target=_child_main, args=(there, here, os.getpid(), scratch, _serve,
+                                                  (), {}))
+    try:
+        child.start()
+    finally:
+        if alive_fd is not None:
+            os.close(alive_fd)
+        there.close()
+
+    def done() -> int | None:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+            child.join()
+        _end_janitor(janitor)
+        shutil.rmtree(scratch, ignore_errors=True)
+        return child.exitcode
+
+    return here, done
+
+
+@contextlib.contextmanager
+def separate_stages(enabled: bool = True) -> Iterator["_Worker | None"]:
+    """Within: ``run_isolated`` calls run in one worker child of this process, in turn.
+
+    For a run_isolated child that has not loaded TensorFlow: its TensorFlow
+    stages (loading a SavedModel, TFLite's int8 conversion) then import
+    TensorFlow once, in the worker, and its memory (about 1 GB on a 240x240
+    EfficientNet) is returned when the worker ends (``_Worker.close``, or
+    leaving the block), not held through the method stage. ``enabled`` False:
+    no worker (yields None).
+    """
+    global _WORKER
+    if not enabled or _WORKER is not None:
+        yield None
+        return
+    _WORKER = _Worker()
+    try:
+        yield _WORKER
+    finally:
+        worker, _WORKER = _WORKER, None
+        worker.close()
+
+
+def in_child() -> bool:
+    """True in a child made by ``run_isolated`` (or a stage worker)."""
+    return _IN_CHILD
+
+
+def worker_active() -> bool:
+    """True inside ``separate_stages`` (stages run in the worker, not here)."""
+    return _WORKER is not None
 
 
 #: prctl option: the signal the kernel sends this process when its parent dies.

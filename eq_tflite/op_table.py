@@ -53,20 +53,23 @@ class OpRule:
 @dataclass(frozen=True)
 class Activation:
     """A fused activation: its function, the interval it clips to (None: not a clip),
-    and whether it is positively homogeneous (f(x/s) = f(x)/s for s > 0, as CLE needs)."""
+    and whether it is positively homogeneous (f(x/s) = f(x)/s for s > 0, as CLE needs).
 
-    fn: Callable[[np.ndarray], np.ndarray]
+    ``fn(x, out=None)`` is a numpy ufunc call: ``out=x`` applies it in place.
+    """
+
+    fn: Callable[..., np.ndarray]
     clip: tuple[float, float] | None
     homogeneous: bool = False
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    "NONE": Activation(lambda x: x, (-np.inf, np.inf), True),
-    "RELU": Activation(lambda x: np.maximum(x, 0), (0.0, np.inf), True),
-    "RELU6": Activation(lambda x: np.clip(x, 0, 6), (0.0, 6.0)),
-    "RELU_N1_TO_1": Activation(lambda x: np.clip(x, -1, 1), (-1.0, 1.0)),
-    "RELU_0_TO_1": Activation(lambda x: np.clip(x, 0, 1), (0.0, 1.0)),
-    "TANH": Activation(np.tanh, None),
+    "NONE": Activation(lambda x, out=None: x, (-np.inf, np.inf), True),
+    "RELU": Activation(lambda x, out=None: np.maximum(x, 0, out=out), (0.0, np.inf), True),
+    "RELU6": Activation(lambda x, out=None: np.clip(x, 0, 6, out=out), (0.0, 6.0)),
+    "RELU_N1_TO_1": Activation(lambda x, out=None: np.clip(x, -1, 1, out=out), (-1.0, 1.0)),
+    "RELU_0_TO_1": Activation(lambda x, out=None: np.clip(x, 0, 1, out=out), (0.0, 1.0)),
+    "TANH": Activation(lambda x, out=None: np.tanh(x, out=out), None),
 }
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -119,27 +119,76 @@ def run_model(interp: Any, inputs: dict[str, np.ndarray] | Sequence[np.ndarray],
     return [np.concatenate(o, axis=0) for o in outs]
 
 
+#: Bytes of kept tensors per batch when every tensor is kept (``iterate_tensors``).
+KEPT_BYTES = 256 << 20
+
+
+class _KeptTensors(Mapping):
+    """{tensor index: value} of one invoked batch, each value copied out when it is read.
+
+    A consumer that reads one tensor at a time holds one copy at a time, not a
+    copy of every kept tensor of the batch.
+    """
+
+    def __init__(self, interp: Any, tensors: Sequence[int], batch: list[int]):
+        self._interp, self._tensors = interp, list(dict.fromkeys(tensors))
+        self._known = set(self._tensors)
+        self._batch, self._mine = batch, batch[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i not in self._known:
+            raise KeyError(i)
+        if self._batch[0] != self._mine:  # the interpreter holds a later batch now
+            raise RuntimeError("kept tensors read after the next batch ran")
+        return self._interp.get_tensor(i)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def _sample_bytes(interp: Any, batch: int) -> int:
+    """Bytes per sample of the allocated model's tensors that carry the batch (``batch`` > 1)."""
+    total = 0
+    for d in interp.get_tensor_details():
+        shape = d["shape"]
+        if len(shape) and shape[0] == batch:
+            total += int(np.prod(shape, dtype=np.int64)) * np.dtype(d["dtype"]).itemsize
+    return max(total // batch, 1)
+
+
 def iterate_tensors(model: bytes, arrays: Sequence[np.ndarray], tensors: Sequence[int],
                     batch_size: int = 16,
                     wrap: Callable[[range, int], Iterable[int]] | None = None,
-                    ) -> Iterator[dict[int, np.ndarray]]:
+                    max_bytes: int = KEPT_BYTES,
+                    ) -> Iterator[Mapping[int, np.ndarray]]:
     """Runs ``model`` (builtin kernels, every tensor kept) over ``arrays`` (in input order)
     batch by batch and yields {tensor index: value} for ``tensors`` after each batch.
 
+    The interpreter keeps every tensor of a batch, so a batch is at most
+    ``batch_size`` samples and at most ``max_bytes`` of tensors (at least one
+    sample). Values are copied out as they are read, valid until the next batch.
     ``wrap(starts, batch)`` may wrap the batch starts, e.g. in a progress bar.
     """
     interp = make_interpreter(model, preserve_all_tensors=True)
     details = interp.get_input_details()
     n = arrays[0].shape[0]
     batch = resize_inputs(interp, details, arrays, min(batch_size, n))
-    starts = range(0, n, batch)
+    if batch > 1:
+        fits = max(1, min(batch, max_bytes // _sample_bytes(interp, batch)))
+        if fits < batch:
+            batch = resize_inputs(interp, details, arrays, fits)
+    starts, current = range(0, n, batch), [0]
     for start in (wrap(starts, batch) if wrap else starts):
+        current[0] += 1
         chunks = [a[start:start + batch] for a in arrays]
         if chunks[0].shape[0] != batch:
             resize_inputs(interp, details, chunks, chunks[0].shape[0])
         set_inputs(interp, chunks)
         interp.invoke()
-        yield {i: interp.get_tensor(i) for i in tensors}
+        yield _KeptTensors(interp, tensors, current)
 
 
 def set_inputs(interp: Any, arrays: Sequence[np.ndarray]) -> None:

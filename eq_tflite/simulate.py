@@ -45,10 +45,13 @@ from eq_tflite.resolve import LayerNumbers, resolve
 _CHUNK_BYTES = 64 << 20
 
 
-def apply_activation(name: str, x: np.ndarray) -> np.ndarray:
-    """Applies a fused activation by its schema name (``op_table.ACTIVATIONS``)."""
+def apply_activation(name: str, x: np.ndarray, in_place: bool = False) -> np.ndarray:
+    """Applies a fused activation by its schema name (``op_table.ACTIVATIONS``).
+
+    ``in_place``: overwrite ``x`` (same values; a whole layer's output is not copied).
+    """
     try:
-        return op_table.ACTIVATIONS[name].fn(x)
+        return op_table.ACTIVATIONS[name].fn(x, out=x if in_place else None)
     except KeyError:
         raise EqTfliteError(f"cannot simulate fused activation {name}") from None
 
@@ -241,23 +244,29 @@ class Linear:
         return out.reshape(*v.shape[:3], c * m)
 
     def run(self, x: np.ndarray, matrix: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
-        """Whole-layer output before the fused activation, chunked over samples."""
+        """Whole-layer output (float32) before the fused activation, chunked over samples.
+
+        Each chunk is written into the one output array (a whole layer's output
+        is the walk's largest buffer: no list of chunks and no concatenated copy).
+        """
         positions = max(int(np.prod(self.out_spatial, dtype=np.int64)), 1)
         row_bytes = 4 * matrix.shape[0] * (self.in_channels if self.multiplier else 1)
         chunk = max(1, _CHUNK_BYTES // (positions * row_bytes))
-        outs = []
+        out = None
         for s in range(0, x.shape[0], chunk):
             xs = x[s:s + chunk]
             y = self._depthwise(xs, matrix) if self.multiplier else self.apply(self.rows(xs), matrix)
             if bias is not None:
-                y = y + bias
+                y += bias  # y is this chunk's own product (float32, or float64 with float64 inputs)
             if self.op.type == "FULLY_CONNECTED":
                 if self.op.options.keepNumDims:
                     y = y.reshape(*xs.shape[:-1], -1)
             else:
                 y = y.reshape(xs.shape[0], *self.out_spatial, -1)
-            outs.append(y)
-        return np.concatenate(outs, axis=0).astype(np.float32)
+            if out is None:
+                out = np.empty((x.shape[0], *y.shape[1:]), np.float32)
+            out[s:s + len(y)] = y
+        return out
 
 
 @dataclass(frozen=True)
@@ -418,7 +427,9 @@ class Executor:
     def step(self, op: Op) -> np.ndarray:
         """Runs ``op``; returns its (first) output after the fused activation, before quantization."""
         out = self.compute(op)
-        outs = out if isinstance(out, list) else [apply_activation(op.activation, out)]
+        # a weighted op's output is a fresh array of this executor: its activation runs in place
+        outs = out if isinstance(out, list) else [apply_activation(op.activation, out,
+                                                                   in_place=op.type in WEIGHTED)]
         for t, value in zip(op.outputs, outs):
             if t >= 0:
                 self._store(t, value)

@@ -27,7 +27,7 @@ from eq_tflite.errors import EqTfliteError, UnsupportedOpsError, first_line
 from eq_tflite.graph import Graph
 from eq_tflite.io import codec as fb
 from eq_tflite.io.model import TfliteLike, TfliteModel
-from eq_tflite.isolation import run_isolated
+from eq_tflite.isolation import run_isolated, worker_active
 from eq_tflite.op_table import ISLANDS
 
 
@@ -40,7 +40,8 @@ def calibrated(float_model: bytes, calibration: Mapping[str, np.ndarray], input_
     model's inputs and outputs int8 instead of float32.
     """
     canonical = fb.canonical_bytes(float_model, "the float model")
-    import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
+    if not worker_active():  # else the stage worker imports it (never this process)
+        import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
     model = run_isolated(_calibrate_and_quantize, canonical, dict(calibration), list(input_names),
                          int8_io, what="TFLite's int8 conversion")
     return _int8_model(model, allow_float)
@@ -64,7 +65,8 @@ def from_ranges(float_model: bytes, graph: Graph, ranges: Mapping[str, tuple[flo
     if missing:
         raise EqTfliteError(f"the data-free plan has no range for {len(missing)} tensors "
                             f"(first: {missing[0]})")
-    import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
+    if not worker_active():  # else the stage worker imports it (never this process)
+        import tensorflow  # noqa: F401 - imported once here, inherited by the forked child
     out = run_isolated(_quantize, fb.serialize_model(model), int8_io,
                        what="TFLite's int8 quantization")
     return _int8_model(out, allow_float)

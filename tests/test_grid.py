@@ -52,3 +52,15 @@ def test_bitwidths_validation():
         grid.BitWidths(9, 8)
     with pytest.raises(ValueError, match="2..8"):
         grid.BitWidths(8, 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fake_quant_in_place_matches_the_formula(dtype):
+    # fake_quant_activation runs its steps in one buffer; the values are the formula's, bit for bit
+    x = (np.random.default_rng(3).standard_normal((64, 33)) * 5).astype(dtype)
+    x[0, :4] = [0.5, -0.5, 1e30, -1e30]
+    for scale, zp, clip in [(0.037, 3, (-64, 63)), (0.5, -128, (-128, 127)), (1 / 3, 0, (-8, 7))]:
+        want = ((np.clip(np.round(x / scale) + zp, *clip) - zp) * scale).astype(np.float32)
+        got = grid.fake_quant_activation(x, scale, zp, clip)
+        assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert grid.fake_quant_activation(np.float32(0.26), 0.5, 0) == np.float32(0.5)

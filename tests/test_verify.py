@@ -1,6 +1,7 @@
 """verify() catches each broken invariant, and its CLI reports it."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from eq_tflite import api, verify as verify_mod
@@ -67,3 +68,22 @@ def test_cli_with_float_model_and_data(tmp_path, capsys, model7, small_float_pat
     model.write_bytes(model7)
     assert verify_mod.main(["verify", str(model)], str(small_float_path), str(small_calibration_path)) == 0
     assert "vs float on 48 samples: output cosine 0.99" in capsys.readouterr().out
+
+
+def test_kept_tensor_batches_are_bounded_by_bytes(resnet_float, fmnist_calib):
+    # every tensor of a batch stays in the interpreter: batches shrink to the byte bound,
+    # and the values are the same as in one big batch
+    from eq_tflite import runtime
+    from eq_tflite.graph import Graph
+    graph = Graph.from_tflite(resnet_float)
+    tensors = graph.activation_tensors()[:6]
+    x = [fmnist_calib[:10]]
+    def read(**kw):
+        return [dict(values) for values in runtime.iterate_tensors(resnet_float, x, tensors, **kw)]
+    big, small = read(batch_size=10), read(batch_size=10, max_bytes=1)
+    assert len(big) == 1 and len(small) == 10
+    for t in tensors:
+        assert np.array_equal(big[0][t], np.concatenate([b[t] for b in small]))
+    stale = list(runtime.iterate_tensors(resnet_float, x, tensors, batch_size=5))
+    with pytest.raises(RuntimeError, match="after the next batch"):
+        stale[0][tensors[0]]  # values are copied out while their batch is the interpreter's

@@ -29,6 +29,7 @@ flags.DEFINE_string("method", "easyquant", "Method to profile.")
 flags.DEFINE_integer("bits", 7, "Weight and activation bits.")
 flags.DEFINE_integer("samples", 50, "Calibration crops (the first N of calib.npy).")
 flags.DEFINE_integer("functions", 20, "Functions to list by own time.")
+flags.DEFINE_enum("sort", "tottime", ["tottime", "cumulative"], "Order of the function list.")
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
     print("| layers | count | search s | simulate s |\n|---|---|---|---|")
     for kind, (n, search, sim) in sorted(kinds.items()):
         print(f"| {kind} | {n} | {search:.1f} | {sim:.1f} |")
-    pstats.Stats(profile).sort_stats("tottime").print_stats(FLAGS.functions)
+    pstats.Stats(profile).sort_stats(FLAGS.sort).print_stats(FLAGS.functions)
     return 0
 
 
