@@ -10,6 +10,13 @@ elsewhere it is spawned. Forking a process whose TensorFlow has already run
 ops is safe for the calibrator and the MLIR quantizer (tested in the suite)
 but not for TensorFlow's SavedModel loader, see ``io.sources``.
 
+Nested calls in such a child run inline, except inside ``separate_stages``:
+there they go to one *stage worker*, a child of the child started at the first
+call, which runs them in turn and ends when the block does (or earlier,
+``_Worker.close``). The CLI's conversion child uses it for TensorFlow's stages
+(SavedModel load, TFLite's int8 conversion), so TensorFlow's memory is never
+part of the conversion child's peak.
+
 The child never outlives the parent: on Linux it asks the kernel for SIGKILL
 when the parent dies (``PR_SET_PDEATHSIG``), and everywhere a watch thread
 ends it once its parent process id changes. It holds no copy of the pipe's

@@ -116,7 +116,9 @@ def main(argv: list[str]) -> None:
              "Each model converted from its SavedModel with the suite's 64 calibration samples, as "
              "whole processes (Python start, imports, load, calibrate, convert, write), alternating "
              f"between the sides, median of {FLAGS.runs}; ratio = side's median / TFLite's median. "
-             "Peak RSS: per process, max over the runs. eq-tflite runs TFLite's own int8 "
+             "Peak RSS: the largest single process of a conversion (for eq-tflite the conversion "
+             "child, or its TensorFlow stage worker, which ends before the method stage starts), "
+             "max over the runs. eq-tflite runs TFLite's own int8 "
              "conversion inside (its int8 structure), so its time includes TFLite's.", "",
              f"| model | {head} | peak RSS: {rss_head} |",
              "|---|" + "---|" * (2 * len(sides))]

@@ -469,8 +469,8 @@ def _layer_rows(layer: Layer, max_rows: int, rng: np.random.Generator, ids: np.n
     rows = layer.rows(max_rows, rng, ids)
     lin = rows.lin
     matrix = lin.matrix(layer.fsim.value(layer.op.weight_input)).astype(np.float64)
-    source = rows.inputs if own_target else rows.float_inputs
-    target = lin.apply(source.astype(np.float64), matrix)
+    target = lin.apply(rows.inputs.astype(np.float64), matrix) if own_target \
+        else rows.float_output(matrix, np.float64)
     if lin.multiplier > 1:
         rows.inputs = np.repeat(rows.inputs, lin.multiplier, axis=2)
     return rows, target, matrix

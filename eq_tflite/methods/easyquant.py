@@ -361,9 +361,10 @@ class LayerProblem:
         return self.tails.share_outside(grid.level_bounds(*act, self.bits))
 
     def _output(self, out: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+        """Bias and activation applied to a fresh product ``out``, in place."""
         if bias is not None:
             out += bias
-        return simulate.apply_activation(self.activation, out)
+        return simulate.apply_activation(self.activation, out, in_place=True)
 
     def _bias(self, in_scale: float, w_scales: np.ndarray) -> np.ndarray | None:
         """The int32-rounded bias as it ships (dead channels take the median step)."""
@@ -659,7 +660,7 @@ def _problem(opts: Options, layer: Layer) -> LayerProblem:
     matrix = lin.matrix(fsim.value(op.weight_input)).astype(np.float32)
     bias = fsim.value(op.bias_input) if op.bias_input >= 0 else None
     activation = op.activation if opts.objective == "activation" else "NONE"
-    target = lin.apply(rows.float_inputs, matrix)
+    target = rows.float_output(matrix)
     if bias is not None:
         target = target + bias
     linear_target = target.reshape(s, p, -1) if activation != "NONE" else None

@@ -59,15 +59,38 @@ def sample_positions(n: int, spatial: tuple[int, ...], max_rows: int,
     return (s * total + flat,), len(samples), per
 
 
+#: Bytes of float-model rows gathered at once by ``Rows.float_output``.
+_FLOAT_ROW_BYTES = 64 << 20
+
+
 @dataclass
 class Rows:
-    """Sampled im2col rows of one layer: positions, S samples x P positions each."""
+    """Sampled im2col rows of one layer: positions, S samples x P positions each.
+
+    ``inputs`` holds the rows the shipped model feeds; the same rows of the
+    float model's input are gathered on demand (``float_output``), a block at a
+    time: a depthwise layer's rows are large (4,096 x 25 x 1,152 floats, 472 MB,
+    on EfficientNet-Lite1), and both sets at once were the walk's peak.
+    """
 
     lin: simulate.Linear
     samples: int
     per_sample: int
     inputs: np.ndarray       # rows of the input the shipped model feeds (quantized simulation)
-    float_inputs: np.ndarray  # the same rows of the float model's input
+    float_rows: Callable[[slice], np.ndarray] = field(repr=False)  # float-model rows [block]
+
+    def float_output(self, matrix: np.ndarray, dtype: Any = None) -> np.ndarray:
+        """``lin.apply`` of the float model's rows (cast to ``dtype`` if given) with ``matrix``."""
+        n = len(self.inputs)
+        block = max(1, _FLOAT_ROW_BYTES // max(4 * self.inputs[0].size, 1))
+        out = None
+        for r0 in range(0, n, block):
+            rows = self.float_rows(slice(r0, min(n, r0 + block)))
+            y = self.lin.apply(rows if dtype is None else rows.astype(dtype), matrix)
+            if out is None:
+                out = np.empty((n, *y.shape[1:]), y.dtype)
+            out[r0:r0 + len(y)] = y
+        return out
 
 
 @dataclass
@@ -132,8 +155,12 @@ class Layer:
             positions = (ids[positions[0] // total] * total + positions[0] % total,)
         else:
             positions = (ids[positions[0]], *positions[1:])
-        float_rows = lin.rows(x_float, positions)
-        rows = float_rows if self.qsim is None else lin.rows(self.input_values(), positions)
+        rows = lin.rows(self.input_values() if self.qsim is not None else x_float, positions)
+
+        def float_rows(block: slice) -> np.ndarray:
+            return rows[block] if self.qsim is None else \
+                lin.rows(x_float, tuple(i[block] for i in positions))
+
         return Rows(lin, s, p, rows, float_rows)
 
 
