@@ -154,13 +154,16 @@ def activation_range(scale: float, zp: int, bits: int) -> tuple[float, float]:
 
 
 def fake_quant_activation(x: np.ndarray, scale: float, zp: int,
-                          clip: tuple[int, int] = (INT8_MIN, INT8_MAX)) -> np.ndarray:
+                          clip: tuple[int, int] = (INT8_MIN, INT8_MAX),
+                          in_place: bool = False) -> np.ndarray:
     """Quantize-dequantize: clip(round(x / scale) + zp, *clip), back to real values.
 
     ``clip`` is ``BitWidths.act_clip``: the b-bit levels (strict) or the int8
     container (how a stock kernel stores values beyond the levels).
+    ``in_place``: overwrite ``x`` (a float32 array; same values).
     """
-    q = np.divide(x, scale)  # one buffer, every step in place (the same dtypes and values)
+    out = x if in_place and isinstance(x, np.ndarray) and x.dtype == np.float32 else None
+    q = np.divide(x, scale, out=out)  # one buffer, every step in place (same dtypes and values)
     if not isinstance(q, np.ndarray):  # a scalar
         return ((np.clip(np.round(q) + zp, clip[0], clip[1]) - zp) * scale).astype(np.float32)
     np.round(q, out=q)

@@ -214,8 +214,21 @@ class Linear:
         if self.op.type == "FULLY_CONNECTED":
             r = x.reshape(-1, self.weight_shape[1])
             return r if positions is None else r[positions[0]]
-        v = self.windows(x)
-        v = v.reshape(-1, *v.shape[3:]) if positions is None else v[positions]
+        if positions is None:
+            v = self.windows(x)
+            v = v.reshape(-1, *v.shape[3:])
+        else:  # a few samples' windows at a time: a padded copy of the whole batch is not made
+            samples, step = positions[0], max(1, _CHUNK_BYTES // max(x[:1].nbytes, 1))
+            v = None
+            for s0 in np.unique(samples // step) * step:
+                sel = np.nonzero((samples >= s0) & (samples < s0 + step))[0]
+                w = self.windows(x[s0:s0 + step])
+                part = w[(samples[sel] - s0, *(p[sel] for p in positions[1:]))]
+                if v is None:
+                    v = np.empty((len(samples), *part.shape[1:]), part.dtype)
+                v[sel] = part
+            if v is None:
+                v = self.windows(x[:1])[:0].reshape(0, *self.windows(x[:1]).shape[3:])
         if self.op.type == "DEPTHWISE_CONV_2D":
             return v.reshape(v.shape[0], -1, v.shape[-1])
         return v.reshape(v.shape[0], -1)
@@ -368,12 +381,15 @@ class Executor:
                 raise EqTfliteError(f"no data for model input {name}")
             self._store(t, np.asarray(inputs[name], np.float32))
 
-    def _store(self, t: int, value: np.ndarray) -> None:
+    def _store(self, t: int, value: np.ndarray, owned: bool = False) -> None:
+        """Stores ``value`` as tensor ``t``, fake-quantized if it is quantized (``owned``: in place)."""
         params = self.quant.activations.get(t) if self.quant and t not in self._float else None
-        self.values[t] = self._fake_quant(value, params, t) if params else value
+        self.values[t] = self._fake_quant(value, params, t, owned) if params else value
 
-    def _fake_quant(self, value: np.ndarray, params: tuple[float, int], t: int) -> np.ndarray:
-        return grid.fake_quant_activation(value, *params, clip=self.quant.clip_of(t))
+    def _fake_quant(self, value: np.ndarray, params: tuple[float, int], t: int,
+                    in_place: bool = False) -> np.ndarray:
+        return grid.fake_quant_activation(value, *params, clip=self.quant.clip_of(t),
+                                          in_place=in_place)
 
     def set_activation(self, t: int, params: tuple[float, int]) -> None:
         """Sets (scale, zp) of tensor ``t``; a live value is quantized now."""
@@ -424,21 +440,27 @@ class Executor:
                     for o, t in zip(out, op.outputs)]
         return np.asarray(out, self.graph.tensors[op.outputs[0]].dtype or np.float32)
 
-    def step(self, op: Op) -> np.ndarray:
-        """Runs ``op``; returns its (first) output after the fused activation, before quantization."""
+    def step(self, op: Op, output: bool = True) -> np.ndarray | None:
+        """Runs ``op``; returns its (first) output after the fused activation, before quantization.
+
+        ``output`` False returns None: a weighted op's fresh output is then also
+        fake-quantized in place (the layer walk's simulations: one copy of the
+        largest tensors, not two).
+        """
         out = self.compute(op)
         # a weighted op's output is a fresh array of this executor: its activation runs in place
+        fresh = op.type in WEIGHTED
         outs = out if isinstance(out, list) else [apply_activation(op.activation, out,
-                                                                   in_place=op.type in WEIGHTED)]
+                                                                   in_place=fresh)]
         for t, value in zip(op.outputs, outs):
             if t >= 0:
-                self._store(t, value)
+                self._store(t, value, owned=fresh and not output)
         for t in op.inputs:
             if t in self._uses:
                 self._uses[t] -= 1
                 if self._uses[t] == 0 and t not in self.keep:
                     self.values.pop(t, None)
-        return outs[0]
+        return outs[0] if output else None
 
 
 def run(graph: Graph, inputs: Mapping[str, np.ndarray], tensors: Iterable[int] | None = None,

@@ -181,3 +181,39 @@ def test_tied_tensors_share_merged_params(cnn):
     assert params[pool.inputs[0]] == params[pool.outputs[0]]
     softmax = next(op for op in graph.ops if op.type == "SOFTMAX")
     assert params[softmax.outputs[0]] == (1.0 / 256, -128)
+
+
+def test_sampled_rows_by_sample_blocks_match_the_whole_window_view(monkeypatch):
+    # Linear.rows gathers sampled rows a few samples at a time (no padded copy of the batch);
+    # the rows are those of the whole batch's window view, in the positions' order
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(7, 9, 9, 4)).astype(np.float32)
+    for op_type, wshape in (("CONV_2D", (6, 3, 3, 4)), ("DEPTHWISE_CONV_2D", (1, 3, 3, 4))):
+        op = Op(0, op_type, [0, 1, 2], [3])
+        op.options = type("O", (), {"padding": fb.schema.Padding.SAME, "strideH": 2, "strideW": 2,
+                                    "dilationHFactor": 1, "dilationWFactor": 1})()
+        lin = simulate.Linear(op, wshape, 4)
+        lin = simulate.Linear(op, wshape, 4, tuple(lin.windows(x[:1]).shape[1:3]))
+        pos = (rng.integers(0, 7, 40), rng.integers(0, 5, 40), rng.integers(0, 5, 40))
+        v = lin.windows(x)[pos]
+        want = v.reshape(40, -1, 4) if op_type == "DEPTHWISE_CONV_2D" else v.reshape(40, -1)
+        monkeypatch.setattr(simulate, "_CHUNK_BYTES", x[:1].nbytes * 2)  # blocks of 2 samples
+        got = lin.rows(x, pos)
+        assert np.array_equal(got, want)
+
+
+def test_walk_steps_quantize_in_place_to_the_same_values(cnn):
+    # step(op, output=False) (the layer walk) fake-quantizes a weighted op's output in place;
+    # every stored tensor is the same as with step(op)
+    graph, _ = cnn
+    x = {graph.tensors[graph.inputs[0]].name:
+         np.random.default_rng(2).random((3, 12, 12, 3), dtype=np.float32)}
+    full = simulate.run(graph, x, tensors=graph.activation_tensors())
+    quant = simulate.QuantParams(BitWidths(7, 7), {t: (float(np.abs(v).max()) / 60 + 1e-3, 0)
+                                                    for t, v in full.items()})
+    a = simulate.Executor(graph, x, quant, keep=graph.activation_tensors())
+    b = simulate.Executor(graph, x, quant, keep=graph.activation_tensors())
+    for op in graph.ops:
+        assert a.step(op) is not None and b.step(op, output=False) is None
+    for t in graph.activation_tensors():
+        assert np.array_equal(a.values[t], b.values[t]), graph.tensors[t].name

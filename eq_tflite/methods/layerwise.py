@@ -295,9 +295,9 @@ def _advance(fsim: simulate.Executor, qsim: simulate.Executor | None, ops: list[
     """Steps both simulations through ``ops``, the float one on the pool's thread."""
     if qsim is None or pool is None:
         for op in ops:
-            fsim.step(op)
+            fsim.step(op, output=False)
         return
-    pending = pool.submit(lambda: [fsim.step(op) for op in ops])
+    pending = pool.submit(lambda: [fsim.step(op, output=False) for op in ops])
     for op in ops:
-        qsim.step(op)
+        qsim.step(op, output=False)
     pending.result()
