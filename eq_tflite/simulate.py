@@ -263,7 +263,9 @@ class Linear:
         is the walk's largest buffer: no list of chunks and no concatenated copy).
         """
         positions = max(int(np.prod(self.out_spatial, dtype=np.int64)), 1)
-        row_bytes = 4 * matrix.shape[0] * (self.in_channels if self.multiplier else 1)
+        # a chunk bounds its rows and its product (a 1x1 expansion's product is wider than its rows)
+        row_bytes = 4 * max(matrix.shape[0] * (self.in_channels if self.multiplier else 1),
+                            matrix.shape[1])
         chunk = max(1, _CHUNK_BYTES // (positions * row_bytes))
         out = None
         for s in range(0, x.shape[0], chunk):
@@ -369,6 +371,7 @@ class Executor:
         self.weights = dict(weights or {})
         self.keep = set(keep) | set(graph.outputs)
         self.values: dict[int, np.ndarray] = {}
+        self._owned: set[int] = set()  # values only this executor holds (step(op, output=False))
         self._float = op_table.float_tensors(graph)  # float islands' inner tensors: never quantized
         self._uses: dict[int, int] = {}
         for op in graph.ops:
@@ -395,7 +398,7 @@ class Executor:
         """Sets (scale, zp) of tensor ``t``; a live value is quantized now."""
         self.quant.activations[t] = params
         if t in self.values:
-            self.values[t] = self._fake_quant(self.values[t], params, t)
+            self.values[t] = self._fake_quant(self.values[t], params, t, t in self._owned)
 
     def value(self, t: int) -> np.ndarray:
         """The value of tensor ``t`` as consumers see it (constants included)."""
@@ -455,11 +458,14 @@ class Executor:
         for t, value in zip(op.outputs, outs):
             if t >= 0:
                 self._store(t, value, owned=fresh and not output)
+                if fresh and not output:
+                    self._owned.add(t)
         for t in op.inputs:
             if t in self._uses:
                 self._uses[t] -= 1
                 if self._uses[t] == 0 and t not in self.keep:
                     self.values.pop(t, None)
+                    self._owned.discard(t)
         return outs[0] if output else None
 
 

@@ -217,3 +217,22 @@ def test_walk_steps_quantize_in_place_to_the_same_values(cnn):
         assert a.step(op) is not None and b.step(op, output=False) is None
     for t in graph.activation_tensors():
         assert np.array_equal(a.values[t], b.values[t]), graph.tensors[t].name
+
+
+def test_set_activation_quantizes_only_its_own_values_in_place(cnn):
+    # a walk-stepped weighted output is quantized in place when its range is decided; a model
+    # input (the caller's array) is quantized into a copy
+    graph, _ = cnn
+    x = np.random.default_rng(4).random((2, 12, 12, 3), dtype=np.float32)
+    kept = x.copy()
+    ex = simulate.Executor(graph, {graph.tensors[graph.inputs[0]].name: x},
+                           simulate.QuantParams(BitWidths(7, 7)), keep=graph.inputs)
+    first = graph.weighted_ops()[0]
+    ex.step(first, output=False)
+    out = first.outputs[0]
+    produced = ex.values[out]
+    ex.set_activation(graph.inputs[0], (0.01, 0))
+    ex.set_activation(out, (0.05, 3))
+    assert np.array_equal(x, kept) and ex.values[graph.inputs[0]] is not x
+    assert ex.values[out] is produced
+    assert np.allclose(produced / 0.05 + 3, np.round(produced / 0.05 + 3), atol=1e-3)
