@@ -68,37 +68,55 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
         return _WORKER.run(fn, args, kwargs, what)
     if _IN_CHILD:  # already isolated: a crash here ends this child, which the parent reports
         return fn(*args, **kwargs)
+    receiver, reap = _start_child(fn, args, kwargs, duplex=False)
+    message, answered = None, False
+    try:
+        try:
+            message = receiver.recv()
+        except EOFError:  # the child died before sending anything
+            pass
+        answered = True
+    finally:
+        receiver.close()
+        # waits for a child that answered (or died); kills it at once on KeyboardInterrupt,
+        # SIGTERM or similar in the parent
+        exitcode = reap(None if answered else 0)
+    return _result(message, what, exitcode)
+
+
+def _start_child(fn: Callable[..., Any], args: tuple, kwargs: dict,
+                 duplex: bool) -> tuple[Any, Callable[[], int | None]]:
+    """Starts a child running ``fn`` (``_serve``: a stage worker); returns this end of its pipe
+    and a function that waits for it (killing it if it is still running), removes its temp
+    files and returns its exit code."""
     # fork only on Linux (macOS frameworks are not fork-safe); spawn pickles fn and args
     forking = sys.platform.startswith("linux")
     ctx = mp.get_context("fork" if forking else "spawn")
     scratch = tempfile.mkdtemp(prefix="eq_tflite_child_")
-    receiver, sender = ctx.Pipe(duplex=False)
+    here, there = ctx.Pipe(duplex=True) if duplex else ctx.Pipe(duplex=False)
     janitor, alive_fd = _start_janitor(scratch) if forking else (None, None)
     sys.stdout.flush()
     sys.stderr.flush()
-    # not a daemon: the stage may isolate a sub-stage in turn (the finally below reaps it)
-    child = ctx.Process(target=_child_main, args=(sender, receiver, os.getpid(), scratch, fn, args,
+    # not a daemon: the stage may isolate a sub-stage in turn (its reaper ends it)
+    child = ctx.Process(target=_child_main, args=(there, here, os.getpid(), scratch, fn, args,
                                                   kwargs))
     try:
         child.start()
     finally:
         if alive_fd is not None:
             os.close(alive_fd)  # only the child holds it now: the janitor sees EOF when it is gone
-        sender.close()
-    try:
-        try:
-            message = receiver.recv()
-        except EOFError:  # the child died before sending anything
-            message = None
-        child.join()
-    finally:
-        if child.is_alive():  # KeyboardInterrupt, SIGTERM or similar in the parent
+        there.close()
+
+    def reap(wait: float | None = None) -> int | None:
+        child.join(timeout=wait)
+        if child.is_alive():
             child.kill()
             child.join()
-        receiver.close()
         _end_janitor(janitor)
         shutil.rmtree(scratch, ignore_errors=True)
-    return _result(message, what, child.exitcode)
+        return child.exitcode
+
+    return here, reap
 
 
 def _result(message: tuple | None, what: str, exitcode: int | None) -> Any:
@@ -195,21 +213,18 @@ class _Worker:
 
     def __init__(self) -> None:
         self._conn: Any = None
-        self._done: Callable[[], int | None] | None = None
+        self._done: Callable[..., int | None] | None = None
 
     def run(self, fn: Callable[..., Any], args: tuple, kwargs: dict, what: str) -> Any:
         if self._conn is None:
-            self._conn, self._done = _start_worker()
+            self._conn, self._done = _start_child(_serve, (), {}, duplex=True)
         message = None
         try:
             self._conn.send((fn, args, kwargs))
             message = self._conn.recv()
         except (EOFError, OSError):  # the worker died (a crash in native code)
             pass
-        if message is None:
-            code = self.close()
-            raise _result_error(what, code)
-        return _result(message, what, None)
+        return _result(message, what, self.close() if message is None else None)
 
     def close(self) -> int | None:
         """Ends the worker (its memory is returned now); its exit code, None if never started."""
@@ -217,46 +232,8 @@ class _Worker:
             return None
         conn, done = self._conn, self._done
         self._conn = self._done = None
-        conn.close()
-        return done()
-
-
-def _result_error(what: str, code: int | None) -> EqTfliteError:
-    try:
-        _result(None, what, code)
-    except EqTfliteError as err:
-        return err
-    raise AssertionError("unreachable")
-
-
-def _start_worker() -> tuple[Any, Callable[[], int | None]]:
-    """Starts a stage worker; returns its end of a duplex pipe and a function that reaps it."""
-    forking = sys.platform.startswith("linux")
-    ctx = mp.get_context("fork" if forking else "spawn")
-    scratch = tempfile.mkdtemp(prefix="eq_tflite_child_")
-    here, there = ctx.Pipe(duplex=True)
-    janitor, alive_fd = _start_janitor(scratch) if forking else (None, None)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    child = ctx.Process(target=_child_main, args=(there, here, os.getpid(), scratch, _serve,
-                                                  (), {}))
-    try:
-        child.start()
-    finally:
-        if alive_fd is not None:
-            os.close(alive_fd)
-        there.close()
-
-    def done() -> int | None:
-        child.join(timeout=30)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        _end_janitor(janitor)
-        shutil.rmtree(scratch, ignore_errors=True)
-        return child.exitcode
-
-    return here, done
+        conn.close()  # the worker's loop ends on EOF
+        return done(30)
 
 
 @contextlib.contextmanager
