@@ -85,10 +85,10 @@ def run_isolated(fn: Callable[..., Any], *args: Any, what: str, **kwargs: Any) -
 
 
 def _start_child(fn: Callable[..., Any], args: tuple, kwargs: dict,
-                 duplex: bool) -> tuple[Any, Callable[[], int | None]]:
+                 duplex: bool) -> tuple[Any, Callable[..., int | None]]:
     """Starts a child running ``fn`` (``_serve``: a stage worker); returns this end of its pipe
-    and a function that waits for it (killing it if it is still running), removes its temp
-    files and returns its exit code."""
+    and ``reap(wait=None)``, which waits for it up to ``wait`` seconds (None: until it ends),
+    kills it if it is still running, removes its temp files and returns its exit code."""
     # fork only on Linux (macOS frameworks are not fork-safe); spawn pickles fn and args
     forking = sys.platform.startswith("linux")
     ctx = mp.get_context("fork" if forking else "spawn")

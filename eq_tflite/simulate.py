@@ -219,16 +219,11 @@ class Linear:
             v = v.reshape(-1, *v.shape[3:])
         else:  # a few samples' windows at a time: a padded copy of the whole batch is not made
             samples, step = positions[0], max(1, _CHUNK_BYTES // max(x[:1].nbytes, 1))
-            v = None
+            v = np.empty((len(samples), *self.windows(x[:1]).shape[3:]), x.dtype)
             for s0 in np.unique(samples // step) * step:
                 sel = np.nonzero((samples >= s0) & (samples < s0 + step))[0]
-                w = self.windows(x[s0:s0 + step])
-                part = w[(samples[sel] - s0, *(p[sel] for p in positions[1:]))]
-                if v is None:
-                    v = np.empty((len(samples), *part.shape[1:]), part.dtype)
-                v[sel] = part
-            if v is None:
-                v = self.windows(x[:1])[:0].reshape(0, *self.windows(x[:1]).shape[3:])
+                v[sel] = self.windows(x[s0:s0 + step])[(samples[sel] - s0,
+                                                         *(p[sel] for p in positions[1:]))]
         if self.op.type == "DEPTHWISE_CONV_2D":
             return v.reshape(v.shape[0], -1, v.shape[-1])
         return v.reshape(v.shape[0], -1)
@@ -384,21 +379,21 @@ class Executor:
                 raise EqTfliteError(f"no data for model input {name}")
             self._store(t, np.asarray(inputs[name], np.float32))
 
-    def _store(self, t: int, value: np.ndarray, owned: bool = False) -> None:
-        """Stores ``value`` as tensor ``t``, fake-quantized if it is quantized (``owned``: in place)."""
+    def _store(self, t: int, value: np.ndarray) -> None:
+        """Stores ``value`` as tensor ``t``, fake-quantized if it is quantized."""
         params = self.quant.activations.get(t) if self.quant and t not in self._float else None
-        self.values[t] = self._fake_quant(value, params, t, owned) if params else value
+        self.values[t] = self._fake_quant(value, params, t) if params else value
 
-    def _fake_quant(self, value: np.ndarray, params: tuple[float, int], t: int,
-                    in_place: bool = False) -> np.ndarray:
+    def _fake_quant(self, value: np.ndarray, params: tuple[float, int], t: int) -> np.ndarray:
+        """Quantized ``value`` of tensor ``t``: in place where only this executor holds it."""
         return grid.fake_quant_activation(value, *params, clip=self.quant.clip_of(t),
-                                          in_place=in_place)
+                                          in_place=t in self._owned)
 
     def set_activation(self, t: int, params: tuple[float, int]) -> None:
         """Sets (scale, zp) of tensor ``t``; a live value is quantized now."""
         self.quant.activations[t] = params
         if t in self.values:
-            self.values[t] = self._fake_quant(self.values[t], params, t, t in self._owned)
+            self.values[t] = self._fake_quant(self.values[t], params, t)
 
     def value(self, t: int) -> np.ndarray:
         """The value of tensor ``t`` as consumers see it (constants included)."""
@@ -457,9 +452,9 @@ class Executor:
                                                                    in_place=fresh)]
         for t, value in zip(op.outputs, outs):
             if t >= 0:
-                self._store(t, value, owned=fresh and not output)
-                if fresh and not output:
+                if fresh and not output:  # nobody else gets this array
                     self._owned.add(t)
+                self._store(t, value)
         for t in op.inputs:
             if t in self._uses:
                 self._uses[t] -= 1

@@ -462,26 +462,20 @@ class LayerProblem:
         """Channel cosines (J, C) of candidate weights (K, J, C), computed on the rows."""
         r, c = t.shape
         j = wq.shape[1]
-        if self.lin.op.type == "DEPTHWISE_CONV_2D":
-            # a block of channels at a time: each channel's sums are the same, bit for bit,
-            # and the products (R, J, C) and einsum's float64 buffers stay one block
-            # (on EfficientNet-Lite's 1,152-channel layers they were the search's peak)
-            step = max(1, _CHUNK_ELEMENTS // max(r * j, 1))
-            if step < c:
-                dot, norm = np.empty((j, c)), np.empty((j, c))
-                for c0 in range(0, c, step):
-                    sl = slice(c0, c0 + step)
-                    out = self._output(np.einsum("rkc,kjc->rjc", xq[:, :, sl], wq[:, :, sl]),
-                                       None if bias is None else bias[..., sl])
-                    dot[:, sl] = np.einsum("rjc,rc->jc", out, t[:, sl], dtype=np.float64)
-                    norm[:, sl] = np.einsum("rjc,rjc->jc", out, out, dtype=np.float64)
-                return cosine_from_parts(dot, norm, t_norm)
-            out = np.einsum("rkc,kjc->rjc", xq, wq)
-        else:
-            out = (xq @ wq.reshape(wq.shape[0], -1)).reshape(r, j, c)
-        out = self._output(out, bias)
-        return cosine_from_parts(np.einsum("rjc,rc->jc", out, t, dtype=np.float64),
-                                 np.einsum("rjc,rjc->jc", out, out, dtype=np.float64), t_norm)
+        depthwise = self.lin.op.type == "DEPTHWISE_CONV_2D"
+        # Depthwise: a block of channels at a time (each channel's sums are the same, bit for
+        # bit), so the products (R, J, C) and einsum's float64 buffers stay one block (on
+        # EfficientNet-Lite's 1,152-channel layers they were the search's peak). Plain: one block.
+        step = max(1, _CHUNK_ELEMENTS // max(r * j, 1)) if depthwise else max(c, 1)
+        dot, norm = np.empty((j, c)), np.empty((j, c))
+        for c0 in range(0, c, step):
+            sl = slice(c0, c0 + step)
+            out = np.einsum("rkc,kjc->rjc", xq[:, :, sl], wq[:, :, sl]) if depthwise \
+                else (xq @ wq.reshape(wq.shape[0], -1)).reshape(r, j, c)
+            out = self._output(out, None if bias is None else bias[..., sl])
+            dot[:, sl] = np.einsum("rjc,rc->jc", out, t[:, sl], dtype=np.float64)
+            norm[:, sl] = np.einsum("rjc,rjc->jc", out, out, dtype=np.float64)
+        return cosine_from_parts(dot, norm, t_norm)
 
     def layer_scores(self, cands: list[tuple[float, int]], w_scales: np.ndarray) -> np.ndarray:
         """Layer cosine (mean over samples) of each input candidate (scale, zp) with ``w_scales``.
