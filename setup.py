@@ -1,9 +1,11 @@
 """Build script for the native part of eq-tflite.
 
 All project metadata lives in pyproject.toml (setuptools.build_meta); this
-file only adds the EasyQuant TFLite delegate, a plain C11 shared library that
-TFLite loads with dlopen through its external-delegate API
-(``load_delegate(path, options)``).  It is declared as an Extension so that
+file only adds two plain C11 shared libraries: the EasyQuant TFLite delegate,
+which TFLite loads with dlopen through its external-delegate API
+(``load_delegate(path, options)``), and the calibration search's fused loops
+(``native/score.c`` -> ``eq_tflite/_eqscore*.so``, loaded with ctypes by
+``eq_tflite/native.py``; numpy runs the same search without it).  It is declared as an Extension so that
 setuptools compiles it for the target platform and installs it inside the
 package as ``eq_tflite/_eqdelegate*.so``; it is never imported as a Python
 module, so it has no ``PyInit_`` function.
@@ -13,7 +15,7 @@ module, so it has no ``PyInit_`` function.
     python setup.py build_ext --inplace    # developer build next to the sources
 
 Environment:
-    EQ_TFLITE_NO_DELEGATE=1   skip the native build (pure-Python install)
+    EQ_TFLITE_NO_DELEGATE=1   skip both native builds (pure-Python install)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DELEGATE_DIR = os.path.join("delegates")
+SCORE_SOURCES = [os.path.join("native", "score.c")]
 
 
 class BuildDelegate(build_ext):
@@ -65,7 +68,17 @@ def _delegate_extension() -> list[Extension]:
             extra_compile_args=extra_compile_args,
             extra_link_args=extra_link_args,
             libraries=["m"],
-        )
+        ),
+        # Its own flags: -ffp-contract=off keeps every float operation the one numpy
+        # performs (no fused multiply-add), so the search's numbers match numpy's.
+        Extension(
+            "eq_tflite._eqscore",
+            sources=SCORE_SOURCES,
+            extra_compile_args=["-std=c11", "-O3", "-fvisibility=hidden", "-ffp-contract=off",
+                                "-Wall", "-pthread"],
+            extra_link_args=extra_link_args,
+            libraries=["m"],
+        ),
     ]
 
 

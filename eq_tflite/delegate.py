@@ -51,7 +51,7 @@ class DelegateNotBuiltError(FileNotFoundError):
     """The native delegate library is not present in the installed package."""
 
 
-def _package_dirs() -> list[str]:
+def package_dirs() -> list[str]:
     """Where an ``eq_tflite`` package with the built library may be, in search order.
 
     The imported package first; then every ``eq_tflite`` folder on ``sys.path``
@@ -92,7 +92,7 @@ def library_path() -> str:
     Otherwise the library is looked up inside the ``eq_tflite`` package
     (``_eqdelegate*.so``, as installed by ``pip install .`` or built with
     ``python setup.py build_ext --inplace``), also when a checkout without a
-    built library shadows the installed package (see ``_package_dirs``).
+    built library shadows the installed package (see ``package_dirs``).
 
     Raises:
         DelegateNotBuiltError: if the library cannot be found.
@@ -103,7 +103,7 @@ def library_path() -> str:
             raise DelegateNotBuiltError(
                 f"{LIBRARY_ENV}={override!r} does not name a file")
         return os.path.abspath(override)
-    searched = _package_dirs()
+    searched = package_dirs()
     for d in searched:
         found = sorted(glob.glob(os.path.join(d, _LIB_GLOB)))
         if found:

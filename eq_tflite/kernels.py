@@ -55,7 +55,8 @@ def windows(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int],
     if same:
         for ax, k in ((1, kh), (2, kw)):
             pads[ax] = same_padding(x.shape[ax], k, stride[ax - 1], dilation[ax - 1])
-        x = np.pad(x, pads, constant_values=pad_value)
+        if any(p != (0, 0) for p in pads):  # np.pad copies even when nothing is padded
+            x = np.pad(x, pads, constant_values=pad_value)
     effh, effw = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1
     v = sliding_window_view(x, (effh, effw), axis=(1, 2))
     v = v[:, ::stride[0], ::stride[1], :, ::dilation[0], ::dilation[1]]

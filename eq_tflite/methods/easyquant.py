@@ -118,7 +118,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, methods, options, resolve, rounding, simulate
+from eq_tflite import grid, methods, native, options, resolve, rounding, simulate
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.grid import BitWidths
 from eq_tflite.methods import method
@@ -235,7 +235,8 @@ class InputTails:
         tail = np.concatenate([b[(b < lo * fraction) | (b > hi * fraction)]
                                for b in (flat[i:i + step] for i in range(0, flat.size, step))]
                               or [flat[:0]])
-        return cls(np.sort(tail.astype(np.float64)), flat.size)
+        # sorted in its own dtype (float32 sorts twice as fast), then widened: the same array
+        return cls(np.sort(tail).astype(np.float64), flat.size)
 
     def share_outside(self, bounds: tuple[float, float]) -> float:
         """Share of all values below ``bounds[0]`` or at/above ``bounds[1]``."""
@@ -275,6 +276,9 @@ def _gram(x: np.ndarray, integers: bool) -> np.ndarray:
     """
     dtype = np.float32 if integers else np.float64
     depthwise = x.ndim == 3
+    if depthwise and integers and native.available() and x.dtype == np.float32 \
+            and x.flags.c_contiguous:
+        return native.depthwise_gram(x)
     out = np.zeros((x.shape[2], x.shape[1], x.shape[1]) if depthwise else (x.shape[1],) * 2)
     step = _EXACT_ROWS if integers else 1024
     for s in range(0, x.shape[0], step):
@@ -391,6 +395,9 @@ class LayerProblem:
     def weight_candidates(self, scales: np.ndarray) -> np.ndarray:
         """Dequantized weights (K, J, C) on the b-bit grid for candidate step sizes (J, C)."""
         j, c = scales.shape
+        if native.available() and self.matrix.dtype == np.float32 \
+                and self.matrix.flags.c_contiguous:
+            return native.fake_quant_weights(self.matrix, scales, self.bits.weights)
         return grid.fake_quant_weights(np.tile(self.matrix, (1, j)), scales.reshape(-1), 1,
                                        self.bits.weights).reshape(-1, j, c)
 
@@ -466,6 +473,15 @@ class LayerProblem:
         # Depthwise: a block of channels at a time (each channel's sums are the same, bit for
         # bit), so the products (R, J, C) and einsum's float64 buffers stay one block (on
         # EfficientNet-Lite's 1,152-channel layers they were the search's peak). Plain: one block.
+        if self._fused() and (not depthwise or self.lin.multiplier == 1):
+            tc = np.ascontiguousarray(t)
+            if depthwise:
+                dot, norm = native.channel_scores(tc, self.activation, bias, rows=xq, weights=wq)
+            else:
+                dot, norm = native.channel_scores(
+                    tc, self.activation, bias,
+                    products=(xq @ wq.reshape(wq.shape[0], -1)).reshape(r, j, c))
+            return cosine_from_parts(dot, norm, t_norm)
         step = max(1, _CHUNK_ELEMENTS // max(r * j, 1)) if depthwise else max(c, 1)
         dot, norm = np.empty((j, c)), np.empty((j, c))
         for c0 in range(0, c, step):
@@ -533,18 +549,39 @@ class LayerProblem:
         spb = max(1, _BLOCK_ELEMENTS // per_sample)
         dot, norm = np.empty((len(cands), s)), np.empty((len(cands), s))
         t_norm = np.einsum("spc,spc->s", self.target, self.target, dtype=np.float64)
-        buf = np.empty((min(spb, s) * p, *self.rows.shape[1:]), self.rows.dtype)
+        fused = self._fused()
+        depthwise = fused and self.lin.multiplier == 1
+        buf = None if depthwise else np.empty((min(spb, s) * p, *self.rows.shape[1:]),
+                                              self.rows.dtype)
+        clip = self.bits.act_clip
         for s0 in range(0, s, spb):
             s1 = min(s, s0 + spb)
             rows = self.rows[s0 * p:s1 * p]
-            t = self.target[s0:s1].reshape(s1 - s0, p * c)
+            t = self.target[s0:s1]
+            if depthwise:  # every candidate's quantize, product, bias, activation and sums
+                dot[:, s0:s1], norm[:, s0:s1] = native.sample_scores(
+                    t, self.activation, None if bias[0] is None else np.stack(bias),
+                    rows=rows, matrix=wq, cands=cands, clip=clip)
+                continue
             xq = buf[:len(rows)]
             for i, a in enumerate(cands):
-                fake_quant_into(rows, *a, xq, self.bits.act_clip)
+                if fused:
+                    native.fake_quant_into(rows, *a, xq, clip)
+                    dot[i, s0:s1], norm[i, s0:s1] = native.sample_scores(
+                        t, self.activation, bias[i], products=self.lin.apply(xq, wq))
+                    continue
+                fake_quant_into(rows, *a, xq, clip)
                 out = self._output(self.lin.apply(xq, wq), bias[i]).reshape(s1 - s0, p * c)
-                dot[i, s0:s1] = np.einsum("sk,sk->s", out, t, dtype=np.float64)
+                t2 = t.reshape(s1 - s0, p * c)
+                dot[i, s0:s1] = np.einsum("sk,sk->s", out, t2, dtype=np.float64)
                 norm[i, s0:s1] = np.einsum("sk,sk->s", out, out, dtype=np.float64)
         return cosine_from_parts(dot, norm, t_norm).mean(1)
+
+    def _fused(self) -> bool:
+        """True when the C loops (``eq_tflite.native``) can score this layer's candidates."""
+        return (native.available() and self.activation in native.ACTIVATION_BOUNDS
+                and self.rows.dtype == np.float32 and self.target.dtype == np.float32
+                and self.rows.flags.c_contiguous and self.target.flags.c_contiguous)
 
     def evaluate(self, act: tuple[float, int], w_scales: np.ndarray) -> float:
         """Layer cosine of one choice of scales (``layer_scores`` of one candidate)."""

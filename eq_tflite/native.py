@@ -1,0 +1,181 @@
+"""The calibration search's fused C loops (``native/score.c``), with numpy's result when absent.
+
+``pip install .`` builds ``eq_tflite/_eqscore*.so`` next to the delegate
+(``EQ_TFLITE_NO_DELEGATE=1`` skips both: a pure-Python install). Each function
+here returns what the numpy code in ``methods/easyquant.py`` computes: the
+quantized rows and layer outputs bit for bit, the float64 cosine sums in
+another summation order (last bits). Callers ask ``available`` and otherwise
+run numpy. ``EQ_TFLITE_NO_NATIVE=1`` forces numpy (for comparisons).
+
+Why C: a candidate's score is fake quantization, a product, bias, activation
+and two sums, each a pass over the layer's sampled rows in numpy. Fused, each
+value is read once; on EfficientNet-Lite1's depthwise layers the input search
+was 5x faster (BENCHMARKS.md, "Calibration speed").
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import os
+
+import numpy as np
+
+from eq_tflite import grid
+
+#: Fused activations the C loops apply, as clip bounds (others: numpy).
+ACTIVATION_BOUNDS = {
+    "NONE": (-np.inf, np.inf), "RELU": (0.0, np.inf), "RELU6": (0.0, 6.0),
+    "RELU_N1_TO_1": (-1.0, 1.0), "RELU_0_TO_1": (0.0, 1.0),
+}
+
+_F = ctypes.POINTER(ctypes.c_float)
+_D = ctypes.POINTER(ctypes.c_double)
+_I64, _FL, _INT = ctypes.c_int64, ctypes.c_float, ctypes.c_int
+
+
+@functools.lru_cache(maxsize=1)
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("EQ_TFLITE_NO_NATIVE") == "1":
+        return None
+    from eq_tflite.delegate import package_dirs  # the same search as the delegate's library
+    for d in package_dirs():
+        for path in sorted(glob.glob(os.path.join(d, "_eqscore*.so"))):
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:
+                continue
+            lib.eqs_fake_quant.argtypes = [_F, _F, _I64, _FL, _FL, _FL, _INT, _INT]
+            lib.eqs_sample_scores.argtypes = [_F, _F, _F, _F, _F, _I64, _I64, _I64, _I64, _I64,
+                                              _F, _F, _F, _FL, _FL, _D, _D, _INT]
+            lib.eqs_channel_scores.argtypes = [_F, _F, _F, _F, _F, _I64, _I64, _I64, _I64, _FL,
+                                               _FL, _D, _D, _INT]
+            lib.eqs_depthwise_gram.argtypes = [_F, _I64, _I64, _I64, _D, _INT]
+            lib.eqs_fake_quant_weights.argtypes = [_F, _I64, _I64, _D, _I64, _INT, _F, _INT]
+            for fn in (lib.eqs_fake_quant, lib.eqs_sample_scores, lib.eqs_channel_scores,
+                       lib.eqs_depthwise_gram, lib.eqs_fake_quant_weights):
+                fn.restype = None
+            return lib
+    return None
+
+
+def available() -> bool:
+    """True when the C loops are built and not switched off."""
+    return _library() is not None
+
+
+@functools.lru_cache(maxsize=1)
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def _ptr(a: np.ndarray | None, kind=_F):
+    return None if a is None else a.ctypes.data_as(kind)
+
+
+def _f32(a: np.ndarray | None) -> np.ndarray | None:
+    return None if a is None else np.ascontiguousarray(a, np.float32)
+
+
+def fake_quant_into(x: np.ndarray, scale: float, zp: int, out: np.ndarray,
+                    clip: tuple[int, int] = (grid.INT8_MIN, grid.INT8_MAX),
+                    scale_back: bool = True) -> np.ndarray:
+    """``clip(round(x / scale), clip - zp) (* scale)`` of float32 ``x`` into ``out``."""
+    assert x.dtype == out.dtype == np.float32 and x.flags.c_contiguous and out.flags.c_contiguous
+    _library().eqs_fake_quant(_ptr(x), _ptr(out), x.size, np.float32(scale),
+                              float(clip[0] - zp), float(clip[1] - zp), int(scale_back),
+                              _threads())
+    return out
+
+
+def _biases(bias: np.ndarray | None, j: int, c: int) -> np.ndarray | None:
+    return None if bias is None else np.ascontiguousarray(
+        np.broadcast_to(np.asarray(bias, np.float32), (j, c)))
+
+
+def _check(*arrays: np.ndarray | None) -> None:
+    for a in arrays:
+        if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous):
+            raise ValueError("the C loops take C-contiguous float32 arrays")
+
+
+def sample_scores(target: np.ndarray, activation: str, bias: np.ndarray | None, *,
+                  rows: np.ndarray | None = None, matrix: np.ndarray | None = None,
+                  cands: list[tuple[float, int]] | None = None,
+                  clip: tuple[int, int] = (grid.INT8_MIN, grid.INT8_MAX),
+                  products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (dot, norm), each (J, S), of layer outputs with ``target`` (S, P, C).
+
+    Depthwise (multiplier 1): ``rows`` (S*P, K, C) quantized with each input
+    candidate (scale, zp) of ``cands`` onto ``clip``, times ``matrix`` (K, C),
+    plus ``bias`` (C,) or (J, C), then ``activation``. Else ``products``
+    (S*P, C): one candidate's product.
+    """
+    s, p, c = target.shape
+    if products is not None:
+        cands, k = [(1.0, 0)], 0
+    else:
+        k = rows.shape[1]
+    j = len(cands)
+    b, w = _biases(bias, j, c), None if matrix is None else _f32(matrix)
+    _check(target, rows, products)
+    scales = np.array([a[0] for a in cands], np.float32)
+    lo = np.array([clip[0] - a[1] for a in cands], np.float32)
+    hi = np.array([clip[1] - a[1] for a in cands], np.float32)
+    dot, norm = np.empty((j, s)), np.empty((j, s))
+    _library().eqs_sample_scores(_ptr(rows), _ptr(w), _ptr(products), _ptr(b), _ptr(target),
+                                 s * p, p, k, c, j, _ptr(scales), _ptr(lo), _ptr(hi),
+                                 *ACTIVATION_BOUNDS[activation], _ptr(dot, _D), _ptr(norm, _D),
+                                 _threads())
+    return dot, norm
+
+
+def channel_scores(target: np.ndarray, activation: str, bias: np.ndarray | None, *,
+                   rows: np.ndarray | None = None, weights: np.ndarray | None = None,
+                   products: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (dot, norm), each (J, C), of J candidate outputs with ``target`` (R, C).
+
+    Depthwise (multiplier 1): fake-quantized ``rows`` (R, K, C) times candidate
+    ``weights`` (K, J, C); else ``products`` (R, J, C). Plus ``bias`` (J, C),
+    then ``activation``.
+    """
+    r, c = target.shape
+    if products is not None:
+        j, k = products.shape[1], 0
+    else:
+        k, j = weights.shape[:2]
+        weights = _f32(weights)
+    b = _biases(bias, j, c)
+    _check(target, rows, products, weights)
+    dot, norm = np.empty((j, c)), np.empty((j, c))
+    _library().eqs_channel_scores(_ptr(rows), _ptr(weights), _ptr(products), _ptr(b),
+                                  _ptr(target), r, k, c, j, *ACTIVATION_BOUNDS[activation],
+                                  _ptr(dot, _D), _ptr(norm, _D), _threads())
+    return dot, norm
+
+
+def depthwise_gram(q: np.ndarray) -> np.ndarray:
+    """Per-channel Gram matrices (C, K, K) in float64 of integer-valued rows ``q`` (R, K, C).
+
+    Exact (integers of magnitude <= 255 over fewer than 2**37 rows), so equal to
+    any other exact summation.
+    """
+    _check(q)
+    r, k, c = q.shape
+    out = np.empty((k, k, c))
+    _library().eqs_depthwise_gram(_ptr(q), r, k, c, _ptr(out, _D), _threads())
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+def fake_quant_weights(matrix: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """``grid.fake_quant_weights`` of ``matrix`` (K, C) for J candidate steps (J, C): (K, J, C)."""
+    _check(matrix)
+    steps = np.ascontiguousarray(scales, np.float64)
+    j, c = steps.shape
+    out = np.empty((matrix.shape[0], j, c), np.float32)
+    _library().eqs_fake_quant_weights(_ptr(matrix), matrix.shape[0], c, _ptr(steps, _D), j, bits,
+                                      _ptr(out), _threads())
+    return out

@@ -1,0 +1,351 @@
+/* Fused loops of the calibration search (eq_tflite/native.py): the per-candidate
+ * fake quantization, product, bias, activation and cosine sums that numpy runs as
+ * five to eight passes over a layer's sampled rows run here as one.
+ *
+ * Exactness: every float32 operation is the one numpy performs, in the same
+ * order (x / s, round half to even, clip, * s; a depthwise output sums its taps
+ * k = 0, 1, ... in float32 like np.einsum; bias, then the activation's clip), so
+ * the quantized rows and layer outputs are bit-identical with numpy's. The
+ * cosine sums are float64 like numpy's, each sample's summed in one fixed order
+ * (row by row, channel by channel) whatever the thread count; numpy's einsum sums
+ * in another order, so scores may differ from it in the last bits.
+ * Built with -ffp-contract=off (no fused multiply-add) and without -ffast-math.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#define EQS_EXPORT __attribute__((visibility("default")))
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* One build for every x86-64 CPU: the loader picks the widest clone (rounding
+ * vectorizes from SSE4.1 on). The results do not depend on the clone. */
+#define EQS_CLONES __attribute__((target_clones("avx512f", "avx2", "sse4.1", "default")))
+#else
+#define EQS_CLONES
+#endif
+
+#define EQS_MAX_THREADS 64
+
+static inline float fake_quant(float x, float s, float lo, float hi, int scale_back) {
+  float q = rintf(x / s);
+  q = q < lo ? lo : q;
+  q = q > hi ? hi : q;
+  return scale_back ? q * s : q;
+}
+
+/* ---- a minimal parallel for over [0, n): contiguous ranges, one per thread ---- */
+
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+
+typedef struct {
+  range_fn fn;
+  void *ctx;
+  int64_t begin, end;
+} job;
+
+static void *run_job(void *arg) {
+  job *j = (job *)arg;
+  j->fn(j->ctx, j->begin, j->end);
+  return NULL;
+}
+
+/* Runs fn over [0, n) on up to `threads` threads; ranges are split only on
+ * multiples of `grain`. A thread that cannot start runs on the caller. */
+static void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t grain, int threads) {
+  if (grain < 1) grain = 1;
+  int64_t units = (n + grain - 1) / grain;
+  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
+  if (threads > units) threads = (int)units;
+  if (threads <= 1) {
+    if (n > 0) fn(ctx, 0, n);
+    return;
+  }
+  job jobs[EQS_MAX_THREADS];
+  pthread_t ids[EQS_MAX_THREADS];
+  int started[EQS_MAX_THREADS];
+  for (int t = 0; t < threads; ++t) {
+    int64_t b = units * t / threads * grain, e = units * (t + 1) / threads * grain;
+    jobs[t] = (job){fn, ctx, b, e < n ? e : n};
+  }
+  for (int t = 1; t < threads; ++t)
+    started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
+  run_job(&jobs[0]);
+  for (int t = 1; t < threads; ++t) {
+    if (started[t]) pthread_join(ids[t], NULL);
+    else run_job(&jobs[t]);
+  }
+}
+
+/* ---- fake quantization ---- */
+
+typedef struct {
+  const float *x;
+  float *out;
+  float s, lo, hi;
+  int scale_back;
+} fq_ctx;
+
+EQS_CLONES static void fq_range(void *p, int64_t b, int64_t e) {
+  const fq_ctx *c = (const fq_ctx *)p;
+  const float s = c->s, lo = c->lo, hi = c->hi;
+  const float *x = c->x;
+  float *out = c->out;
+  if (c->scale_back) {
+    for (int64_t i = b; i < e; ++i) out[i] = fake_quant(x[i], s, lo, hi, 1);
+  } else {
+    for (int64_t i = b; i < e; ++i) out[i] = fake_quant(x[i], s, lo, hi, 0);
+  }
+}
+
+/* out[i] = clip(rint(x[i] / s), lo, hi) (* s when scale_back), for n floats. */
+EQS_EXPORT void eqs_fake_quant(const float *x, float *out, int64_t n, float s, float lo,
+                               float hi, int scale_back, int threads) {
+  fq_ctx c = {x, out, s, lo, hi, scale_back};
+  parallel_for(fq_range, &c, n, 1 << 14, n >= (1 << 18) ? threads : 1);
+}
+
+/* ---- cosine parts of layer outputs ---- */
+
+/* Bias and activation on one output row (c values), then its float64 dot and norm
+ * sums: into *dot / *norm (per_channel 0) or into dot[j] / norm[j] (per_channel 1). */
+static inline void finish_row(const float *acc, const float *bias, const float *t, int64_t c,
+                              float act_lo, float act_hi, double *dot, double *norm,
+                              int per_channel) {
+  if (per_channel) {
+    for (int64_t j = 0; j < c; ++j) {
+      float v = bias ? acc[j] + bias[j] : acc[j];
+      v = v < act_lo ? act_lo : v;
+      v = v > act_hi ? act_hi : v;
+      dot[j] += (double)v * (double)t[j];
+      norm[j] += (double)v * (double)v;
+    }
+    return;
+  }
+  double d = *dot, n = *norm;
+  for (int64_t j = 0; j < c; ++j) {
+    float v = bias ? acc[j] + bias[j] : acc[j];
+    v = v < act_lo ? act_lo : v;
+    v = v > act_hi ? act_hi : v;
+    d += (double)v * (double)t[j];
+    n += (double)v * (double)v;
+  }
+  *dot = d;
+  *norm = n;
+}
+
+/* acc[c] = sum over taps k (in order) of fq(x[k, c]) * w[k, c] (w rows `w_stride` apart). */
+static inline void depthwise_row(const float *x, const float *w, int64_t w_stride, int64_t k,
+                                 int64_t c, float s, float lo, float hi, int quantize,
+                                 float *acc) {
+  for (int64_t j = 0; j < c; ++j) acc[j] = 0.0f;
+  for (int64_t tap = 0; tap < k; ++tap) {
+    const float *xt = x + tap * c, *wt = w + tap * w_stride;
+    if (quantize) {
+      for (int64_t j = 0; j < c; ++j) acc[j] = acc[j] + fake_quant(xt[j], s, lo, hi, 1) * wt[j];
+    } else {
+      for (int64_t j = 0; j < c; ++j) acc[j] = acc[j] + xt[j] * wt[j];
+    }
+  }
+}
+
+typedef struct {
+  const float *x;       /* depthwise rows (rows, k, c), or NULL */
+  const float *w;       /* depthwise: (k, c) weights, or (k, J, c) candidate weights */
+  const float *y;       /* plain: products (rows, c) or (rows, J, c), or NULL */
+  const float *bias;    /* (J, c), or NULL */
+  const float *t;       /* (rows, c) target */
+  const float *scales, *lo, *hi;  /* input candidates (J), sample scores */
+  int64_t rows, per_sample, k, c, cands;
+  float act_lo, act_hi;
+  double *dot, *norm;   /* (J, samples) or (J, c) */
+} score_ctx;
+
+/* Sample scores: every input candidate j on samples [b, e), row by row (a row is
+ * read once for all candidates). Each (j, sample) sums its rows in order. */
+EQS_CLONES static void sample_range(void *p, int64_t b, int64_t e) {
+  const score_ctx *c = (const score_ctx *)p;
+  const int64_t ch = c->c, k = c->k, nj = c->cands, samples = c->rows / c->per_sample;
+  float *acc = (float *)malloc(sizeof(float) * (size_t)(ch > 0 ? ch : 1));
+  double *d = (double *)malloc(sizeof(double) * (size_t)(2 * nj));
+  if (!acc || !d) {
+    for (int64_t s = b; s < e; ++s)
+      for (int64_t j = 0; j < nj; ++j) c->dot[j * samples + s] = c->norm[j * samples + s] = NAN;
+    free(acc);
+    free(d);
+    return;
+  }
+  double *n = d + nj;
+  for (int64_t s = b; s < e; ++s) {
+    for (int64_t j = 0; j < nj; ++j) d[j] = n[j] = 0.0;
+    for (int64_t r = s * c->per_sample; r < (s + 1) * c->per_sample; ++r) {
+      const float *t = c->t + r * ch;
+      for (int64_t j = 0; j < nj; ++j) {
+        const float *out = acc;
+        if (c->x)
+          depthwise_row(c->x + r * k * ch, c->w, ch, k, ch, c->scales[j], c->lo[j], c->hi[j], 1,
+                        acc);
+        else
+          out = c->y + r * ch;
+        finish_row(out, c->bias ? c->bias + j * ch : NULL, t, ch, c->act_lo, c->act_hi, &d[j],
+                   &n[j], 0);
+      }
+    }
+    for (int64_t j = 0; j < nj; ++j) {
+      c->dot[j * samples + s] = d[j];
+      c->norm[j * samples + s] = n[j];
+    }
+  }
+  free(acc);
+  free(d);
+}
+
+/* Channel scores: candidate weights j in [b, e) over every row; dot[j, c] sums its
+ * rows in order. Depthwise: out = sum_k fq(x[r, k, c]) * w[k, j, c] (x already
+ * quantized: no fq); plain: y[r, j, c]. */
+EQS_CLONES static void channel_range(void *p, int64_t b, int64_t e) {
+  const score_ctx *c = (const score_ctx *)p;
+  const int64_t ch = c->c, k = c->k, nj = c->cands;
+  float *acc = (float *)malloc(sizeof(float) * (size_t)(ch > 0 ? ch : 1));
+  if (!acc) {
+    for (int64_t i = b * ch; i < e * ch; ++i) c->dot[i] = c->norm[i] = NAN;
+    return;
+  }
+  for (int64_t i = b * ch; i < e * ch; ++i) c->dot[i] = c->norm[i] = 0.0;
+  for (int64_t r = 0; r < c->rows; ++r) {
+    const float *t = c->t + r * ch;
+    for (int64_t j = b; j < e; ++j) {
+      const float *out = acc;
+      if (c->x)
+        depthwise_row(c->x + r * k * ch, c->w + j * ch, nj * ch, k, ch, 1.0f, 0.0f, 0.0f, 0, acc);
+      else
+        out = c->y + (r * nj + j) * ch;
+      finish_row(out, c->bias ? c->bias + j * ch : NULL, t, ch, c->act_lo, c->act_hi,
+                 c->dot + j * ch, c->norm + j * ch, 1);
+    }
+  }
+  free(acc);
+}
+
+/* Per-sample (dot, norm) (J, samples) of a layer's output with target t for J input
+ * candidates. Depthwise (x not NULL; multiplier 1): out = act(sum_k fq_j(x[:, k, :]) * w[k]
+ * + bias_j) with fq_j = (scales[j], lo[j], hi[j]); else out = act(y + bias_j), J = 1
+ * (y is that candidate's product). bias: (J, c) or NULL. */
+EQS_EXPORT void eqs_sample_scores(const float *x, const float *w, const float *y,
+                                  const float *bias, const float *t, int64_t rows,
+                                  int64_t per_sample, int64_t k, int64_t c, int64_t cands,
+                                  const float *scales, const float *lo, const float *hi,
+                                  float act_lo, float act_hi, double *dot, double *norm,
+                                  int threads) {
+  score_ctx ctx = {x, w, y, bias, t, scales, lo, hi, rows, per_sample, k, c, cands,
+                   act_lo, act_hi, dot, norm};
+  parallel_for(sample_range, &ctx, per_sample > 0 ? rows / per_sample : 0, 1, threads);
+}
+
+/* Per-channel (dot, norm) (J, c) over all rows for J candidate weight matrices:
+ * depthwise (x: quantized rows (rows, k, c), w: (k, J, c)) or products y (rows, J, c). */
+EQS_EXPORT void eqs_channel_scores(const float *x, const float *w, const float *y,
+                                   const float *bias, const float *t, int64_t rows, int64_t k,
+                                   int64_t c, int64_t cands, float act_lo, float act_hi,
+                                   double *dot, double *norm, int threads) {
+  score_ctx ctx = {x, w, y, bias, t, NULL, NULL, NULL, rows, 1, k, c, cands,
+                   act_lo, act_hi, dot, norm};
+  parallel_for(channel_range, &ctx, cands, 1, threads);
+}
+
+/* ---- Gram matrices of depthwise rows ---- */
+
+typedef struct {
+  const float *x;  /* (rows, k, c) */
+  double *out;     /* (k, k, c) */
+  int64_t rows, k, c;
+} gram_ctx;
+
+#define EQS_GRAM_CH 64    /* channels per block: a block's float32 sums stay in L1 */
+#define EQS_GRAM_ROWS 256 /* rows per exact float32 partial sum (|q| <= 255: < 2**24) */
+
+EQS_CLONES static void gram_range(void *p, int64_t b, int64_t e) {
+  const gram_ctx *g = (const gram_ctx *)p;
+  const int64_t k = g->k, c = g->c, pairs = k * (k + 1) / 2;
+  float *acc = (float *)malloc(sizeof(float) * (size_t)(pairs * EQS_GRAM_CH));
+  double *sum = (double *)malloc(sizeof(double) * (size_t)(pairs * EQS_GRAM_CH));
+  if (!acc || !sum) {
+    for (int64_t i = 0; i < k * k; ++i)
+      for (int64_t ch = b; ch < e; ++ch) g->out[i * c + ch] = NAN;
+    free(acc);
+    free(sum);
+    return;
+  }
+  for (int64_t c0 = b; c0 < e; c0 += EQS_GRAM_CH) {
+    const int64_t n = e - c0 < EQS_GRAM_CH ? e - c0 : EQS_GRAM_CH;
+    for (int64_t q = 0; q < pairs * EQS_GRAM_CH; ++q) sum[q] = 0.0;
+    for (int64_t r0 = 0; r0 < g->rows; r0 += EQS_GRAM_ROWS) {
+      const int64_t r1 = r0 + EQS_GRAM_ROWS < g->rows ? r0 + EQS_GRAM_ROWS : g->rows;
+      for (int64_t q = 0; q < pairs * EQS_GRAM_CH; ++q) acc[q] = 0.0f;
+      for (int64_t r = r0; r < r1; ++r) {
+        const float *x = g->x + r * k * c + c0;
+        float *a = acc;
+        for (int64_t i = 0; i < k; ++i)
+          for (int64_t j = i; j < k; ++j, a += EQS_GRAM_CH) {
+            const float *xi = x + i * c, *xj = x + j * c;
+            for (int64_t ch = 0; ch < n; ++ch) a[ch] += xi[ch] * xj[ch];
+          }
+      }
+      for (int64_t q = 0; q < pairs * EQS_GRAM_CH; ++q) sum[q] += (double)acc[q];
+    }
+    int64_t q = 0;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = i; j < k; ++j, ++q)
+        for (int64_t ch = 0; ch < n; ++ch)
+          g->out[(i * k + j) * c + c0 + ch] = g->out[(j * k + i) * c + c0 + ch] =
+              sum[q * EQS_GRAM_CH + ch];
+  }
+  free(acc);
+  free(sum);
+}
+
+/* out[i, j, c] = sum_r x[r, i, c] * x[r, j, c] in float64, for x holding integers of
+ * magnitude <= 255 (quantized rows): exact, so equal to any exact summation. */
+EQS_EXPORT void eqs_depthwise_gram(const float *x, int64_t rows, int64_t k, int64_t c,
+                                   double *out, int threads) {
+  gram_ctx g = {x, out, rows, k, c};
+  parallel_for(gram_range, &g, c, EQS_GRAM_CH, threads);
+}
+
+/* ---- weight candidates ---- */
+
+typedef struct {
+  const float *w;       /* (k, c) */
+  const double *scales; /* (J, c) step sizes */
+  float *out;           /* (k, J, c) */
+  int64_t c, cands;
+  double qmax;
+} wq_ctx;
+
+EQS_CLONES static void weights_range(void *p, int64_t b, int64_t e) {
+  const wq_ctx *g = (const wq_ctx *)p;
+  const int64_t c = g->c, nj = g->cands;
+  for (int64_t r = b; r < e; ++r) {
+    const float *w = g->w + r * c;
+    for (int64_t j = 0; j < nj; ++j) {
+      const double *s = g->scales + j * c;
+      float *o = g->out + (r * nj + j) * c;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        double q = s[ch] > 0 ? rint((double)w[ch] / s[ch]) : 0.0;
+        q = q < -g->qmax ? -g->qmax : q;
+        q = q > g->qmax ? g->qmax : q;
+        o[ch] = (float)(q * s[ch]);
+      }
+    }
+  }
+}
+
+/* out[k, j, c] = clip(rint(w[k, c] / s[j, c]), +-(2**(bits-1) - 1)) * s[j, c] in float64,
+ * stored as float32 (0 where s <= 0): grid.fake_quant_weights of every candidate. */
+EQS_EXPORT void eqs_fake_quant_weights(const float *w, int64_t k, int64_t c,
+                                       const double *scales, int64_t cands, int bits, float *out,
+                                       int threads) {
+  wq_ctx g = {w, scales, out, c, cands, (double)((1 << (bits - 1)) - 1)};
+  parallel_for(weights_range, &g, k, 8, k * cands * c >= (1 << 16) ? threads : 1);
+}

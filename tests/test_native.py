@@ -1,0 +1,133 @@
+"""The search's C loops (eq_tflite/native.py) against the numpy code they replace."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from eq_tflite import grid, methods, native, simulate
+from eq_tflite.graph import Graph
+from eq_tflite.grid import BitWidths
+from eq_tflite.methods import easyquant
+from eq_tflite.plan import MethodContext
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="_eqscore not built")
+
+CLIP = (-64, 63)  # 7-bit levels
+
+
+def _rows(rng, r=600, k=9, c=37, spread=3.0) -> np.ndarray:
+    x = (rng.standard_normal((r, k, c)) * spread).astype(np.float32)
+    # values on the rounding ties and the clip edges of the candidates below
+    x.reshape(-1)[:200] = (np.arange(200, dtype=np.float32) - 100) * np.float32(0.5 * 0.0371)
+    return x
+
+
+CANDS = [(0.0371, 3), (0.0137, -5), (0.25, 0), (0.0371 * 1.5, 64)]
+
+
+@pytest.mark.parametrize("scale_back", [True, False])
+def test_fake_quant_is_numpys_bit_for_bit(scale_back):
+    x = _rows(np.random.default_rng(0))
+    for scale, zp in CANDS:
+        want = (easyquant.fake_quant_into if scale_back else easyquant.quantize_into)(
+            x, scale, zp, np.empty_like(x), CLIP)
+        got = native.fake_quant_into(x, scale, zp, np.empty_like(x), CLIP, scale_back)
+        np.testing.assert_array_equal(got, want)
+        if scale_back:
+            np.testing.assert_array_equal(got, grid.fake_quant_activation(x, scale, zp, CLIP))
+
+
+@pytest.mark.parametrize("activation", ["RELU6", "NONE", "RELU"])
+def test_depthwise_sample_scores(activation):
+    """Fused quantize-product-bias-activation sums: the products are einsum's bit for bit
+    (the fused sums equal the sums of einsum's products), the float64 sums agree to 1e-12."""
+    rng = np.random.default_rng(1)
+    s, p, c = 6, 100, 37
+    x = _rows(rng, s * p, 9, c)
+    w = rng.standard_normal((9, c)).astype(np.float32)
+    t = rng.standard_normal((s, p, c)).astype(np.float32)
+    bias = rng.standard_normal((len(CANDS), c)).astype(np.float32)
+    dot, norm = native.sample_scores(t, activation, bias, rows=x, matrix=w, cands=CANDS, clip=CLIP)
+    assert dot.shape == norm.shape == (len(CANDS), s)
+    for i, a in enumerate(CANDS):
+        xq = easyquant.fake_quant_into(x, *a, np.empty_like(x), CLIP)
+        product = np.einsum("rkc,kc->rc", xq, w)
+        d2, n2 = native.sample_scores(t, activation, bias[i], products=product)
+        np.testing.assert_array_equal(d2[0], dot[i])
+        np.testing.assert_array_equal(n2[0], norm[i])
+        out = simulate.apply_activation(activation, product + bias[i]).reshape(s, -1)
+        want_dot = np.einsum("sk,sk->s", out, t.reshape(s, -1), dtype=np.float64)
+        want_norm = np.einsum("sk,sk->s", out, out, dtype=np.float64)
+        np.testing.assert_allclose(dot[i], want_dot, rtol=1e-12)
+        np.testing.assert_allclose(norm[i], want_norm, rtol=1e-12)
+        assert np.all(norm[i] > 0)
+
+
+def test_channel_scores():
+    """Per-channel sums over rows of J candidate weight matrices: fused depthwise and
+    products give the same numbers; both equal numpy's float64 sums."""
+    rng = np.random.default_rng(2)
+    r, k, j, c = 700, 25, 5, 19
+    xq = easyquant.fake_quant_into(_rows(rng, r, k, c), *CANDS[0], np.empty((r, k, c), np.float32),
+                                   CLIP)
+    wq = rng.standard_normal((k, j, c)).astype(np.float32)
+    t = rng.standard_normal((r, c)).astype(np.float32)
+    bias = rng.standard_normal((j, c)).astype(np.float32)
+    dot, norm = native.channel_scores(t, "RELU6", bias, rows=xq, weights=wq)
+    product = np.einsum("rkc,kjc->rjc", xq, wq)
+    d2, n2 = native.channel_scores(t, "RELU6", bias, products=np.ascontiguousarray(product))
+    np.testing.assert_array_equal(dot, d2)
+    np.testing.assert_array_equal(norm, n2)
+    out = np.clip(product + bias, 0, 6)
+    np.testing.assert_allclose(dot, np.einsum("rjc,rc->jc", out, t, dtype=np.float64), rtol=1e-12)
+    np.testing.assert_allclose(norm, np.einsum("rjc,rjc->jc", out, out, dtype=np.float64),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("c", [1, 64, 130])
+def test_depthwise_gram_is_exact(c):
+    q = np.random.default_rng(3).integers(-255, 256, (1000, 9, c)).astype(np.float32)
+    want = np.einsum("rkc,rlc->ckl", q.astype(np.float64), q.astype(np.float64))
+    np.testing.assert_array_equal(native.depthwise_gram(q), want)
+
+
+def test_rejects_arrays_it_cannot_read():
+    x = np.zeros((4, 9, 3), np.float64)
+    with pytest.raises(ValueError, match="float32"):
+        native.sample_scores(np.zeros((1, 4, 3), np.float32), "NONE", None, rows=x,
+                             matrix=np.zeros((9, 3), np.float32), cands=CANDS[:1])
+
+
+def _plan(model: bytes, calib: np.ndarray, bits: int):
+    graph = Graph.from_tflite(model)
+    ctx = MethodContext(graph, model, {graph.tensors[graph.inputs[0]].name: calib},
+                        BitWidths(bits, bits), options={"eq_steps": 40}, progress=False)
+    return methods.get("easyquant")(ctx)
+
+
+@pytest.mark.parametrize("bits", [7, 4])
+def test_easyquant_makes_the_numpy_choices(keras_floats, fmnist_calib, monkeypatch, bits):
+    """The whole search (depthwise, 1x1 and dense layers; W4 with GPTQ) picks the same scales
+    with the C loops as with numpy."""
+    model = keras_floats["mobilenetv2"]
+    fast = _plan(model, fmnist_calib[:16], bits)
+    monkeypatch.setattr(native, "_library", lambda: None)
+    assert not native.available()
+    slow = _plan(model, fmnist_calib[:16], bits)
+    assert fast.activation_ranges == slow.activation_ranges
+    assert fast.weight_scales.keys() == slow.weight_scales.keys()
+    for name, scales in fast.weight_scales.items():
+        np.testing.assert_array_equal(scales, slow.weight_scales[name])
+    assert [r["cos_eq"] for r in fast.layers] == pytest.approx([r["cos_eq"] for r in slow.layers],
+                                                               abs=1e-9)
+
+
+def test_weight_candidates_are_the_grids():
+    rng = np.random.default_rng(4)
+    m = (rng.standard_normal((50, 13)) * 0.2).astype(np.float32)
+    base = grid.weight_scales(m, 1, 4)
+    steps = np.concatenate([base[None] / np.linspace(0.5, 2.0, 7)[:, None], np.zeros((1, 13))])
+    steps[:, 3] = 0.0  # a dead channel
+    got = native.fake_quant_weights(m, steps, 4)
+    want = np.stack([grid.fake_quant_weights(m, s, 1, 4) for s in steps], axis=1)
+    np.testing.assert_array_equal(got, want)
