@@ -109,6 +109,9 @@ SWEEPS = {
         "rows_16384": ("--eq_max_rows", "16384"),
         "samples_32": ("--num_calibration_samples", "32"),
         "keep_8bit_input": ("--keep_8bit", "input"),
+        # the seed-noise band of the default (row sampling): what "unchanged" means
+        "seed_1": ("--seed", "1"),
+        "seed_2": ("--seed", "2"),
     },
     "eq_w6a6": {
         "keep_8bit_input": ("--keep_8bit", "input"),
