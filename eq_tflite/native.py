@@ -52,6 +52,18 @@ def _library() -> ctypes.CDLL | None:
                                                _FL, _D, _D, _INT]
             lib.eqs_depthwise_gram.argtypes = [_F, _I64, _I64, _I64, _D, _INT]
             lib.eqs_fake_quant_weights.argtypes = [_F, _I64, _I64, _D, _I64, _INT, _F, _INT]
+            lib.eqs_tails.argtypes = [_F, _I64, _FL, _FL, _F, _INT]
+            _L = ctypes.POINTER(ctypes.c_int64)
+            lib.eqs_gather_windows.argtypes = [_F, _I64, _I64, _I64, _L, _L, _L, *[_I64] * 9,
+                                               _FL, _F, _INT]
+            lib.eqs_gather_windows.restype = None
+            lib.eqs_gram_parts.argtypes = [_F, _D, _F, _D, _D, _INT, _I64, _I64, _I64, _D, _D,
+                                           _D, _INT]
+            lib.eqs_gram_parts.restype = None
+            lib.eqs_histogram.argtypes = [_F, _I64, _D, _I64, ctypes.c_double, ctypes.c_double,
+                                          ctypes.POINTER(ctypes.c_int64), _INT]
+            lib.eqs_histogram.restype = _INT
+            lib.eqs_tails.restype = _I64
             for fn in (lib.eqs_fake_quant, lib.eqs_sample_scores, lib.eqs_channel_scores,
                        lib.eqs_depthwise_gram, lib.eqs_fake_quant_weights):
                 fn.restype = None
@@ -179,3 +191,74 @@ def fake_quant_weights(matrix: np.ndarray, scales: np.ndarray, bits: int) -> np.
     _library().eqs_fake_quant_weights(_ptr(matrix), matrix.shape[0], c, _ptr(steps, _D), j, bits,
                                       _ptr(out), _threads())
     return out
+
+
+def tails(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The values of float32 ``x`` below ``lo`` or above ``hi`` (compared as float32, as
+    numpy compares a float32 array with a Python float), in order."""
+    flat = x.reshape(-1)
+    _check(flat)
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    n = _library().eqs_tails(_ptr(flat), flat.size, lo32, hi32, None, _threads())
+    out = np.empty(n, np.float32)
+    _library().eqs_tails(_ptr(flat), flat.size, lo32, hi32, _ptr(out), _threads())
+    return out
+
+
+def gather_windows(x: np.ndarray, positions: tuple[np.ndarray, np.ndarray, np.ndarray],
+                   kernel: tuple[int, int], stride: tuple[int, int],
+                   dilation: tuple[int, int], pads: tuple[int, int]) -> np.ndarray:
+    """Receptive fields (R, KH, KW, C) of NHWC float32 ``x`` at output ``positions``
+    (sample, row, column index arrays): ``kernels.windows(...)[positions]``, zeros
+    where the window leaves the tensor (``pads``: SAME padding before, rows and columns)."""
+    _check(x)
+    n, h, w, c = x.shape
+    idx = [np.ascontiguousarray(p, np.int64) for p in positions]
+    if idx[0].size and (idx[0].min() < 0 or idx[0].max() >= n):
+        raise ValueError("sample index out of range")
+    out = np.empty((idx[0].size, *kernel, c), np.float32)
+    lp = ctypes.POINTER(ctypes.c_int64)
+    _library().eqs_gather_windows(_ptr(x), h, w, c, *(_ptr(i, lp) for i in idx), idx[0].size,
+                                  *kernel, *stride, *dilation, *pads, 0.0, _ptr(out), _threads())
+    return out
+
+
+def gram_parts(w: np.ndarray, xy: np.ndarray, gw: np.ndarray, x_sum: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``GramScorer``'s sums for candidate weights ``w`` (K, J, C) float32: (J, C) each of
+    ``einsum("kjc,kc->jc", w, xy)``, ``einsum("kjc,kjc->jc", w, gw)`` and ``x_sum``
+    (K,) or (K, C) against ``w``, in float64 summing k in order (as einsum does)."""
+    _check(w)
+    k, j, c = w.shape
+    xy, x_sum = np.ascontiguousarray(xy, np.float64), np.ascontiguousarray(x_sum, np.float64)
+    gw = np.ascontiguousarray(gw)
+    if gw.dtype not in (np.float32, np.float64) or gw.shape != w.shape:
+        raise ValueError("gw must be float32 or float64 of w's shape")
+    out = [np.empty((j, c)) for _ in range(3)]
+    _library().eqs_gram_parts(_ptr(w), _ptr(xy, _D), _ptr(gw) if gw.dtype == np.float32 else None,
+                              _ptr(gw, _D) if gw.dtype == np.float64 else None, _ptr(x_sum, _D),
+                              int(x_sum.ndim == 2), k, j, c, *(_ptr(o, _D) for o in out),
+                              _threads())
+    return out[0], out[1], out[2]
+
+
+def histogram_into(counts: np.ndarray, values: np.ndarray, value_range: tuple[float, float]
+                   ) -> bool:
+    """``counts += np.histogram(values, len(counts), value_range)[0]`` for float32
+    ``values``, the same counts (the same edges and comparisons); False (nothing
+    added) where this does not apply: numpy then counts."""
+    flat = values.reshape(-1)
+    first, last = value_range
+    if (not available() or flat.dtype != np.float32 or not flat.flags.c_contiguous
+            or counts.dtype != np.int64 or not first < last):
+        return False
+    bins = len(counts)
+    edges = np.histogram_bin_edges(flat[:0], bins, value_range).astype(np.float64)
+    compare = np.result_type(flat, first, last)  # the dtype numpy's range test compares in
+    lo, hi = (float(np.asarray(v).astype(compare)) for v in value_range)
+    ok = _library().eqs_histogram(_ptr(flat), flat.size, _ptr(edges, _D), bins, lo, hi,
+                                  counts.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+                                  _threads())
+    if ok != 0:
+        raise MemoryError("eqs_histogram: out of memory")
+    return True

@@ -32,7 +32,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, kernels, op_table
+from eq_tflite import grid, kernels, native, op_table
 from eq_tflite.errors import EqTfliteError
 from eq_tflite.graph import Graph, Op
 from eq_tflite.grid import BitWidths
@@ -205,6 +205,17 @@ class Linear:
         return kernels.windows(x, kh, kw, (o.strideH, o.strideW),
                         (o.dilationHFactor, o.dilationWFactor), same)
 
+    def _window_geometry(self, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+        """(kernel, stride, dilation, pads before) of ``windows`` on an input of ``shape``."""
+        o = self.op.options
+        kernel = tuple(self.weight_shape[1:3])
+        stride, dilation = (o.strideH, o.strideW), (o.dilationHFactor, o.dilationWFactor)
+        pads = (0, 0)
+        if o.padding == schema.Padding.SAME:
+            pads = tuple(kernels.same_padding(shape[1 + a], kernel[a], stride[a], dilation[a])[0]
+                         for a in (0, 1))
+        return kernel, stride, dilation, pads
+
     def rows(self, x: np.ndarray, positions: tuple[np.ndarray, ...] | None = None) -> np.ndarray:
         """im2col rows of ``x`` at output ``positions`` (index arrays; all when None).
 
@@ -217,6 +228,9 @@ class Linear:
         if positions is None:
             v = self.windows(x)
             v = v.reshape(-1, *v.shape[3:])
+        elif self.op.type != "TRANSPOSE_CONV" and native.available() \
+                and x.dtype == np.float32 and x.flags.c_contiguous:
+            v = native.gather_windows(x, positions, *self._window_geometry(x.shape))
         else:  # a few samples' windows at a time: a padded copy of the whole batch is not made
             samples, step = positions[0], max(1, _CHUNK_BYTES // max(x[:1].nbytes, 1))
             v = np.empty((len(samples), *self.windows(x[:1]).shape[3:]), x.dtype)

@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define EQS_EXPORT __attribute__((visibility("default")))
 
@@ -348,4 +349,218 @@ EQS_EXPORT void eqs_fake_quant_weights(const float *w, int64_t k, int64_t c,
                                        int threads) {
   wq_ctx g = {w, scales, out, c, cands, (double)((1 << (bits - 1)) - 1)};
   parallel_for(weights_range, &g, k, 8, k * cands * c >= (1 << 16) ? threads : 1);
+}
+
+/* ---- tails of a tensor ---- */
+
+typedef struct {
+  const float *x;
+  float *out;        /* NULL: count only */
+  float lo, hi;
+  int64_t counts[EQS_MAX_THREADS + 1];
+  int64_t starts[EQS_MAX_THREADS + 1];
+  int64_t grain, n;
+  int threads;
+} tail_ctx;
+
+/* Ranges are the parallel_for split of [0, n): range t is found from its begin. */
+static int tail_part(const tail_ctx *g, int64_t b) {
+  int64_t units = (g->n + g->grain - 1) / g->grain;
+  for (int t = 0; t < g->threads; ++t)
+    if (units * t / g->threads * g->grain == b) return t;
+  return 0;
+}
+
+static void tail_range(void *p, int64_t b, int64_t e) {
+  tail_ctx *g = (tail_ctx *)p;
+  const int t = tail_part(g, b);
+  const float lo = g->lo, hi = g->hi, *x = g->x;
+  if (!g->out) {
+    int64_t n = 0;
+    for (int64_t i = b; i < e; ++i) n += (x[i] < lo) | (x[i] > hi);
+    g->counts[t] = n;
+  } else {
+    float *o = g->out + g->starts[t];
+    for (int64_t i = b; i < e; ++i)
+      if (x[i] < lo || x[i] > hi) *o++ = x[i];
+  }
+}
+
+/* The values of x (n floats) below lo or above hi, in order, into out (which must
+ * hold them; out NULL: only count). Returns how many there are. */
+EQS_EXPORT int64_t eqs_tails(const float *x, int64_t n, float lo, float hi, float *out,
+                             int threads) {
+  tail_ctx g;
+  g.x = x;
+  g.lo = lo;
+  g.hi = hi;
+  g.grain = 1 << 16;
+  g.n = n;
+  int64_t units = (n + g.grain - 1) / g.grain;
+  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
+  if (threads > units) threads = (int)units;
+  if (threads < 1) threads = 1;
+  g.threads = threads;
+  for (int t = 0; t <= EQS_MAX_THREADS; ++t) g.counts[t] = g.starts[t] = 0;
+  g.out = NULL;
+  parallel_for(tail_range, &g, n, g.grain, threads);
+  int64_t total = 0;
+  for (int t = 0; t < threads; ++t) {
+    g.starts[t] = total;
+    total += g.counts[t];
+  }
+  if (out) {
+    g.out = out;
+    parallel_for(tail_range, &g, n, g.grain, threads);
+  }
+  return total;
+}
+
+/* ---- im2col rows at sampled output positions ---- */
+
+typedef struct {
+  const float *x;  /* (n, h, w, c) */
+  const int64_t *sample, *oy, *ox;
+  float *out;      /* (rows, kh, kw, c) */
+  int64_t h, w, c, kh, kw, sh, sw, dh, dw, pt, pl;
+  float pad;
+} gather_ctx;
+
+static void gather_range(void *p, int64_t b, int64_t e) {
+  const gather_ctx *g = (const gather_ctx *)p;
+  const int64_t c = g->c;
+  for (int64_t r = b; r < e; ++r) {
+    float *o = g->out + r * g->kh * g->kw * c;
+    const float *xs = g->x + g->sample[r] * g->h * g->w * c;
+    for (int64_t i = 0; i < g->kh; ++i) {
+      const int64_t y = g->oy[r] * g->sh + i * g->dh - g->pt;
+      for (int64_t j = 0; j < g->kw; ++j, o += c) {
+        const int64_t xx = g->ox[r] * g->sw + j * g->dw - g->pl;
+        if (y < 0 || y >= g->h || xx < 0 || xx >= g->w) {
+          for (int64_t ch = 0; ch < c; ++ch) o[ch] = g->pad;
+        } else {
+          memcpy(o, xs + (y * g->w + xx) * c, sizeof(float) * (size_t)c);
+        }
+      }
+    }
+  }
+}
+
+/* Receptive fields (rows, kh, kw, c) of an NHWC float32 tensor at output positions
+ * (sample[r], oy[r], ox[r]): input row oy*sh + i*dh - pt, column ox*sw + j*dw - pl,
+ * pad outside the tensor. Positions must lie in the output. */
+EQS_EXPORT void eqs_gather_windows(const float *x, int64_t h, int64_t w, int64_t c,
+                                   const int64_t *sample, const int64_t *oy, const int64_t *ox,
+                                   int64_t rows, int64_t kh, int64_t kw, int64_t sh, int64_t sw,
+                                   int64_t dh, int64_t dw, int64_t pt, int64_t pl, float pad,
+                                   float *out, int threads) {
+  gather_ctx g = {x, sample, oy, ox, out, h, w, c, kh, kw, sh, sw, dh, dw, pt, pl, pad};
+  parallel_for(gather_range, &g, rows, 64, rows * kh * kw * c >= (1 << 16) ? threads : 1);
+}
+
+/* ---- Gram-matrix scores of weight candidates ---- */
+
+typedef struct {
+  const float *w;        /* (k, J, c) candidate weights */
+  const double *xy;      /* (k, c) */
+  const float *gw32;     /* (k, J, c) G w, or NULL */
+  const double *gw64;    /* (k, J, c) G w, or NULL */
+  const double *x_sum;   /* (k) or (k, c) */
+  int64_t k, cands, c;
+  int per_channel_sum;   /* x_sum is (k, c) */
+  double *dot, *norm, *xw;  /* (J, c) */
+} parts_ctx;
+
+EQS_CLONES static void parts_range(void *p, int64_t b, int64_t e) {
+  const parts_ctx *g = (const parts_ctx *)p;
+  const int64_t c = g->c, nj = g->cands;
+  for (int64_t j = b; j < e; ++j) {
+    double *dot = g->dot + j * c, *norm = g->norm + j * c, *xw = g->xw + j * c;
+    for (int64_t ch = 0; ch < c; ++ch) dot[ch] = norm[ch] = xw[ch] = 0.0;
+    for (int64_t kk = 0; kk < g->k; ++kk) {
+      const float *w = g->w + (kk * nj + j) * c;
+      const double *xy = g->xy + kk * c;
+      const double *xs = g->per_channel_sum ? g->x_sum + kk * c : NULL;
+      const double xk = g->per_channel_sum ? 0.0 : g->x_sum[kk];
+      if (g->gw32) {
+        const float *gw = g->gw32 + (kk * nj + j) * c;
+        for (int64_t ch = 0; ch < c; ++ch) norm[ch] += (double)w[ch] * (double)gw[ch];
+      } else {
+        const double *gw = g->gw64 + (kk * nj + j) * c;
+        for (int64_t ch = 0; ch < c; ++ch) norm[ch] += (double)w[ch] * gw[ch];
+      }
+      for (int64_t ch = 0; ch < c; ++ch) {
+        dot[ch] += (double)w[ch] * xy[ch];
+        xw[ch] += (xs ? xs[ch] : xk) * (double)w[ch];
+      }
+    }
+  }
+}
+
+/* For candidate weights w (k, J, c): dot[j, c] = sum_k w xy[k, c], norm[j, c] = sum_k w gw,
+ * xw[j, c] = sum_k x_sum w (x_sum (k) or, per_channel_sum, (k, c)); float64, k in order. */
+EQS_EXPORT void eqs_gram_parts(const float *w, const double *xy, const float *gw32,
+                               const double *gw64, const double *x_sum, int per_channel_sum,
+                               int64_t k, int64_t cands, int64_t c, double *dot, double *norm,
+                               double *xw, int threads) {
+  parts_ctx g = {w, xy, gw32, gw64, x_sum, k, cands, c, per_channel_sum, dot, norm, xw};
+  parallel_for(parts_range, &g, cands, 1, threads);
+}
+
+/* ---- histograms ---- */
+
+typedef struct {
+  const float *x;
+  const double *edges;  /* bins + 1 */
+  int64_t bins;
+  double first, last, inv;
+  int64_t *counts;      /* (threads, bins) */
+  int64_t grain, n;
+  int threads;
+} hist_ctx;
+
+static void hist_range(void *p, int64_t b, int64_t e) {
+  const hist_ctx *g = (const hist_ctx *)p;
+  int64_t units = (g->n + g->grain - 1) / g->grain, t = 0;
+  for (int i = 0; i < g->threads; ++i)
+    if (units * i / g->threads * g->grain == b) t = i;
+  int64_t *counts = g->counts + t * g->bins;
+  const double *edges = g->edges;
+  const int64_t last_bin = g->bins - 1;
+  for (int64_t i = b; i < e; ++i) {
+    const double v = g->x[i];
+    if (!(v >= g->first && v <= g->last)) continue;
+    int64_t k = (int64_t)((v - edges[0]) * g->inv);
+    k = k < 0 ? 0 : (k > last_bin ? last_bin : k);
+    while (k > 0 && v < edges[k]) --k;
+    while (k < last_bin && v >= edges[k + 1]) ++k;
+    ++counts[k];
+  }
+}
+
+/* counts[k] += number of x in [edges[k], edges[k + 1]) (the last bin also takes its right
+ * edge), for x in [first, last]: np.histogram with these edges. */
+EQS_EXPORT int eqs_histogram(const float *x, int64_t n, const double *edges, int64_t bins,
+                             double first, double last, int64_t *counts, int threads) {
+  hist_ctx g;
+  g.grain = 1 << 16;
+  g.n = n;
+  int64_t units = (n + g.grain - 1) / g.grain;
+  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
+  if (threads > units) threads = (int)units;
+  if (threads < 1) threads = 1;
+  g.x = x;
+  g.edges = edges;
+  g.bins = bins;
+  g.first = first;
+  g.last = last;
+  g.inv = edges[bins] > edges[0] ? (double)bins / (edges[bins] - edges[0]) : 0.0;
+  g.threads = threads;
+  g.counts = (int64_t *)calloc((size_t)(threads * bins), sizeof(int64_t));
+  if (!g.counts) return -1;
+  parallel_for(hist_range, &g, n, g.grain, threads);
+  for (int t = 0; t < threads; ++t)
+    for (int64_t k = 0; k < bins; ++k) counts[k] += g.counts[t * bins + k];
+  free(g.counts);
+  return 0;
 }

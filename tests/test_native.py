@@ -131,3 +131,72 @@ def test_weight_candidates_are_the_grids():
     got = native.fake_quant_weights(m, steps, 4)
     want = np.stack([grid.fake_quant_weights(m, s, 1, 4) for s in steps], axis=1)
     np.testing.assert_array_equal(got, want)
+
+
+def test_tails_are_numpys():
+    x = np.random.default_rng(5).standard_normal(300_001).astype(np.float32)
+    x[:3] = [np.float32(0.1), np.float32(-0.2), np.nan]
+    for lo, hi in [(-0.2, float(np.float32(0.1)) + 1e-12), (-3.0, 2.5), (-10.0, 10.0)]:
+        want = x[(x < lo) | (x > hi)]
+        np.testing.assert_array_equal(native.tails(x, lo, hi), want)
+    assert native.tails(x[:0], -1.0, 1.0).size == 0
+
+
+@pytest.mark.parametrize("padding,stride,dilation,kernel", [
+    ("SAME", 1, 1, 3), ("SAME", 2, 1, 5), ("VALID", 2, 1, 3), ("SAME", 1, 2, 3), ("VALID", 1, 1, 1)])
+def test_sampled_im2col_rows_are_the_window_views(padding, stride, dilation, kernel):
+    """Linear.rows at sampled positions (C gather) equals indexing kernels.windows."""
+    from eq_tflite import kernels
+    from eq_tflite.graph import Op
+    from eq_tflite.io.codec import schema
+
+    class _Options:
+        pass
+    o = _Options()
+    o.padding = getattr(schema.Padding, padding)
+    o.strideH = o.strideW = stride
+    o.dilationHFactor = o.dilationWFactor = dilation
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 11, 9, 7)).astype(np.float32)
+    lin = simulate.Linear(Op(0, "DEPTHWISE_CONV_2D", [0, 1, 2], [3], options=o),
+                          (1, kernel, kernel, 7), 7)
+    v = kernels.windows(x, kernel, kernel, (stride, stride), (dilation, dilation),
+                        padding == "SAME")
+    pos = (rng.integers(0, 5, 300), rng.integers(0, v.shape[1], 300),
+           rng.integers(0, v.shape[2], 300))
+    want = v[pos].reshape(300, -1, 7)
+    np.testing.assert_array_equal(lin.rows(x, pos), want)
+    with pytest.raises(ValueError, match="sample index"):
+        native.gather_windows(x, (pos[0] + 5, *pos[1:]), (kernel, kernel), (stride, stride),
+                              (dilation, dilation), (0, 0))
+
+
+@pytest.mark.parametrize("op_type", ["FULLY_CONNECTED", "DEPTHWISE_CONV_2D"])
+def test_gram_scores_are_numpys_bit_for_bit(op_type, monkeypatch):
+    """GramScorer.cosines with the C sums equals its numpy einsums exactly."""
+    from eq_tflite.methods.easyquant import GramScorer
+    rng = np.random.default_rng(7)
+    r, k, c, j = 500, 9 if op_type == "DEPTHWISE_CONV_2D" else 40, 11, 6
+    x = rng.integers(-60, 60, (r, k, c) if op_type == "DEPTHWISE_CONV_2D" else (r, k)
+                     ).astype(np.float32)
+    y = rng.standard_normal((r, c)).astype(np.float32)
+    w = (rng.standard_normal((k, j, c)) * 0.1).astype(np.float32)
+    bias = rng.standard_normal((j, c))
+    scorer = GramScorer(x, y, step=0.02)
+    fast = scorer.cosines(w, bias)
+    monkeypatch.setattr(native, "_library", lambda: None)
+    np.testing.assert_array_equal(fast, scorer.cosines(w, bias))
+
+
+@pytest.mark.parametrize("value_range", [(-1.5, 2.25), (np.float32(-0.3), np.float32(0.7)),
+                                         (np.float64(-2.0), np.float64(1e-3)), (0.0, 6.0)])
+def test_histogram_is_numpys(value_range):
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(200_003) * 1.5).astype(np.float32)
+    edges = np.histogram_bin_edges(x, 64, value_range)
+    x[:65] = edges.astype(np.float32)  # values on every edge
+    x[65:70] = [np.nan, np.inf, -np.inf, np.float32(value_range[0]), np.float32(value_range[1])]
+    counts = np.full(64, 3, np.int64)
+    assert native.histogram_into(counts, x, value_range)
+    np.testing.assert_array_equal(counts - 3, np.histogram(x, 64, value_range)[0])
+    assert not native.histogram_into(counts, x.astype(np.float64), value_range)

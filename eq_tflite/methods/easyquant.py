@@ -231,6 +231,9 @@ class InputTails:
     def of(cls, x: np.ndarray, lo: float, hi: float, fraction: float) -> "InputTails":
         """The tails of ``x``, picked a block at a time (no full-size masks of a large tensor)."""
         flat = x.reshape(-1)
+        if native.available() and flat.dtype == np.float32 and flat.flags.c_contiguous:
+            return cls(np.sort(native.tails(flat, lo * fraction, hi * fraction)
+                               ).astype(np.float64), flat.size)
         step = _CHUNK_ELEMENTS
         tail = np.concatenate([b[(b < lo * fraction) | (b > hi * fraction)]
                                for b in (flat[i:i + step] for i in range(0, flat.size, step))]
@@ -328,16 +331,22 @@ class GramScorer:
 
     def cosines(self, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
         """Cosines (J, C) of candidate weights ``w`` (K, J, C) with biases (J, C) or None."""
-        w32, w = w, w.astype(np.float64)
         k, j, c = w.shape
-        dot = np.einsum("kjc,kc->jc", w, self.xy)
-        if self.depthwise:
-            gw = (self.gram @ w.transpose(2, 0, 1)).transpose(1, 2, 0)
-            xw = np.einsum("kc,kjc->jc", self.x_sum, w)
+        if native.available() and w.dtype == np.float32 and w.flags.c_contiguous:
+            # the same float64 sums (k in order, as einsum sums) without float64 copies of w
+            gw = ((self.gram @ w.astype(np.float64).transpose(2, 0, 1)).transpose(1, 2, 0)
+                  if self.depthwise else (self.gram32 @ w.reshape(k, j * c)).reshape(k, j, c))
+            dot, norm, xw = native.gram_parts(w, self.xy, gw, self.x_sum)
         else:
-            gw = (self.gram32 @ w32.reshape(k, j * c).astype(np.float32)).reshape(k, j, c)
-            xw = np.einsum("k,kjc->jc", self.x_sum, w)
-        norm = np.einsum("kjc,kjc->jc", w, gw)
+            w32, w = w, w.astype(np.float64)
+            dot = np.einsum("kjc,kc->jc", w, self.xy)
+            if self.depthwise:
+                gw = (self.gram @ w.transpose(2, 0, 1)).transpose(1, 2, 0)
+                xw = np.einsum("kc,kjc->jc", self.x_sum, w)
+            else:
+                gw = (self.gram32 @ w32.reshape(k, j * c).astype(np.float32)).reshape(k, j, c)
+                xw = np.einsum("k,kjc->jc", self.x_sum, w)
+            norm = np.einsum("kjc,kjc->jc", w, gw)
         if bias is not None:
             bias = np.asarray(bias, np.float64)
             dot = dot + bias * self.y_sum
@@ -395,9 +404,9 @@ class LayerProblem:
     def weight_candidates(self, scales: np.ndarray) -> np.ndarray:
         """Dequantized weights (K, J, C) on the b-bit grid for candidate step sizes (J, C)."""
         j, c = scales.shape
-        if native.available() and self.matrix.dtype == np.float32 \
-                and self.matrix.flags.c_contiguous:
-            return native.fake_quant_weights(self.matrix, scales, self.bits.weights)
+        if native.available() and self.matrix.dtype == np.float32:
+            return native.fake_quant_weights(np.ascontiguousarray(self.matrix), scales,
+                                             self.bits.weights)
         return grid.fake_quant_weights(np.tile(self.matrix, (1, j)), scales.reshape(-1), 1,
                                        self.bits.weights).reshape(-1, j, c)
 

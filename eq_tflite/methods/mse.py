@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, options, resolve
+from eq_tflite import grid, native, options, resolve
 from eq_tflite.collect import collect_minmax, iterate_activations
 from eq_tflite.methods import method
 from eq_tflite.options import option
@@ -79,7 +79,8 @@ def mse(ctx: MethodContext) -> Plan:
     for values in iterate_activations(graph, ctx.float_model, ctx.calibration, tensors,
                                       desc="histograms", progress=ctx.progress):
         for t, v in values.items():
-            counts[t] += np.histogram(v, bins=opts.bins, range=stats.minmax[t])[0]
+            if not native.histogram_into(counts[t], v, stats.minmax[t]):
+                counts[t] += np.histogram(v, bins=opts.bins, range=stats.minmax[t])[0]
     widths = resolve.tensor_bits(graph, ctx.bits)
     ranges = dict(stats.ranges_by_name(graph))
     for t in tensors:
