@@ -63,6 +63,12 @@ def _library() -> ctypes.CDLL | None:
             lib.eqs_histogram.argtypes = [_F, _I64, _D, _I64, ctypes.c_double, ctypes.c_double,
                                           ctypes.POINTER(ctypes.c_int64), _INT]
             lib.eqs_histogram.restype = _INT
+            lib.eqs_depthwise_conv.argtypes = [_F, *[_I64] * 5, _F, *[_I64] * 10, _F, _INT]
+            lib.eqs_depthwise_conv.restype = None
+            lib.eqs_plane_step.argtypes = [_D, _INT, _D, _D, _D, _D, ctypes.c_void_p,
+                                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
+                                           _I64, _I64, _INT]
+            lib.eqs_plane_step.restype = _I64
             lib.eqs_tails.restype = _I64
             for fn in (lib.eqs_fake_quant, lib.eqs_sample_scores, lib.eqs_channel_scores,
                        lib.eqs_depthwise_gram, lib.eqs_fake_quant_weights):
@@ -262,3 +268,43 @@ def histogram_into(counts: np.ndarray, values: np.ndarray, value_range: tuple[fl
     if ok != 0:
         raise MemoryError("eqs_histogram: out of memory")
     return True
+
+
+def depthwise_conv(x: np.ndarray, matrix: np.ndarray, multiplier: int,
+                   kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+                   pads: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """A whole depthwise layer (N, Ho, Wo, C·M) of NHWC float32 ``x``, zero padding, before
+    the bias: each output sums its taps in order in float32 (as ``Linear`` does in numpy)."""
+    _check(x)
+    n, h, w, c = x.shape
+    wt = np.ascontiguousarray(matrix.reshape(kernel[0] * kernel[1], c * multiplier), np.float32)
+    out = np.empty((n, *out_hw, c * multiplier), np.float32)
+    _library().eqs_depthwise_conv(_ptr(x), n, h, w, c, multiplier, _ptr(wt), *kernel, *stride,
+                                  *dilation, *pads, *out_hw, _ptr(out), _threads())
+    return out
+
+
+def plane_step(h: np.ndarray, diag: np.ndarray, g: np.ndarray, hq: np.ndarray,
+               alpha: np.ndarray, plane: np.ndarray, q: np.ndarray, free: np.ndarray | None,
+               p: float) -> int | None:
+    """Bit-Split's plane step (``bitsplit._plane_step``) in place on ``plane``, ``q`` and
+    ``hq``; the entries changed. None (nothing changed) when an array is not in the
+    layout the loop reads: numpy then runs the step."""
+    k, c = q.shape
+    per_channel = h.ndim == 3
+    arrays = [(h, np.float64), (diag, np.float64), (g, np.float64), (hq, np.float64),
+              (alpha, np.float64), (plane, np.int8), (q, np.int64)]
+    if not available() or any(a.dtype != t or not a.flags.c_contiguous for a, t in arrays):
+        return None
+    if free is not None:
+        free = np.ascontiguousarray(free, np.bool_)
+    if (hq.shape != (k, c) or plane.shape != (k, c) or alpha.shape != (c,)
+            or diag.size != (k * c if per_channel else k)):
+        return None
+    n = _library().eqs_plane_step(_ptr(h, _D), int(per_channel), _ptr(diag, _D), _ptr(g, _D),
+                                  _ptr(hq, _D), _ptr(alpha, _D), plane.ctypes.data,
+                                  q.ctypes.data, None if free is None else free.ctypes.data,
+                                  float(p), k, c, _threads())
+    if n < 0:
+        raise MemoryError("eqs_plane_step: out of memory")
+    return int(n)

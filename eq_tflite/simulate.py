@@ -254,6 +254,14 @@ class Linear:
 
     def _depthwise(self, x: np.ndarray, matrix: np.ndarray) -> np.ndarray:
         """Depthwise output (N, Ho, Wo, C·M) tap by tap on the window view (no im2col copy)."""
+        if native.available() and x.dtype == np.float32 and x.flags.c_contiguous:
+            kernel, stride, dilation, pads = self._window_geometry(x.shape)
+            same = self.op.options.padding == schema.Padding.SAME
+            out_hw = tuple(-(-x.shape[1 + a] // stride[a]) if same else
+                           (x.shape[1 + a] - (kernel[a] - 1) * dilation[a] - 1) // stride[a] + 1
+                           for a in (0, 1))
+            return native.depthwise_conv(x, matrix, self.multiplier, kernel, stride, dilation,
+                                         pads, out_hw)
         v = self.windows(x)
         kh, kw, c = v.shape[3], v.shape[4], v.shape[5]
         m = self.multiplier

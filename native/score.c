@@ -564,3 +564,166 @@ EQS_EXPORT int eqs_histogram(const float *x, int64_t n, const double *edges, int
   free(g.counts);
   return 0;
 }
+
+/* ---- whole depthwise layers ---- */
+
+typedef struct {
+  const float *x;  /* (n, h, w, c) */
+  const float *wt; /* (kh * kw, c * m) */
+  float *out;      /* (n, ho, wo, c * m) */
+  int64_t h, w, c, m, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo;
+} dwconv_ctx;
+
+EQS_CLONES static void dwconv_range(void *p, int64_t b, int64_t e) {
+  const dwconv_ctx *g = (const dwconv_ctx *)p;
+  const int64_t c = g->c, m = g->m, cm = c * m;
+  for (int64_t row = b; row < e; ++row) {  /* row = sample * ho + oy */
+    const int64_t s = row / g->ho, oy = row % g->ho;
+    const float *xs = g->x + s * g->h * g->w * c;
+    for (int64_t ox = 0; ox < g->wo; ++ox) {
+      float *acc = g->out + (row * g->wo + ox) * cm;
+      for (int64_t j = 0; j < cm; ++j) acc[j] = 0.0f;
+      for (int64_t i = 0; i < g->kh; ++i) {
+        const int64_t y = oy * g->sh + i * g->dh - g->pt;
+        for (int64_t jj = 0; jj < g->kw; ++jj) {
+          const int64_t xx = ox * g->sw + jj * g->dw - g->pl;
+          const float *wt = g->wt + (i * g->kw + jj) * cm;
+          const int inside = y >= 0 && y < g->h && xx >= 0 && xx < g->w;
+          const float *xv = inside ? xs + (y * g->w + xx) * c : NULL;
+          if (m == 1) {
+            if (inside)
+              for (int64_t j = 0; j < c; ++j) acc[j] = acc[j] + xv[j] * wt[j];
+            else
+              for (int64_t j = 0; j < c; ++j) acc[j] = acc[j] + 0.0f * wt[j];
+          } else {
+            for (int64_t j = 0; j < c; ++j) {
+              const float v = inside ? xv[j] : 0.0f;
+              for (int64_t q = 0; q < m; ++q) acc[j * m + q] = acc[j * m + q] + v * wt[j * m + q];
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+/* A depthwise convolution (multiplier m) of NHWC float32 x, zero padding (pt, pl before),
+ * every output position, float32, taps summed in order: out = sum_k x_k * w_k. */
+EQS_EXPORT void eqs_depthwise_conv(const float *x, int64_t n, int64_t h, int64_t w, int64_t c,
+                                   int64_t m, const float *wt, int64_t kh, int64_t kw,
+                                   int64_t sh, int64_t sw, int64_t dh, int64_t dw, int64_t pt,
+                                   int64_t pl, int64_t ho, int64_t wo, float *out, int threads) {
+  dwconv_ctx g = {x, wt, out, h, w, c, m, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo};
+  parallel_for(dwconv_range, &g, n * ho, 1, n * ho * wo * c * m >= (1 << 15) ? threads : 1);
+}
+
+/* ---- Bit-Split's plane step ---- */
+
+typedef struct {
+  const double *h;     /* (k, k) shared or (k, k, c) per channel */
+  const double *diag;  /* (k, c) per channel or (k) shared */
+  const double *g;     /* (k, c) */
+  double *hq;          /* (k, c), updated */
+  const double *alpha; /* (c) */
+  int8_t *plane;       /* (k, c), updated */
+  int64_t *q;          /* (k, c), updated */
+  const uint8_t *free_; /* (k, c) or NULL */
+  double p;
+  int64_t k, c;
+  int per_channel;
+  int64_t changed[EQS_MAX_THREADS];
+  int threads;
+  int64_t grain;
+} plane_ctx;
+
+static void plane_range(void *arg, int64_t b, int64_t e) {
+  plane_ctx *g = (plane_ctx *)arg;
+  const int64_t k = g->k, c = g->c, n = e - b;
+  int64_t units = (c + g->grain - 1) / g->grain, t = 0;
+  for (int i = 0; i < g->threads; ++i)
+    if (units * i / g->threads * g->grain == b) t = i;
+  double *d = (double *)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
+  if (!d) {
+    g->changed[t] = -1;
+    return;
+  }
+  int64_t changed = 0;
+  const double p = g->p;
+  for (int64_t kk = 0; kk < k; ++kk) {
+    int any = 0;
+    for (int64_t ch = b; ch < e; ++ch) {
+      const double a = g->alpha[ch], a2 = a * a;
+      const double curv = a2 * (g->per_channel ? g->diag[kk * c + ch] : g->diag[kk]);
+      const double grad = a2 * g->hq[kk * c + ch] - a * g->g[kk * c + ch];
+      const double pl = (double)g->plane[kk * c + ch];
+      double target = rint(pl - grad / (curv * p));
+      target = target < -1.0 ? -1.0 : (target > 1.0 ? 1.0 : target);
+      if (isnan(target)) target = 0.0;
+      double dv = p * (target - pl);
+      const double gain = 2 * dv * grad + curv * dv * dv;
+      const int move = dv != 0 && curv > 0 && gain < 0 && (!g->free_ || g->free_[kk * c + ch]);
+      if (!move) dv = 0.0;
+      d[ch - b] = dv;
+      if (move) {
+        g->plane[kk * c + ch] = (int8_t)(g->plane[kk * c + ch] + (int8_t)(dv / p));
+        g->q[kk * c + ch] += (int64_t)dv;
+        any = 1;
+        ++changed;
+      }
+    }
+    if (!any) continue;
+    /* hq[:, ch] += H[:, kk](, ch) * d[ch] on the channels that moved */
+    for (int64_t j = 0; j < k; ++j) {
+      double *hq = g->hq + j * c;
+      if (g->per_channel) {
+        const double *col = g->h + (j * k + kk) * c;
+        for (int64_t ch = b; ch < e; ++ch)
+          if (d[ch - b] != 0) hq[ch] = hq[ch] + col[ch] * d[ch - b];
+      } else {
+        const double hjk = g->h[j * k + kk];
+        for (int64_t ch = b; ch < e; ++ch)
+          if (d[ch - b] != 0) hq[ch] = hq[ch] + hjk * d[ch - b];
+      }
+    }
+  }
+  free(d);
+  g->changed[t] = changed;
+}
+
+/* One Bit-Split plane step (eq_tflite/methods/bitsplit.py, _plane_step): for k in order,
+ * each channel's exact minimization over plane entry (k, c), updating plane, q and hq.
+ * Channels are independent, so they run in parallel. Returns the entries changed, or -1
+ * when out of memory (nothing is then consistent: the caller raises). */
+EQS_EXPORT int64_t eqs_plane_step(const double *h, int per_channel, const double *diag,
+                                  const double *g, double *hq, const double *alpha,
+                                  int8_t *plane, int64_t *q, const uint8_t *free_, double p,
+                                  int64_t k, int64_t c, int threads) {
+  plane_ctx ctx;
+  ctx.h = h;
+  ctx.per_channel = per_channel;
+  ctx.diag = diag;
+  ctx.g = g;
+  ctx.hq = hq;
+  ctx.alpha = alpha;
+  ctx.plane = plane;
+  ctx.q = q;
+  ctx.free_ = free_;
+  ctx.p = p;
+  ctx.k = k;
+  ctx.c = c;
+  ctx.grain = 8;
+  int64_t units = (c + ctx.grain - 1) / ctx.grain;
+  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
+  if (threads > units) threads = (int)units;
+  if (threads < 1) threads = 1;
+  if (k * k * c < (1 << 14)) threads = 1;
+  ctx.threads = threads;
+  for (int t = 0; t < EQS_MAX_THREADS; ++t) ctx.changed[t] = 0;
+  parallel_for(plane_range, &ctx, c, ctx.grain, threads);
+  int64_t total = 0;
+  for (int t = 0; t < threads; ++t) {
+    if (ctx.changed[t] < 0) return -1;
+    total += ctx.changed[t];
+  }
+  return total;
+}

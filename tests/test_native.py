@@ -200,3 +200,70 @@ def test_histogram_is_numpys(value_range):
     assert native.histogram_into(counts, x, value_range)
     np.testing.assert_array_equal(counts - 3, np.histogram(x, 64, value_range)[0])
     assert not native.histogram_into(counts, x.astype(np.float64), value_range)
+
+
+@pytest.mark.parametrize("padding,stride,dilation,kernel,multiplier", [
+    ("SAME", 1, 1, 3, 1), ("SAME", 2, 1, 5, 1), ("VALID", 2, 1, 3, 2), ("SAME", 1, 2, 3, 3),
+    ("VALID", 1, 1, 1, 1)])
+def test_whole_depthwise_layer_is_numpys(padding, stride, dilation, kernel, multiplier,
+                                         monkeypatch):
+    """Linear.run on a depthwise layer: the C convolution equals the numpy tap loop bit for bit."""
+    from eq_tflite.graph import Op
+    from eq_tflite.io.codec import schema
+
+    class _Options:
+        pass
+    o = _Options()
+    o.padding = getattr(schema.Padding, padding)
+    o.strideH = o.strideW = stride
+    o.dilationHFactor = o.dilationWFactor = dilation
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 12, 10, 6)).astype(np.float32)
+    lin = simulate.Linear(Op(0, "DEPTHWISE_CONV_2D", [0, 1, 2], [3], options=o),
+                          (1, kernel, kernel, 6 * multiplier), 6)
+    m = rng.standard_normal((kernel * kernel, 6 * multiplier)).astype(np.float32)
+    fast = lin._depthwise(x, m)
+    monkeypatch.setattr(native, "_library", lambda: None)
+    np.testing.assert_array_equal(fast, lin._depthwise(x, m))
+
+
+@pytest.mark.parametrize("per_channel,free", [(False, False), (True, False), (False, True)])
+def test_bitsplit_plane_steps_are_numpys(per_channel, free, monkeypatch):
+    """Bit-Split's descent (every plane step) with the C loop equals numpy's exactly."""
+    from eq_tflite.methods.bitsplit import ResponseProblem, bit_split
+    rng = np.random.default_rng(10)
+    r, k, c = 300, 12, 9
+    x = rng.standard_normal((r, k, c) if per_channel else (r, k))
+    x[:, 1] += 0.8 * x[:, 0]  # correlated inputs: the descent beats plain rounding
+    w = rng.standard_normal((k, c)) * 0.3
+    y = (np.einsum("rkc,kc->rc", x, w) if per_channel else x @ w) + 0.1 * rng.standard_normal((r, c))
+    mask = rng.random((k, c)) > 0.2 if free else None
+    problem = ResponseProblem(x, y, with_bias=True).ridged(0.1, w)
+    fast = bit_split(problem, w, 4, free=mask)
+    monkeypatch.setattr(native, "_library", lambda: None)
+    slow = bit_split(problem, w, 4, free=mask)
+    np.testing.assert_array_equal(fast.q, slow.q)
+    np.testing.assert_array_equal(fast.alpha, slow.alpha)
+    assert fast.history == slow.history and fast.steps == slow.steps
+    assert fast.history[-1] < fast.history[0]  # the descent did something
+
+
+def test_bitsplit_makes_the_numpy_choices(keras_floats, fmnist_calib, monkeypatch):
+    """The whole Bit-Split W4A8 method (plane steps, depthwise simulation, sampled rows,
+    histograms) picks the same numbers with the C loops as with numpy."""
+    model = keras_floats["mobilenetv2"]
+    graph = Graph.from_tflite(model)
+
+    def plan():
+        ctx = MethodContext(graph, model, {graph.tensors[graph.inputs[0]].name: fmnist_calib[:16]},
+                            BitWidths(4, 8), progress=False)
+        return methods.get("bitsplit")(ctx)
+    fast = plan()
+    monkeypatch.setattr(native, "_library", lambda: None)
+    slow = plan()
+    assert fast.activation_ranges == slow.activation_ranges
+    for name in fast.weight_scales:
+        np.testing.assert_array_equal(fast.weight_scales[name], slow.weight_scales[name])
+    assert fast.int_weights.keys() == slow.int_weights.keys() and fast.int_weights
+    for name in fast.int_weights:
+        np.testing.assert_array_equal(fast.int_weights[name], slow.int_weights[name])

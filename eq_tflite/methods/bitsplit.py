@@ -87,7 +87,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from eq_tflite import grid, methods, options, simulate
+from eq_tflite import grid, methods, native, options, simulate
 from eq_tflite.methods import method
 from eq_tflite.methods.layerwise import Decision, Layer, Rows, Walked, walk
 from eq_tflite.options import option
@@ -328,6 +328,12 @@ def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndar
     """Element-wise exact minimization over plane ``i`` (in place); returns elements changed."""
     p = float(1 << i)
     hq = problem.hq(q)
+    # The same loop in C (native/score.c), channels in parallel, the same numbers
+    diag = np.ascontiguousarray(problem.diag)
+    done = native.plane_step(problem.h, diag if problem.per_channel else diag.reshape(-1),
+                             problem.g, hq, alpha, planes[i], q, free, p)
+    if done is not None:
+        return done
     a2 = alpha * alpha
     plane = planes[i]
     changed = 0
@@ -418,7 +424,10 @@ def mse_range(values: np.ndarray, base: tuple[float, float], bits: grid.BitWidth
     until at most ``clip_budget`` of the values lie beyond the levels.
     """
     s0, zp = grid.activation_params(*base, bits.activations)
-    v = np.sort(np.asarray(values, np.float64).ravel())
+    v = np.asarray(values)
+    # sorted in its own dtype (float32 sorts twice as fast), then widened: the same array
+    v = np.sort(v.ravel() if v.dtype == np.float32 else v.astype(np.float64).ravel()
+                ).astype(np.float64)
     lo_q, hi_q = bits.act_qmin - zp, bits.act_qmax - zp
     s = s0
     for _ in range(iters):
