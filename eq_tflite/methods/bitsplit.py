@@ -161,8 +161,8 @@ class ResponseProblem:
             self.g = np.einsum("rkc,rc->kc", x, y)            # (K, C)
             self.diag = np.einsum("kkc->kc", self.h)          # (K, C)
         else:
-            self.h = x.T @ x                                   # (K, K)
-            self.g = x.T @ y                                   # (K, C)
+            self.h = np.ascontiguousarray(x.T @ x)             # (K, K) (row-major for the C
+            self.g = np.ascontiguousarray(x.T @ y)             # (K, C)  plane step)
             self.diag = np.diag(self.h)[:, None]               # (K, 1)
         self.yy = np.einsum("rc,rc->c", y, y)                  # (C,)
 
