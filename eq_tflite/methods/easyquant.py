@@ -434,7 +434,11 @@ class LayerProblem:
         scored exactly after the activation. Otherwise the weight matrix is
         tiled once per candidate and multiplied with the rows.
         """
-        xq = quantize_into(self.rows, *act, np.empty_like(self.rows), self.bits.act_clip)
+        xq = np.empty_like(self.rows)
+        if self._fused():
+            native.fake_quant_into(self.rows, *act, xq, self.bits.act_clip, scale_back=False)
+        else:
+            quantize_into(self.rows, *act, xq, self.bits.act_clip)
         cands = np.concatenate([current[None], _float32(initial[None] / mults[:, None])])
         r, c = xq.shape[0], self.matrix.shape[1]
         k = self.matrix.shape[0]
