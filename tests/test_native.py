@@ -1,6 +1,8 @@
 """The search's C loops (eq_tflite/native.py) against the numpy code they replace."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,17 @@ from eq_tflite.grid import BitWidths
 from eq_tflite.methods import easyquant
 from eq_tflite.plan import MethodContext
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="_eqscore not built")
+
+@pytest.fixture(autouse=True)
+def _library_built():
+    """Skips without the library (a pure-Python install), except under CI=true: a broken
+    build must not pass as skips."""
+    if not native.available():
+        msg = "eq_tflite/_eqscore*.so is not built (pip install .)"
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("CI=true but " + msg)
+        pytest.skip(msg)
+
 
 CLIP = (-64, 63)  # 7-bit levels
 
@@ -267,3 +279,27 @@ def test_bitsplit_makes_the_numpy_choices(keras_floats, fmnist_calib, monkeypatc
     assert fast.int_weights.keys() == slow.int_weights.keys() and fast.int_weights
     for name in fast.int_weights:
         np.testing.assert_array_equal(fast.int_weights[name], slow.int_weights[name])
+
+
+def test_switch_off_and_unloadable_library(monkeypatch, tmp_path):
+    """EQ_TFLITE_NO_NATIVE=1 switches the loops off; a library that does not load is skipped
+    (numpy runs), not an error."""
+    monkeypatch.setenv("EQ_TFLITE_NO_NATIVE", "1")
+    native._library.cache_clear()
+    try:
+        assert not native.available()
+        monkeypatch.delenv("EQ_TFLITE_NO_NATIVE")
+        bad = tmp_path / "eq_tflite"
+        bad.mkdir()
+        (bad / "_eqscore.cpython-311-x86_64-linux-gnu.so").write_bytes(b"not a library")
+        import eq_tflite.delegate as delegate
+        real = delegate.package_dirs
+        monkeypatch.setattr(delegate, "package_dirs", lambda: [str(bad)])
+        native._library.cache_clear()
+        assert not native.available()
+        monkeypatch.setattr(delegate, "package_dirs", lambda: [str(bad), *real()])
+        native._library.cache_clear()
+        assert native.available()
+    finally:
+        monkeypatch.undo()
+        native._library.cache_clear()
