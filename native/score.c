@@ -38,37 +38,48 @@ static inline float fake_quant(float x, float s, float lo, float hi, int scale_b
 
 /* ---- a minimal parallel for over [0, n): contiguous ranges, one per thread ---- */
 
-typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+/* fn(ctx, begin, end, part): part numbers the ranges 0, 1, ... (per-part results) */
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end, int part);
 
 typedef struct {
   range_fn fn;
   void *ctx;
   int64_t begin, end;
+  int part;
 } job;
 
 static void *run_job(void *arg) {
   job *j = (job *)arg;
-  j->fn(j->ctx, j->begin, j->end);
+  j->fn(j->ctx, j->begin, j->end, j->part);
   return NULL;
 }
 
-/* Runs fn over [0, n) on up to `threads` threads; ranges are split only on
- * multiples of `grain`. A thread that cannot start runs on the caller. */
-static void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t grain, int threads) {
-  if (grain < 1) grain = 1;
-  int64_t units = (n + grain - 1) / grain;
+/* How many ranges parallel_for splits [0, n) into: at most `threads`, EQS_MAX_THREADS and
+ * the number of `grain`-sized units (at least 1). */
+static int parts_of(int64_t n, int64_t grain, int threads) {
+  const int64_t units = (n + (grain < 1 ? 1 : grain) - 1) / (grain < 1 ? 1 : grain);
   if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
   if (threads > units) threads = (int)units;
-  if (threads <= 1) {
-    if (n > 0) fn(ctx, 0, n);
-    return;
+  return threads < 1 ? 1 : threads;
+}
+
+/* Runs fn over [0, n) in parts_of(n, grain, threads) contiguous ranges, one per thread,
+ * split only on multiples of `grain`; returns that number. A thread that cannot start
+ * runs on the caller. */
+static int parallel_for(range_fn fn, void *ctx, int64_t n, int64_t grain, int threads) {
+  if (grain < 1) grain = 1;
+  const int64_t units = (n + grain - 1) / grain;
+  threads = parts_of(n, grain, threads);
+  if (threads == 1) {
+    if (n > 0) fn(ctx, 0, n, 0);
+    return 1;
   }
   job jobs[EQS_MAX_THREADS];
   pthread_t ids[EQS_MAX_THREADS];
   int started[EQS_MAX_THREADS];
   for (int t = 0; t < threads; ++t) {
     int64_t b = units * t / threads * grain, e = units * (t + 1) / threads * grain;
-    jobs[t] = (job){fn, ctx, b, e < n ? e : n};
+    jobs[t] = (job){fn, ctx, b, e < n ? e : n, t};
   }
   for (int t = 1; t < threads; ++t)
     started[t] = pthread_create(&ids[t], NULL, run_job, &jobs[t]) == 0;
@@ -77,6 +88,7 @@ static void parallel_for(range_fn fn, void *ctx, int64_t n, int64_t grain, int t
     if (started[t]) pthread_join(ids[t], NULL);
     else run_job(&jobs[t]);
   }
+  return threads;
 }
 
 /* ---- fake quantization ---- */
@@ -88,7 +100,7 @@ typedef struct {
   int scale_back;
 } fq_ctx;
 
-EQS_CLONES static void fq_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void fq_range(void *p, int64_t b, int64_t e, int part) {
   const fq_ctx *c = (const fq_ctx *)p;
   const float s = c->s, lo = c->lo, hi = c->hi;
   const float *x = c->x;
@@ -165,7 +177,7 @@ typedef struct {
 
 /* Sample scores: every input candidate j on samples [b, e), row by row (a row is
  * read once for all candidates). Each (j, sample) sums its rows in order. */
-EQS_CLONES static void sample_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void sample_range(void *p, int64_t b, int64_t e, int part) {
   const score_ctx *c = (const score_ctx *)p;
   const int64_t ch = c->c, k = c->k, nj = c->cands, samples = c->rows / c->per_sample;
   float *acc = (float *)malloc(sizeof(float) * (size_t)(ch > 0 ? ch : 1));
@@ -205,7 +217,7 @@ EQS_CLONES static void sample_range(void *p, int64_t b, int64_t e) {
 /* Channel scores: candidate weights j in [b, e) over every row; dot[j, c] sums its
  * rows in order. Depthwise: out = sum_k fq(x[r, k, c]) * w[k, j, c] (x already
  * quantized: no fq); plain: y[r, j, c]. */
-EQS_CLONES static void channel_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void channel_range(void *p, int64_t b, int64_t e, int part) {
   const score_ctx *c = (const score_ctx *)p;
   const int64_t ch = c->c, k = c->k, nj = c->cands;
   float *acc = (float *)malloc(sizeof(float) * (size_t)(ch > 0 ? ch : 1));
@@ -266,7 +278,7 @@ typedef struct {
 #define EQS_GRAM_CH 64    /* channels per block: a block's float32 sums stay in L1 */
 #define EQS_GRAM_ROWS 256 /* rows per exact float32 partial sum (|q| <= 255: < 2**24) */
 
-EQS_CLONES static void gram_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void gram_range(void *p, int64_t b, int64_t e, int part) {
   const gram_ctx *g = (const gram_ctx *)p;
   const int64_t k = g->k, c = g->c, pairs = k * (k + 1) / 2;
   float *acc = (float *)malloc(sizeof(float) * (size_t)(pairs * EQS_GRAM_CH));
@@ -324,7 +336,7 @@ typedef struct {
   double qmax;
 } wq_ctx;
 
-EQS_CLONES static void weights_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void weights_range(void *p, int64_t b, int64_t e, int part) {
   const wq_ctx *g = (const wq_ctx *)p;
   const int64_t c = g->c, nj = g->cands;
   for (int64_t r = b; r < e; ++r) {
@@ -353,34 +365,25 @@ EQS_EXPORT void eqs_fake_quant_weights(const float *w, int64_t k, int64_t c,
 
 /* ---- tails of a tensor ---- */
 
+#define EQS_TAIL_GRAIN (1 << 16)
+
 typedef struct {
   const float *x;
   float *out;        /* NULL: count only */
   float lo, hi;
-  int64_t counts[EQS_MAX_THREADS + 1];
-  int64_t starts[EQS_MAX_THREADS + 1];
-  int64_t grain, n;
-  int threads;
+  int64_t counts[EQS_MAX_THREADS];
+  int64_t starts[EQS_MAX_THREADS];
 } tail_ctx;
 
-/* Ranges are the parallel_for split of [0, n): range t is found from its begin. */
-static int tail_part(const tail_ctx *g, int64_t b) {
-  int64_t units = (g->n + g->grain - 1) / g->grain;
-  for (int t = 0; t < g->threads; ++t)
-    if (units * t / g->threads * g->grain == b) return t;
-  return 0;
-}
-
-static void tail_range(void *p, int64_t b, int64_t e) {
+static void tail_range(void *p, int64_t b, int64_t e, int part) {
   tail_ctx *g = (tail_ctx *)p;
-  const int t = tail_part(g, b);
   const float lo = g->lo, hi = g->hi, *x = g->x;
   if (!g->out) {
     int64_t n = 0;
     for (int64_t i = b; i < e; ++i) n += (x[i] < lo) | (x[i] > hi);
-    g->counts[t] = n;
+    g->counts[part] = n;
   } else {
-    float *o = g->out + g->starts[t];
+    float *o = g->out + g->starts[part];
     for (int64_t i = b; i < e; ++i)
       if (x[i] < lo || x[i] > hi) *o++ = x[i];
   }
@@ -390,28 +393,16 @@ static void tail_range(void *p, int64_t b, int64_t e) {
  * hold them; out NULL: only count). Returns how many there are. */
 EQS_EXPORT int64_t eqs_tails(const float *x, int64_t n, float lo, float hi, float *out,
                              int threads) {
-  tail_ctx g;
-  g.x = x;
-  g.lo = lo;
-  g.hi = hi;
-  g.grain = 1 << 16;
-  g.n = n;
-  int64_t units = (n + g.grain - 1) / g.grain;
-  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
-  if (threads > units) threads = (int)units;
-  if (threads < 1) threads = 1;
-  g.threads = threads;
-  for (int t = 0; t <= EQS_MAX_THREADS; ++t) g.counts[t] = g.starts[t] = 0;
-  g.out = NULL;
-  parallel_for(tail_range, &g, n, g.grain, threads);
+  tail_ctx g = {x, NULL, lo, hi, {0}, {0}};
+  const int parts = parallel_for(tail_range, &g, n, EQS_TAIL_GRAIN, threads);
   int64_t total = 0;
-  for (int t = 0; t < threads; ++t) {
+  for (int t = 0; t < parts; ++t) {
     g.starts[t] = total;
     total += g.counts[t];
   }
-  if (out) {
+  if (out) {  /* the same split: each part writes where its count says */
     g.out = out;
-    parallel_for(tail_range, &g, n, g.grain, threads);
+    parallel_for(tail_range, &g, n, EQS_TAIL_GRAIN, threads);
   }
   return total;
 }
@@ -426,7 +417,7 @@ typedef struct {
   float pad;
 } gather_ctx;
 
-static void gather_range(void *p, int64_t b, int64_t e) {
+static void gather_range(void *p, int64_t b, int64_t e, int part) {
   const gather_ctx *g = (const gather_ctx *)p;
   const int64_t c = g->c;
   for (int64_t r = b; r < e; ++r) {
@@ -471,7 +462,7 @@ typedef struct {
   double *dot, *norm, *xw;  /* (J, c) */
 } parts_ctx;
 
-EQS_CLONES static void parts_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void parts_range(void *p, int64_t b, int64_t e, int part) {
   const parts_ctx *g = (const parts_ctx *)p;
   const int64_t c = g->c, nj = g->cands;
   for (int64_t j = b; j < e; ++j) {
@@ -514,17 +505,12 @@ typedef struct {
   const double *edges;  /* bins + 1 */
   int64_t bins;
   double first, last, inv;
-  int64_t *counts;      /* (threads, bins) */
-  int64_t grain, n;
-  int threads;
+  int64_t *counts;      /* (parts, bins) */
 } hist_ctx;
 
-static void hist_range(void *p, int64_t b, int64_t e) {
+static void hist_range(void *p, int64_t b, int64_t e, int part) {
   const hist_ctx *g = (const hist_ctx *)p;
-  int64_t units = (g->n + g->grain - 1) / g->grain, t = 0;
-  for (int i = 0; i < g->threads; ++i)
-    if (units * i / g->threads * g->grain == b) t = i;
-  int64_t *counts = g->counts + t * g->bins;
+  int64_t *counts = g->counts + part * g->bins;
   const double *edges = g->edges;
   const int64_t last_bin = g->bins - 1;
   for (int64_t i = b; i < e; ++i) {
@@ -539,27 +525,17 @@ static void hist_range(void *p, int64_t b, int64_t e) {
 }
 
 /* counts[k] += number of x in [edges[k], edges[k + 1]) (the last bin also takes its right
- * edge), for x in [first, last]: np.histogram with these edges. */
+ * edge), for x in [first, last]: np.histogram with these edges. -1: out of memory. */
 EQS_EXPORT int eqs_histogram(const float *x, int64_t n, const double *edges, int64_t bins,
                              double first, double last, int64_t *counts, int threads) {
-  hist_ctx g;
-  g.grain = 1 << 16;
-  g.n = n;
-  int64_t units = (n + g.grain - 1) / g.grain;
-  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
-  if (threads > units) threads = (int)units;
-  if (threads < 1) threads = 1;
-  g.x = x;
-  g.edges = edges;
-  g.bins = bins;
-  g.first = first;
-  g.last = last;
-  g.inv = edges[bins] > edges[0] ? (double)bins / (edges[bins] - edges[0]) : 0.0;
-  g.threads = threads;
-  g.counts = (int64_t *)calloc((size_t)(threads * bins), sizeof(int64_t));
+  const int64_t grain = 1 << 16;
+  const int parts = parts_of(n, grain, threads);
+  hist_ctx g = {x, edges, bins, first, last,
+                edges[bins] > edges[0] ? (double)bins / (edges[bins] - edges[0]) : 0.0,
+                (int64_t *)calloc((size_t)(parts * bins), sizeof(int64_t))};
   if (!g.counts) return -1;
-  parallel_for(hist_range, &g, n, g.grain, threads);
-  for (int t = 0; t < threads; ++t)
+  parallel_for(hist_range, &g, n, grain, parts);
+  for (int t = 0; t < parts; ++t)
     for (int64_t k = 0; k < bins; ++k) counts[k] += g.counts[t * bins + k];
   free(g.counts);
   return 0;
@@ -574,7 +550,7 @@ typedef struct {
   int64_t h, w, c, m, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo;
 } dwconv_ctx;
 
-EQS_CLONES static void dwconv_range(void *p, int64_t b, int64_t e) {
+EQS_CLONES static void dwconv_range(void *p, int64_t b, int64_t e, int part) {
   const dwconv_ctx *g = (const dwconv_ctx *)p;
   const int64_t c = g->c, m = g->m, cm = c * m;
   for (int64_t row = b; row < e; ++row) {  /* row = sample * ho + oy */
@@ -632,19 +608,14 @@ typedef struct {
   int64_t k, c;
   int per_channel;
   int64_t changed[EQS_MAX_THREADS];
-  int threads;
-  int64_t grain;
 } plane_ctx;
 
-static void plane_range(void *arg, int64_t b, int64_t e) {
+static void plane_range(void *arg, int64_t b, int64_t e, int part) {
   plane_ctx *g = (plane_ctx *)arg;
   const int64_t k = g->k, c = g->c, n = e - b;
-  int64_t units = (c + g->grain - 1) / g->grain, t = 0;
-  for (int i = 0; i < g->threads; ++i)
-    if (units * i / g->threads * g->grain == b) t = i;
   double *d = (double *)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
   if (!d) {
-    g->changed[t] = -1;
+    g->changed[part] = -1;
     return;
   }
   int64_t changed = 0;
@@ -687,7 +658,7 @@ static void plane_range(void *arg, int64_t b, int64_t e) {
     }
   }
   free(d);
-  g->changed[t] = changed;
+  g->changed[part] = changed;
 }
 
 /* One Bit-Split plane step (eq_tflite/methods/bitsplit.py, _plane_step): for k in order,
@@ -698,30 +669,10 @@ EQS_EXPORT int64_t eqs_plane_step(const double *h, int per_channel, const double
                                   const double *g, double *hq, const double *alpha,
                                   int8_t *plane, int64_t *q, const uint8_t *free_, double p,
                                   int64_t k, int64_t c, int threads) {
-  plane_ctx ctx;
-  ctx.h = h;
-  ctx.per_channel = per_channel;
-  ctx.diag = diag;
-  ctx.g = g;
-  ctx.hq = hq;
-  ctx.alpha = alpha;
-  ctx.plane = plane;
-  ctx.q = q;
-  ctx.free_ = free_;
-  ctx.p = p;
-  ctx.k = k;
-  ctx.c = c;
-  ctx.grain = 8;
-  int64_t units = (c + ctx.grain - 1) / ctx.grain;
-  if (threads > EQS_MAX_THREADS) threads = EQS_MAX_THREADS;
-  if (threads > units) threads = (int)units;
-  if (threads < 1) threads = 1;
-  if (k * k * c < (1 << 14)) threads = 1;
-  ctx.threads = threads;
-  for (int t = 0; t < EQS_MAX_THREADS; ++t) ctx.changed[t] = 0;
-  parallel_for(plane_range, &ctx, c, ctx.grain, threads);
+  plane_ctx ctx = {h, diag, g, hq, alpha, plane, q, free_, p, k, c, per_channel, {0}};
+  const int parts = parallel_for(plane_range, &ctx, c, 8, k * k * c < (1 << 14) ? 1 : threads);
   int64_t total = 0;
-  for (int t = 0; t < threads; ++t) {
+  for (int t = 0; t < parts; ++t) {
     if (ctx.changed[t] < 0) return -1;
     total += ctx.changed[t];
   }
