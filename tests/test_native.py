@@ -154,24 +154,27 @@ def test_tails_are_numpys():
     assert native.tails(x[:0], -1.0, 1.0).size == 0
 
 
+def _depthwise_layer(padding: str, stride: int, dilation: int, kernel: int, channels: int,
+                     multiplier: int) -> simulate.Linear:
+    """A DEPTHWISE_CONV_2D ``Linear`` with these window options."""
+    from types import SimpleNamespace
+
+    from eq_tflite.graph import Op
+    from eq_tflite.io.codec import schema
+    o = SimpleNamespace(padding=getattr(schema.Padding, padding), strideH=stride, strideW=stride,
+                        dilationHFactor=dilation, dilationWFactor=dilation)
+    return simulate.Linear(Op(0, "DEPTHWISE_CONV_2D", [0, 1, 2], [3], options=o),
+                           (1, kernel, kernel, channels * multiplier), channels)
+
+
 @pytest.mark.parametrize("padding,stride,dilation,kernel", [
     ("SAME", 1, 1, 3), ("SAME", 2, 1, 5), ("VALID", 2, 1, 3), ("SAME", 1, 2, 3), ("VALID", 1, 1, 1)])
 def test_sampled_im2col_rows_are_the_window_views(padding, stride, dilation, kernel):
     """Linear.rows at sampled positions (C gather) equals indexing kernels.windows."""
     from eq_tflite import kernels
-    from eq_tflite.graph import Op
-    from eq_tflite.io.codec import schema
-
-    class _Options:
-        pass
-    o = _Options()
-    o.padding = getattr(schema.Padding, padding)
-    o.strideH = o.strideW = stride
-    o.dilationHFactor = o.dilationWFactor = dilation
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 11, 9, 7)).astype(np.float32)
-    lin = simulate.Linear(Op(0, "DEPTHWISE_CONV_2D", [0, 1, 2], [3], options=o),
-                          (1, kernel, kernel, 7), 7)
+    lin = _depthwise_layer(padding, stride, dilation, kernel, 7, 1)
     v = kernels.windows(x, kernel, kernel, (stride, stride), (dilation, dilation),
                         padding == "SAME")
     pos = (rng.integers(0, 5, 300), rng.integers(0, v.shape[1], 300),
@@ -220,19 +223,9 @@ def test_histogram_is_numpys(value_range):
 def test_whole_depthwise_layer_is_numpys(padding, stride, dilation, kernel, multiplier,
                                          monkeypatch):
     """Linear.run on a depthwise layer: the C convolution equals the numpy tap loop bit for bit."""
-    from eq_tflite.graph import Op
-    from eq_tflite.io.codec import schema
-
-    class _Options:
-        pass
-    o = _Options()
-    o.padding = getattr(schema.Padding, padding)
-    o.strideH = o.strideW = stride
-    o.dilationHFactor = o.dilationWFactor = dilation
     rng = np.random.default_rng(9)
     x = rng.standard_normal((3, 12, 10, 6)).astype(np.float32)
-    lin = simulate.Linear(Op(0, "DEPTHWISE_CONV_2D", [0, 1, 2], [3], options=o),
-                          (1, kernel, kernel, 6 * multiplier), 6)
+    lin = _depthwise_layer(padding, stride, dilation, kernel, 6, multiplier)
     m = rng.standard_normal((kernel * kernel, 6 * multiplier)).astype(np.float32)
     fast = lin._depthwise(x, m)
     monkeypatch.setattr(native, "_library", lambda: None)
