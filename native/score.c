@@ -614,14 +614,17 @@ static void plane_range(void *arg, int64_t b, int64_t e, int part) {
   plane_ctx *g = (plane_ctx *)arg;
   const int64_t k = g->k, c = g->c, n = e - b;
   double *d = (double *)malloc(sizeof(double) * (size_t)(n > 0 ? n : 1));
-  if (!d) {
+  int64_t *moved = (int64_t *)malloc(sizeof(int64_t) * (size_t)(n > 0 ? n : 1));
+  if (!d || !moved) {
+    free(d);
+    free(moved);
     g->changed[part] = -1;
     return;
   }
   int64_t changed = 0;
   const double p = g->p;
   for (int64_t kk = 0; kk < k; ++kk) {
-    int any = 0;
+    int64_t m = 0;  /* channels of this range that moved at entry kk */
     for (int64_t ch = b; ch < e; ++ch) {
       const double a = g->alpha[ch], a2 = a * a;
       const double curv = a2 * (g->per_channel ? g->diag[kk * c + ch] : g->diag[kk]);
@@ -638,25 +641,23 @@ static void plane_range(void *arg, int64_t b, int64_t e, int part) {
       if (move) {
         g->plane[kk * c + ch] = (int8_t)(g->plane[kk * c + ch] + (int8_t)(dv / p));
         g->q[kk * c + ch] += (int64_t)dv;
-        any = 1;
-        ++changed;
+        moved[m++] = ch;
       }
     }
-    if (!any) continue;
-    /* hq[:, ch] += H[:, kk](, ch) * d[ch] on the channels that moved */
+    changed += m;
+    if (!m) continue;
+    /* hq[:, ch] += H[:, kk](, ch) * d[ch] on the channels that moved: K x moved, not K x C */
     for (int64_t j = 0; j < k; ++j) {
       double *hq = g->hq + j * c;
-      if (g->per_channel) {
-        const double *col = g->h + (j * k + kk) * c;
-        for (int64_t ch = b; ch < e; ++ch)
-          if (d[ch - b] != 0) hq[ch] = hq[ch] + col[ch] * d[ch - b];
-      } else {
-        const double hjk = g->h[j * k + kk];
-        for (int64_t ch = b; ch < e; ++ch)
-          if (d[ch - b] != 0) hq[ch] = hq[ch] + hjk * d[ch - b];
+      const double *col = g->per_channel ? g->h + (j * k + kk) * c : NULL;
+      const double hjk = g->per_channel ? 0.0 : g->h[j * k + kk];
+      for (int64_t i = 0; i < m; ++i) {
+        const int64_t ch = moved[i];
+        hq[ch] = hq[ch] + (col ? col[ch] : hjk) * d[ch - b];
       }
     }
   }
+  free(moved);
   free(d);
   g->changed[part] = changed;
 }
