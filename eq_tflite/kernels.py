@@ -40,10 +40,17 @@ def _axes(v: Any, ndim: int) -> tuple[int, ...]:
 # Windows (pooling and the weighted ops' im2col rows)
 
 
+def output_size(size: int, k: int, stride: int, dilation: int, same: bool) -> int:
+    """Output length along one axis of a window op (TFLite SAME or VALID padding)."""
+    if same:
+        return -(-size // stride)
+    return (size - (k - 1) * dilation - 1) // stride + 1
+
+
 def same_padding(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
     """(pad before, pad after) of TFLite SAME padding."""
     eff = (k - 1) * dilation + 1
-    out = -(-size // stride)
+    out = output_size(size, k, stride, dilation, True)
     total = max((out - 1) * stride + eff - size, 0)
     return total // 2, total - total // 2
 

@@ -5,12 +5,13 @@
 here returns what the numpy code in ``methods/easyquant.py`` computes: the
 quantized rows and layer outputs bit for bit, the float64 cosine sums in
 another summation order (last bits). Callers ask ``available`` and otherwise
-run numpy. ``EQ_TFLITE_NO_NATIVE=1`` forces numpy (for comparisons).
+run numpy (``histogram_into`` and ``plane_step`` ask themselves and say when
+numpy must run). ``EQ_TFLITE_NO_NATIVE=1`` forces numpy (for comparisons).
 
 Why C: a candidate's score is fake quantization, a product, bias, activation
 and two sums, each a pass over the layer's sampled rows in numpy. Fused, each
-value is read once; on EfficientNet-Lite1's depthwise layers the input search
-was 5x faster (BENCHMARKS.md, "Calibration speed").
+value is read once; EfficientNet-Lite1's depthwise searches took 15.5 s instead
+of 38.7 s (BENCHMARKS.md, "The search in C").
 """
 from __future__ import annotations
 
@@ -31,7 +32,25 @@ ACTIVATION_BOUNDS = {
 
 _F = ctypes.POINTER(ctypes.c_float)
 _D = ctypes.POINTER(ctypes.c_double)
-_I64, _FL, _INT = ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_L = ctypes.POINTER(ctypes.c_int64)
+_I64, _FL, _INT, _DBL, _VP = ctypes.c_int64, ctypes.c_float, ctypes.c_int, ctypes.c_double, \
+    ctypes.c_void_p
+
+#: The library's functions: (return type, argument types), as ``native/score.c`` declares them.
+_SIGNATURES = {
+    "eqs_fake_quant": (None, [_F, _F, _I64, _FL, _FL, _FL, _INT, _INT]),
+    "eqs_sample_scores": (None, [_F, _F, _F, _F, _F, *[_I64] * 5, _F, _F, _F, _FL, _FL, _D, _D,
+                                 _INT]),
+    "eqs_channel_scores": (None, [_F, _F, _F, _F, _F, *[_I64] * 4, _FL, _FL, _D, _D, _INT]),
+    "eqs_depthwise_gram": (None, [_F, _I64, _I64, _I64, _D, _INT]),
+    "eqs_fake_quant_weights": (None, [_F, _I64, _I64, _D, _I64, _INT, _F, _INT]),
+    "eqs_tails": (_I64, [_F, _I64, _FL, _FL, _F, _INT]),
+    "eqs_gather_windows": (None, [_F, _I64, _I64, _I64, _L, _L, _L, *[_I64] * 9, _FL, _F, _INT]),
+    "eqs_gram_parts": (None, [_F, _D, _F, _D, _D, _INT, _I64, _I64, _I64, _D, _D, _D, _INT]),
+    "eqs_histogram": (_INT, [_F, _I64, _D, _I64, _DBL, _DBL, _L, _INT]),
+    "eqs_depthwise_conv": (None, [_F, *[_I64] * 5, _F, *[_I64] * 10, _F, _INT]),
+    "eqs_plane_step": (_I64, [_D, _INT, _D, _D, _D, _D, _VP, _VP, _VP, _DBL, _I64, _I64, _INT]),
+}
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,36 +62,11 @@ def _library() -> ctypes.CDLL | None:
         for path in sorted(glob.glob(os.path.join(d, "_eqscore*.so"))):
             try:
                 lib = ctypes.CDLL(path)
-            except OSError:
+                for name, (restype, argtypes) in _SIGNATURES.items():
+                    fn = getattr(lib, name)
+                    fn.restype, fn.argtypes = restype, argtypes
+            except (OSError, AttributeError):  # not loadable, or an older build
                 continue
-            lib.eqs_fake_quant.argtypes = [_F, _F, _I64, _FL, _FL, _FL, _INT, _INT]
-            lib.eqs_sample_scores.argtypes = [_F, _F, _F, _F, _F, _I64, _I64, _I64, _I64, _I64,
-                                              _F, _F, _F, _FL, _FL, _D, _D, _INT]
-            lib.eqs_channel_scores.argtypes = [_F, _F, _F, _F, _F, _I64, _I64, _I64, _I64, _FL,
-                                               _FL, _D, _D, _INT]
-            lib.eqs_depthwise_gram.argtypes = [_F, _I64, _I64, _I64, _D, _INT]
-            lib.eqs_fake_quant_weights.argtypes = [_F, _I64, _I64, _D, _I64, _INT, _F, _INT]
-            lib.eqs_tails.argtypes = [_F, _I64, _FL, _FL, _F, _INT]
-            _L = ctypes.POINTER(ctypes.c_int64)
-            lib.eqs_gather_windows.argtypes = [_F, _I64, _I64, _I64, _L, _L, _L, *[_I64] * 9,
-                                               _FL, _F, _INT]
-            lib.eqs_gather_windows.restype = None
-            lib.eqs_gram_parts.argtypes = [_F, _D, _F, _D, _D, _INT, _I64, _I64, _I64, _D, _D,
-                                           _D, _INT]
-            lib.eqs_gram_parts.restype = None
-            lib.eqs_histogram.argtypes = [_F, _I64, _D, _I64, ctypes.c_double, ctypes.c_double,
-                                          ctypes.POINTER(ctypes.c_int64), _INT]
-            lib.eqs_histogram.restype = _INT
-            lib.eqs_depthwise_conv.argtypes = [_F, *[_I64] * 5, _F, *[_I64] * 10, _F, _INT]
-            lib.eqs_depthwise_conv.restype = None
-            lib.eqs_plane_step.argtypes = [_D, _INT, _D, _D, _D, _D, ctypes.c_void_p,
-                                           ctypes.c_void_p, ctypes.c_void_p, ctypes.c_double,
-                                           _I64, _I64, _INT]
-            lib.eqs_plane_step.restype = _I64
-            lib.eqs_tails.restype = _I64
-            for fn in (lib.eqs_fake_quant, lib.eqs_sample_scores, lib.eqs_channel_scores,
-                       lib.eqs_depthwise_gram, lib.eqs_fake_quant_weights):
-                fn.restype = None
             return lib
     return None
 
@@ -102,7 +96,7 @@ def fake_quant_into(x: np.ndarray, scale: float, zp: int, out: np.ndarray,
                     clip: tuple[int, int] = (grid.INT8_MIN, grid.INT8_MAX),
                     scale_back: bool = True) -> np.ndarray:
     """``clip(round(x / scale), clip - zp) (* scale)`` of float32 ``x`` into ``out``."""
-    assert x.dtype == out.dtype == np.float32 and x.flags.c_contiguous and out.flags.c_contiguous
+    _check(x, out)
     _library().eqs_fake_quant(_ptr(x), _ptr(out), x.size, np.float32(scale),
                               float(clip[0] - zp), float(clip[1] - zp), int(scale_back),
                               _threads())
@@ -223,8 +217,7 @@ def gather_windows(x: np.ndarray, positions: tuple[np.ndarray, np.ndarray, np.nd
     if idx[0].size and (idx[0].min() < 0 or idx[0].max() >= n):
         raise ValueError("sample index out of range")
     out = np.empty((idx[0].size, *kernel, c), np.float32)
-    lp = ctypes.POINTER(ctypes.c_int64)
-    _library().eqs_gather_windows(_ptr(x), h, w, c, *(_ptr(i, lp) for i in idx), idx[0].size,
+    _library().eqs_gather_windows(_ptr(x), h, w, c, *(_ptr(i, _L) for i in idx), idx[0].size,
                                   *kernel, *stride, *dilation, *pads, 0.0, _ptr(out), _threads())
     return out
 
@@ -263,7 +256,7 @@ def histogram_into(counts: np.ndarray, values: np.ndarray, value_range: tuple[fl
     compare = np.result_type(flat, first, last)  # the dtype numpy's range test compares in
     lo, hi = (float(np.asarray(v).astype(compare)) for v in value_range)
     ok = _library().eqs_histogram(_ptr(flat), flat.size, _ptr(edges, _D), bins, lo, hi,
-                                  counts.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+                                  _ptr(counts, _L),
                                   _threads())
     if ok != 0:
         raise MemoryError("eqs_histogram: out of memory")

@@ -257,9 +257,8 @@ class Linear:
         if native.available() and x.dtype == np.float32 and x.flags.c_contiguous:
             kernel, stride, dilation, pads = self._window_geometry(x.shape)
             same = self.op.options.padding == schema.Padding.SAME
-            out_hw = tuple(-(-x.shape[1 + a] // stride[a]) if same else
-                           (x.shape[1 + a] - (kernel[a] - 1) * dilation[a] - 1) // stride[a] + 1
-                           for a in (0, 1))
+            out_hw = tuple(kernels.output_size(x.shape[1 + a], kernel[a], stride[a], dilation[a],
+                                               same) for a in (0, 1))
             return native.depthwise_conv(x, matrix, self.multiplier, kernel, stride, dilation,
                                          pads, out_hw)
         v = self.windows(x)

@@ -159,7 +159,7 @@ class ResponseProblem:
         if self.per_channel:
             self.h = np.einsum("rkc,rjc->kjc", x, x)          # (K, K, C)
             self.g = np.einsum("rkc,rc->kc", x, y)            # (K, C)
-            self.diag = np.einsum("kkc->kc", self.h)          # (K, C)
+            self.diag = np.ascontiguousarray(np.einsum("kkc->kc", self.h))  # (K, C)
         else:
             self.h = np.ascontiguousarray(x.T @ x)             # (K, K) (row-major for the C
             self.g = np.ascontiguousarray(x.T @ y)             # (K, C)  plane step)
@@ -329,9 +329,7 @@ def _plane_step(problem: ResponseProblem, planes: np.ndarray, i: int, q: np.ndar
     p = float(1 << i)
     hq = problem.hq(q)
     # The same loop in C (native/score.c), channels in parallel, the same numbers
-    diag = np.ascontiguousarray(problem.diag)
-    done = native.plane_step(problem.h, diag if problem.per_channel else diag.reshape(-1),
-                             problem.g, hq, alpha, planes[i], q, free, p)
+    done = native.plane_step(problem.h, problem.diag, problem.g, hq, alpha, planes[i], q, free, p)
     if done is not None:
         return done
     a2 = alpha * alpha

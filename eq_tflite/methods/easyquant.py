@@ -232,12 +232,12 @@ class InputTails:
         """The tails of ``x``, picked a block at a time (no full-size masks of a large tensor)."""
         flat = x.reshape(-1)
         if native.available() and flat.dtype == np.float32 and flat.flags.c_contiguous:
-            return cls(np.sort(native.tails(flat, lo * fraction, hi * fraction)
-                               ).astype(np.float64), flat.size)
-        step = _CHUNK_ELEMENTS
-        tail = np.concatenate([b[(b < lo * fraction) | (b > hi * fraction)]
-                               for b in (flat[i:i + step] for i in range(0, flat.size, step))]
-                              or [flat[:0]])
+            tail = native.tails(flat, lo * fraction, hi * fraction)
+        else:
+            step = _CHUNK_ELEMENTS
+            tail = np.concatenate([b[(b < lo * fraction) | (b > hi * fraction)]
+                                   for b in (flat[i:i + step] for i in range(0, flat.size, step))]
+                                  or [flat[:0]])
         # sorted in its own dtype (float32 sorts twice as fast), then widened: the same array
         return cls(np.sort(tail).astype(np.float64), flat.size)
 
@@ -483,9 +483,6 @@ class LayerProblem:
         r, c = t.shape
         j = wq.shape[1]
         depthwise = self.lin.op.type == "DEPTHWISE_CONV_2D"
-        # Depthwise: a block of channels at a time (each channel's sums are the same, bit for
-        # bit), so the products (R, J, C) and einsum's float64 buffers stay one block (on
-        # EfficientNet-Lite's 1,152-channel layers they were the search's peak). Plain: one block.
         if self._fused() and (not depthwise or self.lin.multiplier == 1):
             tc = np.ascontiguousarray(t)
             if depthwise:
@@ -495,6 +492,9 @@ class LayerProblem:
                     tc, self.activation, bias,
                     products=(xq @ wq.reshape(wq.shape[0], -1)).reshape(r, j, c))
             return cosine_from_parts(dot, norm, t_norm)
+        # Depthwise: a block of channels at a time (each channel's sums are the same, bit for
+        # bit), so the products (R, J, C) and einsum's float64 buffers stay one block (on
+        # EfficientNet-Lite's 1,152-channel layers they were the search's peak). Plain: one block.
         step = max(1, _CHUNK_ELEMENTS // max(r * j, 1)) if depthwise else max(c, 1)
         dot, norm = np.empty((j, c)), np.empty((j, c))
         for c0 in range(0, c, step):
